@@ -1,0 +1,33 @@
+"""The `sphinx-x` command line: one entry point, one module per subcommand under sphinx_x.commands.
+
+Each command module exposes `register(subparsers)`, which adds its parser and sets `func`
+(called with the parsed args, returning an exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# One line per subcommand module; keep in the order they appear in `sphinx-x --help`.
+COMMAND_MODULES = [
+    "sphinx_x.commands.info",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sphinx-x", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
