@@ -13,6 +13,8 @@ import sys
 # One line per subcommand module; keep in the order they appear in `sphinx-x --help`.
 COMMAND_MODULES = [
     "sphinx_x.commands.info",
+    "sphinx_x.commands.init",
+    "sphinx_x.commands.score",
 ]
 
 

@@ -152,8 +152,9 @@ class SphinxXConfig:
     def load(cls, path: str | Path) -> SphinxXConfig:
         path = Path(path)
         try:
-            data = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
-        except yaml.YAMLError as e:
+            text = path.read_text()
+            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (yaml.YAMLError, json.JSONDecodeError) as e:
             raise ConfigError(f"{path}: not valid YAML/JSON: {e}") from e
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
@@ -209,6 +210,11 @@ def _build(tp: Any, value: Any, where: str) -> Any:
         tp = args[0]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # PyYAML (YAML 1.1) reads "1e-05" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp in (int, float, str, bool) and not isinstance(value, tp):
         raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
     return value

@@ -1,0 +1,191 @@
+"""The SPHINX-X model: mixture of visual experts + image tags + skip token spliced into a causal LLM.
+
+Inputs follow one contract (see sphinx_x.data): `input_ids` hold, for each image, a run of
+`visual_token_count(...)` positions equal to IMAGE_TOKEN_ID; `images` is the batch's ImageBatch in order
+of appearance. The model builds, per image, `[start] global [end]` then for every grid cell in raster
+order `[start] cell [end]` or `[skip]`, and scatters those embeddings into the image positions.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sphinx_x.canvas import ImageBatch
+from sphinx_x.config import SphinxXConfig
+from sphinx_x.constants import IGNORE_INDEX, IMAGE_TOKEN_ID
+from sphinx_x.llm import build_llm, router_aux_loss, with_path
+from sphinx_x.vision import MixtureOfVisualExperts
+
+
+@dataclass
+class SphinxXOutput:
+    loss: torch.Tensor | None = None  # loss_sum / num_tokens (+ weighted router loss for MoE)
+    loss_sum: torch.Tensor | None = None  # summed token cross-entropy (for global-batch normalisation)
+    num_tokens: int = 0  # supervised tokens in this batch
+    aux_loss: torch.Tensor | None = None  # MoE load-balancing loss, unweighted
+    logits: torch.Tensor | None = None  # (B, T, V) when labels are not given
+    cache: Any = None  # the LLM's KV cache (transformers Cache) when use_cache=True
+
+
+class SphinxX(nn.Module):
+    def __init__(self, config: SphinxXConfig):
+        super().__init__()
+        if config.llm.path is not None:  # local weights decide the LLM's dims; keep the config truthful
+            config = copy.deepcopy(config)
+            config.llm = with_path(config.llm, config.llm.path)
+        self.config = config
+        self.llm = build_llm(config.llm, device=_current_device())
+        d = self.llm.config.hidden_size
+        self.visual = MixtureOfVisualExperts(config.vision, d)
+        # Learnable image tags shared by every view (SPEC section 2).
+        self.image_start = nn.Parameter(torch.empty(d))
+        self.image_end = nn.Parameter(torch.empty(d))
+        self.skip_token = nn.Parameter(torch.empty(d))
+        self.reset_tag_parameters()
+        self.tokenizer = None  # attached by from_pretrained when the directory holds tokenizer files
+
+    def reset_tag_parameters(self) -> None:
+        for p in (self.image_start, self.image_end, self.skip_token):
+            nn.init.normal_(p, std=0.02)
+
+    # ---- images -> embeddings -------------------------------------------------------------------
+    def image_embeddings(self, images: ImageBatch) -> torch.Tensor:
+        """All images' token sequences concatenated: (sum of visual_token_count, d)."""
+        views = self.visual(images)  # (total_views, tokens_per_view, d)
+        dtype = views.dtype
+        start, end, skip = (t.to(dtype)[None] for t in (self.image_start, self.image_end, self.skip_token))
+        parts: list[torch.Tensor] = []
+        v = 0
+        for skipped in images.skipped.tolist():
+            parts += [start, views[v], end]
+            v += 1
+            for cell_skipped in skipped:
+                if cell_skipped:
+                    parts.append(skip)
+                else:
+                    parts += [start, views[v], end]
+                    v += 1
+        if v != views.shape[0]:
+            raise ValueError(f"images carry {views.shape[0]} views but their skip masks account for {v}")
+        return torch.cat(parts)
+
+    def embed_inputs(self, input_ids: torch.Tensor, images: ImageBatch | None) -> torch.Tensor:
+        """Token embeddings with every IMAGE_TOKEN_ID position replaced by visual embeddings."""
+        is_image = input_ids == IMAGE_TOKEN_ID
+        embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(is_image, 0))
+        n_positions = int(is_image.sum())
+        if images is None or images.num_images == 0:
+            if n_positions:
+                raise ValueError(f"input_ids hold {n_positions} image positions but no images were given")
+            return embeds
+        visual = self.image_embeddings(images)
+        if visual.shape[0] != n_positions:
+            raise ValueError(
+                f"images produce {visual.shape[0]} visual tokens but input_ids hold {n_positions} image "
+                "positions (were the ids built with the same vision config?)"
+            )
+        return embeds.masked_scatter(is_image.unsqueeze(-1), visual.to(embeds.dtype))
+
+    # ---- forward --------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        images: ImageBatch | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: Any = None,
+        use_cache: bool = False,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> SphinxXOutput:
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_inputs(input_ids, images)
+        moe = self.config.llm.arch == "mixtral"
+        kwargs: dict[str, Any] = dict(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=use_cache,
+        )
+        if moe and labels is not None:
+            kwargs["output_router_logits"] = True
+        if labels is None:
+            out = self.llm(**kwargs)
+            return SphinxXOutput(logits=out.logits, cache=out.cache)
+
+        # Training: run the decoder, then the LM head only where a label exists (most positions are
+        # images, prompts or padding, so this saves most of the vocabulary projection).
+        base = self.llm.get_decoder()
+        out = base(**kwargs)
+        hidden = out.last_hidden_state[:, :-1]
+        targets = labels[:, 1:]
+        keep = targets != IGNORE_INDEX
+        logits = self.llm.get_output_embeddings()(hidden[keep]).float()
+        loss_sum = F.cross_entropy(logits, targets[keep], reduction="sum")
+        n = int(keep.sum())
+        loss = loss_sum / max(n, 1)
+        aux = None
+        if moe:
+            aux = router_aux_loss(out, self.config.llm, attention_mask)
+            if aux is not None:
+                loss = loss + self.config.llm.router_aux_loss_coef * aux
+        return SphinxXOutput(loss=loss, loss_sum=loss_sum, num_tokens=n, aux_loss=aux)
+
+    # ---- parameters -----------------------------------------------------------------------------
+    def parameter_counts(self) -> dict[str, Any]:
+        def count(module: nn.Module) -> int:
+            return sum(p.numel() for p in module.parameters())
+
+        experts = {name: count(m) for name, m in self.visual.experts.items()}
+        llm = count(self.llm)
+        projector = count(self.visual.projector)
+        tags = sum(p.numel() for p in (self.image_start, self.image_end, self.skip_token))
+        return {
+            "llm": llm,
+            "vision_experts": experts,
+            "projector": projector,
+            "image_tags": tags,
+            "total": llm + sum(experts.values()) + projector + tags,
+        }
+
+    # ---- model directories ----------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path, tokenizer: Any = None, max_shard_bytes: int = 5 * 2**30) -> None:
+        from sphinx_x.model_io import save_model_dir
+
+        save_model_dir(self, directory, tokenizer=tokenizer or self.tokenizer, max_shard_bytes=max_shard_bytes)
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    ) -> SphinxX:
+        from sphinx_x.model_io import load_model_dir
+
+        return load_model_dir(cls, directory, device=device, dtype=dtype)
+
+    @classmethod
+    def from_config_without_weights(cls, config: SphinxXConfig) -> SphinxX:
+        """Build on the meta device (no memory) with local weight paths ignored: for counting and loading."""
+        config = detach_weight_paths(config)
+        with torch.device("meta"):
+            return cls(config)
+
+
+def detach_weight_paths(config: SphinxXConfig) -> SphinxXConfig:
+    """A copy of `config` that builds from dims only (component checkpoints not read)."""
+    config = copy.deepcopy(config)
+    config.llm.path = None
+    for expert in config.vision.experts:
+        expert.checkpoint = None
+    return config
+
+
+def _current_device() -> torch.device:
+    return torch.empty(0).device  # honours an enclosing `with torch.device(...)` context

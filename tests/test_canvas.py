@@ -1,0 +1,148 @@
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sphinx_x.canvas import (
+    CanvasGeometry,
+    ImageError,
+    collate_images,
+    load_image,
+    make_canvas,
+    prepare_image,
+    skipped_cells,
+    visual_token_count,
+)
+from sphinx_x.config import CanvasConfig, SphinxXConfig
+
+TINY = SphinxXConfig.from_name("tiny").vision
+PLUS_2K = SphinxXConfig.from_name("plus-2k").vision
+
+
+@pytest.mark.parametrize(
+    "size,tokens",
+    [((1024, 1024), 1295), ((2048, 1024), 779), ((1024, 2048), 779), ((4096, 1024), 779), ((1000, 999), 1295)],
+)
+def test_visual_tokens_tiny(size, tokens):
+    assert visual_token_count(*size, TINY) == tokens
+
+
+def test_visual_tokens_plus_2k():
+    assert visual_token_count(800, 2400, PLUS_2K) == 1042  # 4 views x 259 + 6 skip tokens
+    assert visual_token_count(900, 900, PLUS_2K) == 10 * 259
+
+
+def test_content_edge_on_cell_border_and_one_pixel_either_side():
+    canvas = CanvasConfig(grid=2)
+    # height exactly half the side: the bottom row holds no content
+    assert skipped_cells(2000, 1000, canvas) == [False, False, True, True]
+    # one pixel more: the bottom row holds a 1-pixel strip and is encoded
+    assert skipped_cells(2000, 1001, canvas) == [False] * 4
+    assert skipped_cells(2000, 999, canvas) == [False, False, True, True]
+    # 3x3: a third of the width exactly, and one pixel either side
+    g3 = CanvasConfig(grid=3)
+    assert skipped_cells(1000, 3000, g3) == [False, True, True] * 3
+    assert skipped_cells(1001, 3000, g3) == [False, False, True] * 3
+    assert skipped_cells(999, 3000, g3) == [False, True, True] * 3
+
+
+def test_centre_anchor_never_skips_on_2x2():
+    canvas = CanvasConfig(grid=2, pad_anchor="center")
+    for w, h in [(1, 1000), (1000, 1), (4096, 1024), (3, 7), (2048, 1024)]:
+        assert skipped_cells(w, h, canvas) == [False] * 4
+    # on 3x3 a thin centred strip keeps only the middle column
+    assert skipped_cells(100, 3000, CanvasConfig(grid=3, pad_anchor="center")) == [True, False, True] * 3
+
+
+def test_skip_disabled_encodes_every_cell():
+    canvas = CanvasConfig(grid=2, skip_padded_cells=False)
+    assert skipped_cells(4096, 1024, canvas) == [False] * 4
+
+
+@pytest.mark.parametrize("anchor", ["top-left", "center"])
+def test_coordinate_mapping_round_trip(anchor):
+    geo = CanvasGeometry(200, 100, anchor)
+    box = [20.0, 10.0, 180.0, 90.0]
+    canvas = geo.to_canvas(box)
+    assert geo.to_pixels(canvas) == pytest.approx(box)
+    if anchor == "top-left":
+        assert canvas == pytest.approx([0.1, 0.05, 0.9, 0.45])
+    else:  # 50 px of padding above the image on a 200-px canvas
+        assert canvas == pytest.approx([0.1, 0.3, 0.9, 0.7])
+    # points map the same way and clamp to the image
+    assert geo.to_pixels([1.0, 1.0]) == [200.0, 100.0]
+
+
+def test_canvas_places_pixels_where_the_mapping_says():
+    img = Image.new("RGB", (200, 100), (0, 0, 0))
+    img.paste((255, 0, 0), (100, 50, 120, 70))  # a red square at known pixels
+    for anchor in ("top-left", "center"):
+        cfg = CanvasConfig(grid=2, pad_anchor=anchor)
+        canvas = np.asarray(make_canvas(img, 400, cfg))
+        x1, y1, x2, y2 = CanvasGeometry(200, 100, anchor).to_canvas([100, 50, 120, 70])
+        cx, cy = int((x1 + x2) / 2 * 400), int((y1 + y2) / 2 * 400)
+        assert tuple(canvas[cy, cx]) == (255, 0, 0)
+        # padding takes the pad colour
+        assert tuple(canvas[399, 399]) == cfg.pad_color
+
+
+def test_prepare_image_views_and_skips():
+    vision = SphinxXConfig.from_name("nano").vision
+    img = Image.new("RGB", (300, 100), (10, 200, 30))  # 3:1 -> bottom row skipped
+    views = prepare_image(img, vision)
+    assert views.skipped.tolist() == [False, False, True, True]
+    for expert in vision.experts:
+        r = expert.view_size
+        assert views.views[expert.name].shape == (3, 3, r, r)
+        assert views.views[expert.name].dtype == torch.uint8
+    batch = collate_images([views, prepare_image(Image.new("RGB", (50, 50)), vision)], vision)
+    assert batch.skipped.shape == (2, 4)
+    assert batch.views["dinov2"].shape[0] == 3 + 5
+
+
+def _png(img: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=kw.pop("format", "PNG"), **kw)
+    return buf.getvalue()
+
+
+def test_every_pil_mode_becomes_rgb():
+    bg = (122, 117, 104)
+    rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 0))  # fully transparent red
+    assert load_image(_png(rgba), background=bg).getpixel((0, 0)) == bg
+    la = Image.new("LA", (4, 4), (200, 255))
+    assert load_image(_png(la)).getpixel((0, 0)) == (200, 200, 200)
+    p = Image.new("P", (4, 4), 0)
+    p.putpalette([0, 0, 255] + [0] * 765)
+    p.info["transparency"] = 0
+    assert load_image(_png(p, transparency=0), background=bg).getpixel((1, 1)) == bg
+    i16 = Image.fromarray(np.full((4, 4), 65535, dtype=np.uint16))
+    assert load_image(i16).getpixel((0, 0)) == (255, 255, 255)
+    cmyk = Image.new("CMYK", (4, 4), (0, 255, 255, 0))
+    assert load_image(_png(cmyk, format="JPEG")).getpixel((0, 0))[0] > 200
+    assert load_image(Image.new("L", (3, 3), 7)).getpixel((0, 0)) == (7, 7, 7)
+
+
+def test_exif_orientation_is_applied():
+    img = Image.new("RGB", (40, 20), (0, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    loaded = load_image(_png(img, format="JPEG", exif=exif.tobytes()))
+    assert loaded.size == (20, 40)
+
+
+def test_refuses_oversized_zero_and_broken_images(tmp_path):
+    big = tmp_path / "big.png"
+    Image.new("RGB", (100, 100)).save(big)
+    with pytest.raises(ImageError, match=r"big\.png: 100x100 = 10000 pixels exceeds the limit of 9999"):
+        load_image(big, max_pixels=9999)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(ImageError, match=r"bad\.png: not a readable image"):
+        load_image(bad)
+    with pytest.raises(ImageError, match="file not found"):
+        load_image(tmp_path / "missing.png")
+    with pytest.raises(ImageError, match="zero size"):
+        load_image(Image.new("RGB", (0, 5)))
