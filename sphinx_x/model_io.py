@@ -105,7 +105,9 @@ def load_weights(directory: Path) -> dict[str, torch.Tensor]:
     return load_file(str(single))
 
 
-def load_model_dir(cls: Any, directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+def load_model_dir(
+    cls: Any, directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> Any:
     directory = Path(directory)
     config = read_config(directory)
     model = cls.from_config_without_weights(config)  # meta device: no init cost, no memory

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("info", help="parameter counts and visual tokens of a preset or model directory")
-    p.add_argument("model", help="preset name (nano, tiny, intern2, plus, plus-2k, moe), model directory or config file")
+    p.add_argument("model", help="preset name (nano, tiny, intern2, plus, plus-2k, moe), model dir or config file")
     p.add_argument("--image-size", action="append", type=parse_size, metavar="WxH",
                    help="image size to report visual tokens for (repeatable)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
