@@ -177,6 +177,25 @@ class SphinxX(nn.Module):
         with torch.device("meta"):
             return cls(config)
 
+    # ---- inference (delegates to sphinx_x.infer) --------------------------------------------------
+    def chat(self, images: Any, question: str, history: Any = None, **gen: Any) -> tuple[str, list]:
+        """Answer `question` about `images` (this turn's) after `history`; returns (answer, new history)."""
+        from sphinx_x.infer.chat import chat
+
+        return chat(self, images, question, history, **gen)
+
+    def stream_chat(self, images: Any, question: str, history: Any = None, **gen: Any):
+        """Like `chat`, yielding text pieces as they are generated."""
+        from sphinx_x.infer.chat import stream_chat
+
+        return stream_chat(self, images, question, history, **gen)
+
+    def generate(self, prompts: Any, **gen: Any) -> list:
+        """Answer a batch of prompts (strings, {"question", "images", "history"} dicts or turn lists)."""
+        from sphinx_x.infer.chat import generate
+
+        return generate(self, prompts, **gen)
+
 
 def detach_weight_paths(config: SphinxXConfig) -> SphinxXConfig:
     """A copy of `config` that builds from dims only (component checkpoints not read)."""
