@@ -13,8 +13,15 @@ import sys
 # One line per subcommand module; keep in the order they appear in `sphinx-x --help`.
 COMMAND_MODULES = [
     "sphinx_x.commands.info",
+    "sphinx_x.commands.data",
     "sphinx_x.commands.init",
     "sphinx_x.commands.score",
+    "sphinx_x.commands.eval",  # sphinx-x eval, sphinx-x convert-bench
+    "sphinx_x.commands.train",
+    "sphinx_x.commands.curate",
+    "sphinx_x.commands.chat",
+    "sphinx_x.commands.generate",
+    "sphinx_x.commands.serve",
 ]
 
 

@@ -1,0 +1,218 @@
+"""Write the synthetic multi-domain corpus: images, per-domain JSONL, the mixes and the synth-bench.
+
+Layout of `out/`:
+    synth.json                 what was generated (seed, counts per split / domain / bench task)
+    train.yaml, val.yaml       data mixes, `META: [{path, type, root}]`, one entry per domain file
+    train/<domain>.jsonl       LLaVA/Accessory rows; image paths relative to `out/` (root: .)
+    val/<domain>.jsonl
+    bench.jsonl                the held-out test split as synth-bench rows (issue 6 format)
+    images/<split>/<index>.png
+
+Determinism: sample `index` of `split` is made only from `sample_rng(seed, split, index)`; its domain
+(or bench task) is a fixed function of the index; PNGs are written with fixed settings and no metadata,
+JSON with sorted keys. So reruns are byte-identical and the worker count does not change the output.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import multiprocessing as mp
+import shutil
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sphinx_x.constants import IMAGE_PLACEHOLDER
+from sphinx_x.data.synth.charts import generate_chart
+from sphinx_x.data.synth.common import Sample, sample_rng
+from sphinx_x.data.synth.ocr import generate_ocr
+from sphinx_x.data.synth.scenes import generate_caption, generate_grounding, generate_vqa
+from sphinx_x.data.synth.som import generate_som
+from sphinx_x.data.synth.text import generate_text
+
+MARKER = "synth.json"
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Domain:
+    generate: Callable[..., Sample]
+    type: str  # the mix `type`: every global batch holds one type
+    weight: int  # share of the train/val splits
+
+
+DOMAINS: dict[str, Domain] = {
+    "vqa": Domain(generate_vqa, "image_text", 4),
+    "caption": Domain(generate_caption, "image_text", 1),
+    "grounding": Domain(generate_grounding, "image_text", 2),
+    "ocr": Domain(generate_ocr, "image_text", 2),
+    "chart": Domain(generate_chart, "image_text", 1),
+    "som": Domain(generate_som, "image_text", 1),
+    "text": Domain(generate_text, "text", 2),
+}
+
+# synth-bench tasks (the test split cycles through them) and the domain that asks each.
+BENCH_TASKS: dict[str, str] = {
+    "color": "vqa", "shape": "vqa", "count": "vqa", "spatial": "vqa", "pope": "vqa", "mc": "vqa",
+    "caption": "caption", "rec": "grounding", "ocr": "ocr", "chart": "chart", "som": "som",
+    "arithmetic": "text", "code": "text",
+}
+
+
+def _schedule() -> list[str]:
+    """Weighted round robin: the first len(DOMAINS) indices cover every domain once."""
+    out = []
+    for r in range(max(d.weight for d in DOMAINS.values())):
+        out += [name for name, d in DOMAINS.items() if d.weight > r]
+    return out
+
+
+SCHEDULE = _schedule()
+
+
+def domain_of(split: str, index: int) -> tuple[str, str | None]:
+    """(domain, bench task or None) of sample `index` of `split`."""
+    if split == "test":
+        task = list(BENCH_TASKS)[index % len(BENCH_TASKS)]
+        return BENCH_TASKS[task], task
+    return SCHEDULE[index % len(SCHEDULE)], None
+
+
+def make_sample(seed: int, split: str, index: int) -> Sample:
+    """The one sample at (seed, split, index); the same on every call and in every process."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    domain, task = domain_of(split, index)
+    return DOMAINS[domain].generate(sample_rng(seed, split, index), task)
+
+
+def sample_text(sample: Sample) -> Iterator[str]:
+    for q, a in sample.turns:
+        yield q
+        yield a
+
+
+# ---- rows --------------------------------------------------------------------------------------
+def encode_png(img) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=6)  # no metadata chunks: identical pixels, identical bytes
+    return buf.getvalue()
+
+
+def _conversation_row(sample: Sample, sid: str, image: str | None) -> dict[str, Any]:
+    conv = []
+    for i, (q, a) in enumerate(sample.turns):
+        value = f"{IMAGE_PLACEHOLDER}\n{q}" if i == 0 and image is not None else q
+        conv += [{"from": "human", "value": value}, {"from": "gpt", "value": a}]
+    row: dict[str, Any] = {"id": sid, "conversations": conv}
+    if image is not None:
+        row["image"] = image
+    return row
+
+
+def _bench_row(sample: Sample, sid: str, image: str | None) -> dict[str, Any]:
+    row = {"id": sid, "question": sample.turns[0][0], **sample.bench}
+    if image is not None:
+        row["image"] = image
+    return row
+
+
+def build(job: tuple[int, str, int]) -> tuple[str, str, bytes | None]:
+    """Worker: (seed, split, index) -> (domain, JSON line, PNG bytes or None)."""
+    seed, split, index = job
+    sample = make_sample(seed, split, index)
+    sid = f"{split}-{index:06d}"
+    image = f"images/{split}/{index:06d}.png" if sample.image is not None else None
+    row = _bench_row(sample, sid, image) if split == "test" else _conversation_row(sample, sid, image)
+    png = encode_png(sample.image) if sample.image is not None else None
+    return sample.domain, json.dumps(row, sort_keys=True, ensure_ascii=False), png
+
+
+# ---- the corpus --------------------------------------------------------------------------------
+def _prepare_out(out: Path) -> None:
+    """Refuse to write into a non-empty directory that is not a previous synth corpus; clear one that is."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise FileExistsError(f"{out}: directory is not empty and holds no {MARKER}; refusing to overwrite it")
+        for name in ("images", "train", "val"):
+            shutil.rmtree(out / name, ignore_errors=True)
+        for name in (MARKER, "train.yaml", "val.yaml", "bench.jsonl"):
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _write_split(out: Path, seed: int, split: str, n: int, pool, progress) -> Counter:
+    (out / "images" / split).mkdir(parents=True, exist_ok=True)
+    jobs = [(seed, split, i) for i in range(n)]
+    results = pool.imap(build, jobs, chunksize=16) if pool is not None else map(build, jobs)
+    handles: dict[str, Any] = {}
+    counts: Counter = Counter()
+    try:
+        for (_, _, index), (domain, line, png) in zip(jobs, results):
+            if png is not None:
+                (out / "images" / split / f"{index:06d}.png").write_bytes(png)
+            key = "bench" if split == "test" else domain
+            if key not in handles:
+                path = out / "bench.jsonl" if split == "test" else out / split / f"{domain}.jsonl"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                handles[key] = path.open("w", encoding="utf-8", newline="\n")
+            handles[key].write(line + "\n")
+            counts[json.loads(line)["task"] if split == "test" else domain] += 1
+            if progress is not None:
+                progress.update(1)
+    finally:
+        for h in handles.values():
+            h.close()
+    if split == "test" and n == 0:
+        (out / "bench.jsonl").write_text("")
+    return counts
+
+
+def _write_mix(out: Path, split: str, counts: Counter) -> None:
+    meta = [{"path": f"{split}/{name}.jsonl", "type": d.type, "root": "."}
+            for name, d in DOMAINS.items() if counts.get(name)]
+    (out / f"{split}.yaml").write_text(yaml.safe_dump({"META": meta}, sort_keys=False))
+
+
+def generate_corpus(out: str | Path, train: int, val: int, test: int, seed: int = 0, workers: int = 1,
+                    progress: bool = False) -> dict[str, Any]:
+    """Generate the corpus into `out`; returns the summary also written to `out/synth.json`."""
+    for name, n in (("train", train), ("val", val), ("test", test)):
+        if n < 0:
+            raise ValueError(f"--{name} must be >= 0, got {n}")
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    out = Path(out)
+    _prepare_out(out)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=train + val + test, unit="sample", desc="synth")
+    pool = mp.get_context().Pool(workers) if workers > 1 else None  # platform default start method
+    try:
+        counts = {split: _write_split(out, seed, split, n, pool, bar)
+                  for split, n in (("train", train), ("val", val), ("test", test))}
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+        if bar is not None:
+            bar.close()
+    _write_mix(out, "train", counts["train"])
+    _write_mix(out, "val", counts["val"])
+    summary = {
+        "seed": seed,
+        "sizes": {"train": train, "val": val, "test": test},
+        "domains": {split: dict(sorted(counts[split].items())) for split in ("train", "val")},
+        "bench_tasks": dict(sorted(counts["test"].items())),
+    }
+    (out / MARKER).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return summary
