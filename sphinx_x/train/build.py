@@ -1,0 +1,122 @@
+"""Building what a run trains: the model (+ tokenizer) from the config, and the data loader."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sphinx_x.config import PRESETS, ConfigError, SphinxXConfig
+from sphinx_x.train.config import TrainConfig, deep_merge
+
+
+def model_config(cfg: TrainConfig) -> SphinxXConfig:
+    """The SphinxXConfig of `model.preset` (a preset name or a config file) with `model.overrides` merged in."""
+    m = cfg.model
+    if m.preset in PRESETS:
+        data = copy.deepcopy(PRESETS[m.preset])
+    elif Path(m.preset).is_file():
+        data = SphinxXConfig.load(m.preset).to_dict()
+    else:
+        raise ConfigError(f"model.preset {m.preset!r} is neither a preset ({', '.join(PRESETS)}) nor a config file")
+    try:
+        return SphinxXConfig.from_dict(deep_merge(data, m.overrides))
+    except ConfigError as e:
+        raise ConfigError(f"model.overrides: {e}") from e
+
+
+def set_experts_frozen(model: nn.Module, frozen: bool) -> None:
+    """Freeze (or unfreeze) every vision expert trunk; the config records it, so checkpoints keep it."""
+    for expert in model.visual.experts.values():
+        expert.cfg.frozen = frozen
+        expert.trunk.requires_grad_(not frozen)
+        expert.train(model.training)  # a frozen expert stays in eval mode (VisionExpert.train)
+
+
+def build_model(cfg: TrainConfig, start_from: Path | None = None) -> tuple[nn.Module, Any]:
+    """The model to train (on CPU, fp32, train mode) and its tokenizer.
+
+    `start_from` (a checkpoint when resuming) wins over `model.path`, which wins over `model.preset`
+    (random initialisation seeded with `train.seed`, so every rank builds the same weights)."""
+    from sphinx_x.model import SphinxX
+    from sphinx_x.tokenizer import load_tokenizer
+
+    source = start_from or (Path(cfg.model.path) if cfg.model.path else None)
+    if source is not None:
+        if not (source / "config.json").is_file():
+            raise ConfigError(f"model.path {source}: not a SPHINX-X model directory (no config.json)")
+        model = SphinxX.from_pretrained(source)
+        tokenizer = model.tokenizer
+        spec = model.config.tokenizer or model.config.llm.path
+        if tokenizer is None and spec:
+            tokenizer = load_tokenizer(spec)
+    else:
+        config = model_config(cfg)
+        torch.manual_seed(cfg.train.seed)
+        model = SphinxX(config)
+        spec = config.tokenizer or config.llm.path
+        tokenizer = load_tokenizer(spec) if spec else None
+    if tokenizer is None:
+        raise ConfigError("the model has no tokenizer: set tokenizer in the model config (or model.overrides), "
+                          "or start from a model directory that holds tokenizer files")
+    model.train()
+    if cfg.model.frozen_experts is not None:
+        set_experts_frozen(model, cfg.model.frozen_experts)
+    return model, tokenizer
+
+
+def max_image_tokens(config: SphinxXConfig) -> int:
+    """Visual tokens of the largest possible image: every cell encoded (no skip)."""
+    cells = config.vision.canvas.grid ** 2
+    return (1 + cells) * (config.vision.tokens_per_view + 2)
+
+
+def check_max_len(cfg: TrainConfig, config: SphinxXConfig) -> None:
+    need = max_image_tokens(config)
+    if cfg.data.max_len < need + 2:
+        raise ConfigError(
+            f"data.max_len ({cfg.data.max_len}) is shorter than one image's visual tokens: a full "
+            f"{config.vision.canvas.grid}x{config.vision.canvas.grid} image of {config.name!r} takes {need} tokens "
+            f"(plus BOS and at least one text token = {need + 2}); raise data.max_len"
+        )
+
+
+def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def build_loader(cfg: TrainConfig, model_cfg: SphinxXConfig, tokenizer: Any, rank: int, world_size: int):
+    """The DataLoader of this rank's micro-batches (its `batch_sampler` is the resumable sampler)."""
+    from sphinx_x.data.dataset import MixDataset, build_dataloader
+
+    if not cfg.data.mix:
+        raise ConfigError("data.mix is not set: pass --data MIX.yaml or set data.mix in the config")
+    if not Path(cfg.data.mix).is_file():
+        raise ConfigError(f"data.mix {cfg.data.mix}: file not found")
+    dataset = MixDataset(
+        cfg.data.mix, tokenizer, model_cfg.vision,
+        template=cfg.data.template or model_cfg.template,
+        max_len=cfg.data.max_len,
+        lenient=cfg.data.lenient,
+        seed=cfg.train.seed,
+        cache_dir=cfg.data.cache_dir,
+    )
+    loader = build_dataloader(
+        dataset,
+        global_batch_size=cfg.train.global_batch,
+        micro_batch_size=cfg.train.micro_batch,
+        world_size=world_size,
+        rank=rank,
+        seed=cfg.train.seed,
+        num_workers=cfg.data.num_workers,
+        pin_memory=torch.cuda.is_available() and cfg.train.device != "cpu",
+    )
+    if len(loader.batch_sampler) == 0:
+        raise ConfigError(
+            f"data.mix {cfg.data.mix}: no type has a full global batch of {cfg.train.global_batch} samples "
+            f"({len(dataset)} samples); lower train.global_batch"
+        )
+    return loader

@@ -1,0 +1,247 @@
+"""Training configuration: dataclasses, strict YAML loading and `--section.key=value` overrides.
+
+A training config has five sections:
+
+    model:     what to train (a model directory to start from, or a preset / model config file to
+               initialise randomly, with optional overrides such as local backbone weights)
+    data:      the data mix (SPEC section 4) and how samples are encoded
+    optim:     AdamW and the schedule (SPEC section 5: betas 0.9/0.95, no weight decay, warm-up + cosine)
+    train:     steps, batch sizes, precision, activation checkpointing, compile, seeds
+    output:    output directory, logging, checkpoints and resume
+
+Unknown keys anywhere are errors that name the key and list the valid ones. Relative paths are
+taken relative to the working directory (like the command line's own arguments).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sphinx_x.config import ConfigError, _build
+
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass
+class ModelSection:
+    # A model directory (`sphinx-x init` output, a checkpoint, a released model). Wins over `preset`.
+    path: str | None = None
+    # A preset name or a model config file (.yaml/.json), randomly initialised with `train.seed`.
+    # Local backbone weights come in through `overrides` (e.g. {llm: {path: ...}}).
+    preset: str | None = "nano"
+    # Deep-merged into the preset's config dict before building (ignored with `path`).
+    overrides: dict[str, Any] = field(default_factory=dict)
+    # True/False forces every vision expert frozen/trainable; None keeps each expert's own setting.
+    frozen_experts: bool | None = None
+
+
+@dataclass
+class DataSection:
+    mix: str | None = None  # data mix YAML (META: [{path, type, root?, ratio?}])
+    max_len: int = 2048  # tokens per sample after truncation (must fit one full image)
+    lenient: bool = False  # skip and count bad samples instead of stopping on the first
+    num_workers: int = 2  # DataLoader worker processes (0 = load in the training process)
+    template: str | None = None  # dialogue template; None = the model config's template
+    cache_dir: str | None = None  # where sample-length estimates are cached (None: not cached)
+
+
+@dataclass
+class OptimSection:
+    # 2e-5 is the SPHINX-X recipe for pretrained backbones (5e-6 for the MoE member). Training the
+    # `nano` preset from scratch needs a much larger rate (its config uses 1e-3).
+    lr: float = 2e-5
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.01  # linear warm-up over this fraction of the optimizer steps
+    grad_clip: float = 8.0  # max global gradient norm (0 disables clipping)
+
+
+@dataclass
+class TrainSection:
+    max_steps: int | None = None  # optimizer steps; None = `epochs` passes over the data
+    epochs: float = 1.0
+    global_batch: int = 256  # samples per optimizer step, across all ranks
+    micro_batch: int = 4  # samples per forward/backward on one rank
+    precision: str = "bf16"  # "fp32" | "bf16" (autocast on CPU; FSDP mixed precision on GPU)
+    activation_checkpointing: bool = False  # recompute each decoder layer in the backward pass
+    compile: bool = False  # torch.compile every decoder layer
+    seed: int = 0  # model init and data order
+    deterministic: bool = False  # torch.use_deterministic_algorithms (exact CPU resume tests)
+    device: str = "auto"  # "auto" (cuda when available), "cpu" or "cuda"
+    # CPU threads per process; None = torch's default (one process) or cores / local ranks (torchrun).
+    # On a busy machine 1 thread can be much faster than several that wait on each other.
+    cpu_threads: int | None = None
+    peak_flops: float | None = None  # hardware peak FLOP/s for MFU; None = measure with a matmul probe
+
+
+@dataclass
+class OutputSection:
+    dir: str = "runs/train"
+    log_every: int = 1  # optimizer steps between metrics.jsonl / TensorBoard records
+    save_every: int = 500  # optimizer steps between checkpoints (0 = only the final one)
+    keep_last: int = 3  # checkpoints kept under OUT/ckpt (older ones deleted)
+    resume: bool | str = False  # True: resume from the latest checkpoint (error if none); "auto": if any
+    tensorboard: bool = True
+    progress: bool = True  # tqdm progress bar (rank 0)
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    output: OutputSection = field(default_factory=OutputSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        cfg = _build(cls, data, "")
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        t = self.train
+        if t.precision == "fp16":
+            raise ConfigError("train.precision: fp16 is not supported (it is never used on CPU and needs loss "
+                              "scaling on GPU); use bf16 or fp32")
+        if t.precision not in PRECISIONS:
+            raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
+        if t.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"train.device must be 'auto', 'cpu' or 'cuda', got {t.device!r}")
+        for key in ("global_batch", "micro_batch"):
+            if getattr(t, key) < 1:
+                raise ConfigError(f"train.{key} must be >= 1, got {getattr(t, key)}")
+        if t.max_steps is not None and t.max_steps < 1:
+            raise ConfigError(f"train.max_steps must be >= 1, got {t.max_steps}")
+        if not 0 <= self.optim.warmup_ratio < 1:
+            raise ConfigError(f"optim.warmup_ratio must be in [0, 1), got {self.optim.warmup_ratio}")
+        if len(self.optim.betas) != 2:
+            raise ConfigError(f"optim.betas must be two numbers, got {self.optim.betas}")
+        if self.output.resume not in (True, False, "auto"):
+            raise ConfigError(f"output.resume must be true, false or 'auto', got {self.output.resume!r}")
+        if self.output.keep_last < 1:
+            raise ConfigError(f"output.keep_last must be >= 1, got {self.output.keep_last}")
+        if self.model.path is None and self.model.preset is None:
+            raise ConfigError("model: set model.path (a model directory) or model.preset (a preset name)")
+
+    def check_world(self, world_size: int) -> int:
+        """Gradient-accumulation steps for `world_size` ranks; a clear error when they do not divide."""
+        t = self.train
+        per_step = t.micro_batch * world_size
+        if t.global_batch % per_step:
+            raise ConfigError(
+                f"train.global_batch ({t.global_batch}) must be divisible by train.micro_batch ({t.micro_batch}) "
+                f"x world size ({world_size}) = {per_step}"
+            )
+        return t.global_batch // per_step
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+# ---- loading and overrides -----------------------------------------------------------------------
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`--train.micro_batch=8` (or `train.micro_batch=8`) -> (["train", "micro_batch"], 8).
+
+    The value is read as YAML, so numbers, booleans, null and lists work (`--optim.betas=[0.9,0.95]`)."""
+    body = text[2:] if text.startswith("--") else text
+    if "=" not in body:
+        raise ConfigError(f"override {text!r} must look like --section.key=value")
+    key, raw = body.split("=", 1)
+    parts = key.split(".")
+    if len(parts) < 2 or not all(parts):
+        raise ConfigError(f"override {text!r}: the key must be section.key (e.g. --train.max_steps=10)")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: value is not valid YAML: {e}") from e
+    return parts, value
+
+
+def apply_override(data: dict[str, Any], parts: list[str], value: Any) -> None:
+    """Set data[parts[0]][parts[1]]... = value, refusing unknown section / key names (free-form dict
+    fields such as `model.overrides` accept any key below them)."""
+    node: Any = TrainConfig
+    target = data
+    for depth, name in enumerate(parts):
+        where = ".".join(parts[: depth + 1])
+        if node is not None:
+            names = [f.name for f in dataclasses.fields(node)]
+            if name not in names:
+                section = ".".join(parts[:depth]) or "the config"
+                raise ConfigError(f"unknown config key {where}; valid keys in {section}: {', '.join(names)}")
+            ftype = {f.name: f for f in dataclasses.fields(node)}[name].type
+            node = _SECTION_TYPES.get(ftype) if isinstance(ftype, str) else None
+        if depth == len(parts) - 1:
+            target[name] = value
+        else:
+            child = target.setdefault(name, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {where}: {where} is not a mapping")
+            target = child
+
+
+_SECTION_TYPES = {
+    "ModelSection": ModelSection,
+    "DataSection": DataSection,
+    "OptimSection": OptimSection,
+    "TrainSection": TrainSection,
+    "OutputSection": OutputSection,
+}
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+    """Read a training YAML (or start from defaults with None) and apply `--section.key=value` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: training config not found")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+        data = copy.deepcopy(loaded)
+    for text in overrides:
+        parts, value = parse_override(text)
+        apply_override(data, parts, value)
+    try:
+        return TrainConfig.from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path is not None else str(e)) from e
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `extra` merged in recursively: mappings merge; a list of mappings as long as the base's
+    list merges item by item (so `vision: {experts: [{checkpoint: a}, {checkpoint: b}]}` sets both
+    experts' weights); everything else replaces."""
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        old = out.get(k)
+        if isinstance(v, dict) and isinstance(old, dict):
+            out[k] = deep_merge(old, v)
+        elif (isinstance(v, list) and isinstance(old, list) and len(v) == len(old)
+              and all(isinstance(x, dict) for x in v + old)):
+            out[k] = [deep_merge(a, b) for a, b in zip(old, v)]
+        else:
+            out[k] = copy.deepcopy(v)
+    return out

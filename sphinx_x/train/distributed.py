@@ -1,0 +1,162 @@
+"""Processes, devices and FSDP2 sharding.
+
+Under `torchrun` (WORLD_SIZE > 1) the process group is initialised with NCCL on GPUs and gloo on CPU,
+and the model is sharded with FSDP2 (`fully_shard`): one unit per LLM decoder layer, one per block of
+each vision expert (ConvNeXt stages, ViT blocks), and the root for the rest (embeddings, head,
+projector, image tags). On GPU with `precision: bf16` parameters are cast to bf16 for compute and
+gradients are reduced in fp32 (`MixedPrecisionPolicy`). A single process trains the plain module.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def pick_device(requested: str, local_rank: int = 0) -> torch.device:
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
+def init_distributed(requested_device: str = "auto") -> DistInfo:
+    """Read torchrun's environment; initialise the process group when there are several ranks."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(requested_device, local_rank)
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
+
+
+def shutdown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
+    """Sum a few scalars over ranks (in float64, so token counts stay exact)."""
+    if not info.distributed:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=_comm_device(info))
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def all_reduce_max(value: float, info: DistInfo) -> float:
+    if not info.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=_comm_device(info))
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed:
+        dist.barrier()
+
+
+def broadcast_object(obj, info: DistInfo):
+    if not info.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_objects(obj, info: DistInfo) -> list:
+    """Every rank's `obj`, in rank order, on every rank."""
+    if not info.distributed:
+        return [obj]
+    out = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _comm_device(info: DistInfo) -> torch.device:
+    return info.device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+# ---- FSDP2 ---------------------------------------------------------------------------------------
+def shard_units(model: nn.Module) -> list[nn.Module]:
+    """The modules that become their own FSDP unit: LLM decoder layers and vision-expert blocks."""
+    units: list[nn.Module] = list(model.llm.get_decoder().layers)
+    for expert in model.visual.experts.values():
+        trunk = expert.trunk
+        if hasattr(trunk, "stages"):  # timm ConvNeXt
+            units.extend(trunk.stages)
+        elif hasattr(trunk, "blocks"):  # timm ViT (DINOv2)
+            units.extend(trunk.blocks)
+    return units
+
+
+def apply_fsdp(model: nn.Module, info: DistInfo, bf16: bool) -> nn.Module:
+    """Shard `model` in place with FSDP2 over all ranks (one mesh dimension)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(info.device.type, (info.world_size,))
+    kwargs = {"mesh": mesh}
+    if bf16 and info.device.type == "cuda":
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for unit in shard_units(model):
+        fully_shard(unit, **kwargs)
+    fully_shard(model, **kwargs)
+    return model
+
+
+def set_gradient_sync(model: nn.Module, sync: bool) -> None:
+    """Skip the reduce-scatter on all but the last micro-batch of an accumulation (FSDP2 only)."""
+    fn = getattr(model, "set_requires_gradient_sync", None)
+    if fn is not None:
+        fn(sync)
+
+
+def full_state_dict(model: nn.Module, info: DistInfo) -> dict[str, torch.Tensor]:
+    """The whole model's state dict on CPU (rank 0 gets it; other ranks get {} under FSDP)."""
+    if not info.distributed:
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, info: DistInfo) -> dict:
+    """The optimizer state keyed by parameter name, unsharded, on CPU (rank 0 under FSDP)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_optimizer_state_dict(model, optimizer, options=opts)
+
+
+def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict, info: DistInfo) -> None:
+    """Inverse of `full_optimizer_state`: every rank passes the full state and keeps its shard."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))

@@ -1,0 +1,316 @@
+"""The one-stage SPHINX-X training loop (SPEC section 5), written out explicitly.
+
+One optimizer step = one global batch = `accum` micro-batches on each of `world` ranks. The loss of
+a step is the summed token cross-entropy of the whole global batch divided by its number of
+supervised tokens (counted before the forward passes and summed over ranks), not a mean of
+micro-batch means; the MoE load-balancing loss is added with its coefficient, averaged over
+micro-batches. Under FSDP the gradient reduction averages over ranks, so each rank scales its
+summed loss by world / tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from sphinx_x.canvas import collate_images, prepare_image, visual_token_count
+from sphinx_x.constants import IGNORE_INDEX, IMAGE_TOKEN_ID
+from sphinx_x.data.dataset import SkipReport
+from sphinx_x.train import checkpoint as ckpt
+from sphinx_x.train import distributed as D
+from sphinx_x.train.build import build_loader, build_model, check_max_len, trainable_parameters
+from sphinx_x.train.config import TrainConfig
+from sphinx_x.train.flops import batch_flops, measure_matmul_peak
+from sphinx_x.train.logging import PLOT_NAME, RunLogger, plot_loss_lr
+from sphinx_x.train.schedule import build_scheduler
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run training as configured; returns OUT/final (the final model directory)."""
+    info = D.init_distributed(cfg.train.device)
+    try:
+        return Trainer(cfg, info).run()
+    finally:
+        D.shutdown_distributed()
+
+
+def resume_checkpoint(cfg: TrainConfig, ckpt_root: Path) -> Path | None:
+    resume = cfg.output.resume
+    if resume is False:
+        return None
+    latest = ckpt.latest_checkpoint(ckpt_root)
+    if latest is None and resume is True:
+        raise FileNotFoundError(f"--resume: no checkpoint under {ckpt_root}")
+    return latest
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, info: D.DistInfo):
+        self.cfg = cfg
+        self.info = info
+        self.accum = cfg.check_world(info.world_size)
+        self.out = Path(cfg.output.dir)
+        self.ckpt_root = self.out / "ckpt"
+        if cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True)
+        threads = cfg.train.cpu_threads
+        if threads is None and info.distributed and info.device.type == "cpu":
+            threads = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size)))
+        if threads:
+            torch.set_num_threads(threads)
+        self.resume_from = resume_checkpoint(cfg, self.ckpt_root)
+
+        model, self.tokenizer = build_model(cfg, self.resume_from)
+        self.model_config = model.config
+        check_max_len(cfg, self.model_config)
+        self.loader = build_loader(cfg, self.model_config, self.tokenizer, info.rank, info.world_size)
+        self.sampler = self.loader.batch_sampler
+        steps_per_epoch = len(self.sampler) // self.accum
+        self.total_steps = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
+
+        self.bf16 = cfg.train.precision == "bf16"
+        self.model = self._prepare(model)
+        self.named_params = trainable_parameters(self.model)
+        self.params = [p for _, p in self.named_params]
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                           weight_decay=o.weight_decay)
+        self.scheduler = build_scheduler(self.optimizer, self.total_steps, o.warmup_ratio)
+        self.step = 0
+        self.consumed = 0  # micro-batches of this rank consumed in the current epoch
+        self.epoch = 0
+        if self.resume_from is not None:
+            self._load_trainer_state(ckpt.load_trainer_state(self.resume_from))
+        self._dummy_image = None
+        self.skips = SkipReport()  # samples skipped (lenient mode) or truncated, as this rank saw them
+        self.peak_flops = cfg.train.peak_flops
+
+    # ---- setup -----------------------------------------------------------------------------------
+    def _prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        if not self.info.distributed:
+            model.to(self.info.device)  # (fully_shard moves each unit to the device as it shards it)
+        if self.cfg.train.activation_checkpointing:
+            model.llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        if self.cfg.train.compile:
+            for layer in model.llm.get_decoder().layers:
+                layer.compile(dynamic=True)
+        if self.info.distributed:
+            D.apply_fsdp(model, self.info, self.bf16)
+        return model
+
+    def _autocast(self):
+        if not self.bf16 or (self.info.distributed and self.info.device.type == "cuda"):
+            return contextlib.nullcontext()  # fp32, or bf16 handled by FSDP's MixedPrecisionPolicy
+        return torch.autocast(self.info.device.type, dtype=torch.bfloat16)
+
+    def _load_trainer_state(self, state: dict[str, Any]) -> None:
+        D.load_optimizer_state(self.model, self.optimizer, state["optimizer"], self.info)
+        # The schedule's shape (total and warm-up steps) comes from the current config, so a resume with a
+        # larger --max-steps stretches the cosine instead of staying at zero; the step count is restored.
+        sched = dict(state["scheduler"])
+        sched["lr_lambdas"] = [None] * len(self.scheduler.lr_lambdas)  # None: keep the current multiplier
+        self.scheduler.load_state_dict(sched)
+        self.sampler.load_state_dict(state["sampler"])
+        self.step = int(state["step"])
+        self.epoch = int(state["sampler"]["epoch"])
+        self.consumed = int(state["sampler"]["global_batches_done"]) * self.accum
+        rngs = state["rng"]
+        ckpt.set_rng_state(rngs[self.info.rank] if self.info.rank < len(rngs) else rngs[0])
+
+    # ---- data ------------------------------------------------------------------------------------
+    def _micro_batches(self) -> Iterator[dict[str, Any]]:
+        """This rank's micro-batches, epoch after epoch, tracking what was consumed (for resume)."""
+        while True:
+            self.sampler.set_epoch(self.epoch)
+            for batch in self.loader:
+                self.consumed += 1
+                self.skips.add(batch)
+                yield batch
+            self.epoch += 1
+            self.consumed = 0
+
+    def _pad_for_collectives(self, batch: dict[str, Any], any_images: bool) -> dict[str, Any]:
+        """Under FSDP every rank must run the same modules: a rank whose micro-batch is empty or has no
+        image while another rank has one gets an extra row without labels (zero loss, zero gradient)."""
+        rows = batch["input_ids"].shape[0]
+        has_images = batch["images"] is not None and batch["images"].num_images > 0
+        if rows and (has_images or not any_images):
+            return batch
+        vision = self.model_config.vision
+        if any_images and not has_images:
+            if self._dummy_image is None:
+                img = Image.new("RGB", (1, 1), tuple(vision.canvas.pad_color))
+                self._dummy_image = (prepare_image(img, vision), visual_token_count(1, 1, vision))
+            views, n = self._dummy_image
+            row = torch.full((1, n), IMAGE_TOKEN_ID, dtype=torch.long)
+            images = collate_images([views], vision)
+        else:
+            row = torch.full((1, 1), int(self.tokenizer.bos_token_id or 0), dtype=torch.long)
+            images = batch["images"]
+        width = max(row.shape[1], batch["input_ids"].shape[1])
+        pad = lambda t, v: torch.nn.functional.pad(t, (0, width - t.shape[1]), value=v)  # noqa: E731
+        new = dict(batch)
+        new["input_ids"] = torch.cat([pad(batch["input_ids"], 0), pad(row, 0)])
+        new["labels"] = torch.cat([pad(batch["labels"], IGNORE_INDEX), torch.full((1, width), IGNORE_INDEX)])
+        new["attention_mask"] = torch.cat([pad(batch["attention_mask"], 0), pad(torch.ones_like(row), 0)])
+        new["images"] = images
+        return new
+
+    # ---- one optimizer step ----------------------------------------------------------------------
+    def _forward_backward(self, micro: list[dict[str, Any]]) -> dict[str, float]:
+        """Accumulate the gradients of one global batch (this rank's `accum` micro-batches)."""
+        local = [float((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro]
+        text = sum(b["num_text_tokens"] for b in micro)
+        visual = sum(b["num_visual_tokens"] for b in micro)
+        flops = sum(batch_flops(self.model_config, b) for b in micro if b["input_ids"].numel())
+        n_global, text, visual, flops = D.all_reduce_sum([sum(local), text, visual, flops], self.info)
+        if n_global == 0:
+            raise RuntimeError(f"step {self.step + 1}: the global batch has no supervised token")
+        scale = self.info.world_size / n_global
+        coef = self.model_config.llm.router_aux_loss_coef
+        device = self.info.device
+        loss_sum_total = torch.zeros((), dtype=torch.float64)
+        aux_total = 0.0
+        for i, batch in enumerate(micro):
+            if self.info.distributed:
+                has = batch["images"] is not None and batch["images"].num_images > 0
+                batch = self._pad_for_collectives(batch, D.all_reduce_max(float(has), self.info) > 0)
+            elif batch["input_ids"].shape[0] == 0:
+                continue  # every sample of this micro-batch was skipped (lenient mode)
+            D.set_gradient_sync(self.model, i == len(micro) - 1)
+            images = batch["images"].to(device) if batch["images"] is not None else None
+            with self._autocast():
+                out = self.model(
+                    input_ids=batch["input_ids"].to(device),
+                    attention_mask=batch["attention_mask"].to(device),
+                    labels=batch["labels"].to(device),
+                    images=images,
+                )
+            # The skip token is unused by micro-batches without a padded cell. Under FSDP every rank must
+            # reduce the same gradients, so it always gets one (zero when unused); same in one process.
+            loss = out.loss_sum * scale + 0.0 * _root_param(self.model, "skip_token").sum()
+            if out.aux_loss is not None:
+                loss = loss + coef * out.aux_loss / len(micro)
+                aux_total += float(out.aux_loss.detach()) / len(micro)
+            loss.backward()
+            loss_sum_total += out.loss_sum.detach().double().cpu()
+        loss_sum, aux = D.all_reduce_sum([float(loss_sum_total), aux_total], self.info)
+        return {"loss": loss_sum / n_global, "aux_loss": aux / self.info.world_size, "tokens": n_global,
+                "text": text, "visual": visual, "flops": flops}
+
+    def _train_step(self, stream: Iterator[dict[str, Any]]) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        stats = self._forward_backward([next(stream) for _ in range(self.accum)])
+        grad_norm = self._clip()
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        dt = D.all_reduce_max(time.perf_counter() - t0, self.info)
+        tokens = stats["text"] + stats["visual"]
+        record = {
+            "step": self.step,
+            "loss": stats["loss"],
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens_per_s": tokens / dt,
+            "text_tokens_per_s": stats["text"] / dt,
+            "visual_tokens_per_s": stats["visual"] / dt,
+            "supervised_tokens": int(stats["tokens"]),
+            "step_time_s": dt,
+            "epoch": self.epoch,
+        }
+        if self.model_config.llm.arch == "mixtral":
+            record["aux_loss"] = stats["aux_loss"]
+        if self.peak_flops:
+            record["mfu"] = stats["flops"] / dt / (self.peak_flops * self.info.world_size)
+        return record
+
+    def _clip(self) -> float:
+        max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        if hasattr(norm, "full_tensor"):  # a DTensor under FSDP
+            norm = norm.full_tensor()
+        return float(norm)
+
+    # ---- checkpoints -----------------------------------------------------------------------------
+    def save(self) -> Path:
+        info = self.info
+        state = D.full_state_dict(self.model, info)
+        optim = D.full_optimizer_state(self.model, self.optimizer, info)
+        rngs = D.gather_objects(ckpt.rng_state(), info)
+        path = self.ckpt_root / ckpt.step_dir_name(self.step)
+        if info.is_main:
+            trainer_state = {
+                "step": self.step,
+                "optimizer": optim,
+                "scheduler": self.scheduler.state_dict(),
+                "sampler": {**self.sampler.state_dict(consumed_micro_batches=self.consumed), "epoch": self.epoch},
+                "rng": rngs,
+                "world_size": info.world_size,
+                "config": self.cfg.to_dict(),
+            }
+            ckpt.save_checkpoint(self.ckpt_root, self.step, self.model_config, state, trainer_state,
+                                 self.tokenizer, self.cfg.output.keep_last)
+        D.barrier(info)
+        return path
+
+    def save_final(self) -> Path:
+        state = D.full_state_dict(self.model, self.info)
+        final = self.out / "final"
+        if self.info.is_main:
+            ckpt.atomic_directory_write(
+                final, lambda tmp: ckpt.write_model_files(tmp, self.model_config, state, self.tokenizer))
+        D.barrier(self.info)
+        return final
+
+    # ---- the run ---------------------------------------------------------------------------------
+    def run(self) -> Path:
+        cfg, info = self.cfg, self.info
+        if self.peak_flops is None:
+            dtype = torch.bfloat16 if self.bf16 else torch.float32
+            self.peak_flops = measure_matmul_peak(info.device, dtype, seconds=0.3)
+        logger = RunLogger(self.out, self.total_steps, self.step, info.is_main,
+                           cfg.output.tensorboard, cfg.output.progress)
+        if self.resume_from is not None:
+            logger.write(f"resumed from {self.resume_from} at step {self.step}")
+        if self.step >= self.total_steps:
+            logger.write(f"nothing to do: step {self.step} >= {self.total_steps} steps")
+        stream = self._micro_batches()
+        try:
+            while self.step < self.total_steps:
+                record = self._train_step(stream)
+                if not math.isfinite(record["loss"]):
+                    raise FloatingPointError(f"step {self.step}: loss is {record['loss']}")
+                if self.step % cfg.output.log_every == 0 or self.step == self.total_steps:
+                    logger.log(record)
+                logger.progress(1, record)
+                if cfg.output.save_every and self.step % cfg.output.save_every == 0 \
+                        and self.step < self.total_steps:
+                    self.save()
+            if not (self.ckpt_root / ckpt.step_dir_name(self.step)).is_dir():
+                self.save()
+            final = self.save_final()
+        finally:
+            logger.close()
+        if info.is_main:
+            if self.skips.truncated or self.skips.skipped:
+                print(f"data (rank 0): {self.skips.summary()}", flush=True)
+            plot_loss_lr(self.out / "metrics.jsonl", self.out / PLOT_NAME)
+            print(f"final model: {final}", flush=True)
+        return final
+
+
+
+def _root_param(model: torch.nn.Module, name: str) -> torch.Tensor:
+    """A parameter of the root module as the forward used it (FSDP2 keeps the root unsharded until backward)."""
+    return getattr(model, name)
