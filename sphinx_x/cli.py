@@ -12,6 +12,7 @@ import sys
 
 # One line per subcommand module; keep in the order they appear in `sphinx-x --help`.
 COMMAND_MODULES = [
+    "sphinx_x.commands.quickstart",
     "sphinx_x.commands.info",
     "sphinx_x.commands.data",
     "sphinx_x.commands.init",

@@ -54,7 +54,7 @@ class DataSection:
 @dataclass
 class OptimSection:
     # 2e-5 is the SPHINX-X recipe for pretrained backbones (5e-6 for the MoE member). Training the
-    # `nano` preset from scratch needs a much larger rate (its config uses 1e-3).
+    # `nano` preset from scratch needs a much larger rate (its config uses 3e-3).
     lr: float = 2e-5
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
@@ -66,6 +66,10 @@ class OptimSection:
 @dataclass
 class TrainSection:
     max_steps: int | None = None  # optimizer steps; None = `epochs` passes over the data
+    # Wall-clock budget of the training loop (minutes, setup excluded): training stops cleanly and saves
+    # once it is spent, and the schedule's length follows the measured step rate (see Trainer._follow_budget),
+    # so warm-up and cosine span the budget. max_steps / epochs still cap the steps.
+    max_minutes: float | None = None
     epochs: float = 1.0
     global_batch: int = 256  # samples per optimizer step, across all ranks
     micro_batch: int = 4  # samples per forward/backward on one rank
@@ -123,6 +127,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{key} must be >= 1, got {getattr(t, key)}")
         if t.max_steps is not None and t.max_steps < 1:
             raise ConfigError(f"train.max_steps must be >= 1, got {t.max_steps}")
+        if t.max_minutes is not None and not t.max_minutes > 0:
+            raise ConfigError(f"train.max_minutes must be > 0, got {t.max_minutes}")
         if not 0 <= self.optim.warmup_ratio < 1:
             raise ConfigError(f"optim.warmup_ratio must be in [0, 1), got {self.optim.warmup_ratio}")
         if len(self.optim.betas) != 2:

@@ -156,7 +156,17 @@ def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, inf
 
 
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict, info: DistInfo) -> None:
-    """Inverse of `full_optimizer_state`: every rank passes the full state and keeps its shard."""
+    """Inverse of `full_optimizer_state`: every rank passes the full state and keeps its shard.
+
+    A parameter that had no gradient yet when the checkpoint was written (the image tags, when every step
+    so far was a text-only batch) has no AdamW state there. PyTorch's loader initialises every state with
+    a zero-gradient step first (step count 1), so such states are removed again: the parameter must start
+    from a fresh state, with step 1 at its first real update, exactly as in an uninterrupted run.
+    """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True, strict=False))
+    saved = set(state.get("state", {}))
+    for name, param in model.named_parameters():
+        if param.requires_grad and name not in saved:
+            optimizer.state.pop(param, None)

@@ -80,6 +80,12 @@ class RunLogger:
                 if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
                     self._tb.add_scalar(f"train/{key}", value, step)
 
+    def set_total(self, total_steps: int) -> None:
+        """The run's length changed (a wall-clock budget re-plans it): the progress bar follows."""
+        if self._bar is not None:
+            self._bar.total = total_steps
+            self._bar.refresh()
+
     def progress(self, steps: int, record: dict[str, Any]) -> None:
         if self._bar is None:
             return

@@ -30,7 +30,7 @@ from sphinx_x.train.build import build_loader, build_model, check_max_len, train
 from sphinx_x.train.config import TrainConfig
 from sphinx_x.train.flops import batch_flops, measure_matmul_peak
 from sphinx_x.train.logging import PLOT_NAME, RunLogger, plot_loss_lr
-from sphinx_x.train.schedule import build_scheduler
+from sphinx_x.train.schedule import build_scheduler, warmup_steps
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -75,6 +75,7 @@ class Trainer:
         self.sampler = self.loader.batch_sampler
         steps_per_epoch = len(self.sampler) // self.accum
         self.total_steps = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
+        self.planned_steps = self.total_steps  # the cap when train.max_minutes re-plans total_steps
 
         self.bf16 = cfg.train.precision == "bf16"
         self.model = self._prepare(model)
@@ -92,6 +93,7 @@ class Trainer:
         self._dummy_image = None
         self.skips = SkipReport()  # samples skipped (lenient mode) or truncated, as this rank saw them
         self.peak_flops = cfg.train.peak_flops
+        self._budget = None  # (seconds, loop start, logger) under train.max_minutes; set by run()
 
     # ---- setup -----------------------------------------------------------------------------------
     def _prepare(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -212,6 +214,8 @@ class Trainer:
         grad_norm = self._clip()
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
+        if self._budget is not None:
+            self._follow_budget(self.step + 1)  # before scheduler.step(): the next rate follows the new plan
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
@@ -274,6 +278,23 @@ class Trainer:
         return final
 
     # ---- the run ---------------------------------------------------------------------------------
+    def _follow_budget(self, steps_done: int) -> None:
+        """Under `train.max_minutes`: stop once the budget is spent, else re-plan the run's length as the
+        steps that fit the budget at the step rate measured so far (capped by max_steps / epochs), so the
+        warm-up + cosine schedule spans the budget instead of being cut off part-way."""
+        budget_s, started, logger = self._budget
+        elapsed_s = D.all_reduce_max(time.perf_counter() - started, self.info)  # all ranks decide alike
+        if elapsed_s >= budget_s:
+            total = steps_done
+        else:
+            total = min(self.planned_steps, max(steps_done + 1, math.ceil(steps_done * budget_s / elapsed_s)))
+        if total != self.total_steps:
+            self.total_steps = total
+            shape = self.scheduler.lr_lambdas[0]
+            shape.total_steps = total
+            shape.warmup = min(warmup_steps(total, self.cfg.optim.warmup_ratio), total)
+            logger.set_total(total)
+
     def run(self) -> Path:
         cfg, info = self.cfg, self.info
         if self.peak_flops is None:
@@ -286,6 +307,7 @@ class Trainer:
         if self.step >= self.total_steps:
             logger.write(f"nothing to do: step {self.step} >= {self.total_steps} steps")
         stream = self._micro_batches()
+        self._budget = (cfg.train.max_minutes * 60, time.perf_counter(), logger) if cfg.train.max_minutes else None
         try:
             while self.step < self.total_steps:
                 record = self._train_step(stream)
