@@ -172,24 +172,14 @@ def internlm2_llama_config(path: str | Path) -> LlamaConfig:
         if kind not in ("dynamic", "linear") or "factor" not in scaling:
             raise CheckpointError(f"{file}: unsupported rope_scaling {scaling!r}; supported types: dynamic, linear")
         rope = {"rope_type": kind, "rope_theta": cfg.rope_theta, "factor": float(scaling["factor"])}
-    return LlamaConfig(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_kv_heads,
-        max_position_embeddings=cfg.max_position_embeddings,
-        rms_norm_eps=cfg.rms_norm_eps,
-        rope_parameters=rope,
-        tie_word_embeddings=cfg.tie_word_embeddings,
-        attention_bias=bool(data.get("bias", False)),  # InternLM2's `bias` covers wqkv and wo, not the MLP
-        hidden_act=data.get("hidden_act", "silu"),
-        bos_token_id=data.get("bos_token_id", 1),
-        eos_token_id=data.get("eos_token_id", 2),
-        pad_token_id=data.get("pad_token_id"),
-        attn_implementation=ATTN_IMPLEMENTATION,
-    )
+    config = llm_hf_config(cfg)  # the dims, as for any Llama; then what only InternLM2's file says
+    config.rope_parameters = rope
+    config.attention_bias = bool(data.get("bias", False))  # InternLM2's `bias` covers wqkv and wo, not the MLP
+    config.hidden_act = data.get("hidden_act", "silu")
+    config.bos_token_id = data.get("bos_token_id", 1)
+    config.eos_token_id = data.get("eos_token_id", 2)
+    config.pad_token_id = data.get("pad_token_id")
+    return config
 
 
 # ---- InternLM2 native checkpoints -----------------------------------------------------------------

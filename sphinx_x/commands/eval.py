@@ -16,15 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
-    return n
+from sphinx_x.commands.argtypes import positive_int
 
 
 def _fail(command: str, message: str) -> int:
@@ -97,9 +89,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--bench", action="append", metavar="NAME_OR_FILE",
                    help="registered name, NAME=PATH or a benchmark JSONL file; repeatable (default: synth-bench)")
     p.add_argument("--output", required=True, help="output directory (predictions, scores.json, scores.md)")
-    p.add_argument("--batch-size", type=_positive, default=8)
-    p.add_argument("--limit", type=_positive, default=None, help="only the first N rows of each benchmark")
-    p.add_argument("--max-new-tokens", type=_positive, default=None, help="override the benchmark's answer budget")
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N rows of each benchmark")
+    p.add_argument("--max-new-tokens", type=positive_int, default=None, help="override the benchmark's answer budget")
     p.add_argument("--bench-root", default=None,
                    help=f"where NAME.jsonl files live (default ${BENCH_ROOT_ENV} or {DEFAULT_BENCH_ROOT}/)")
     p.add_argument("--synth-dir", default=None,

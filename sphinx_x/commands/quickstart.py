@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sphinx_x.commands.argtypes import positive_float, positive_int
+
 # configs/nano.yaml without its paths (tests/test_quickstart.py checks that the two agree).
 RECIPE: dict[str, Any] = {
     "model": {"preset": "nano"},
@@ -40,38 +42,18 @@ SAVE_RESERVE_S = 10.0  # final checkpoint + model directory + the demo answer
 DEMO_QUESTION = "Describe the image concisely. Include the bounding box for each mentioned object."
 
 
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {v}")
-    return v
-
-
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
-    return n
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("quickstart", help="synthetic data -> train nano on CPU -> synth-bench -> a demo answer",
                               description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/quickstart", help="output directory (default runs/quickstart)")
-    p.add_argument("--minutes", type=_positive_float, default=10.0,
+    p.add_argument("--minutes", type=positive_float, default=10.0,
                    help="wall-clock budget of the whole command (default 10)")
     p.add_argument("--seed", type=int, default=0, help="corpus and training seed (default 0)")
-    p.add_argument("--train-samples", type=_positive_int, default=TRAIN_SAMPLES,
+    p.add_argument("--train-samples", type=positive_int, default=TRAIN_SAMPLES,
                    help=f"training samples to generate (default {TRAIN_SAMPLES})")
-    p.add_argument("--bench-rows", type=_positive_int, default=BENCH_ROWS,
+    p.add_argument("--bench-rows", type=positive_int, default=BENCH_ROWS,
                    help=f"synth-bench rows (default {BENCH_ROWS} = 20 per task)")
-    p.add_argument("--max-steps", type=_positive_int, default=None,
+    p.add_argument("--max-steps", type=positive_int, default=None,
                    help=f"cap on optimizer steps (default {RECIPE['train']['max_steps']}; the budget ends first)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
