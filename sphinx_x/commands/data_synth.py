@@ -11,33 +11,18 @@ import argparse
 import json
 import sys
 
-
-def _count(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {n}")
-    return n
-
-
-def _positive(text: str) -> int:
-    n = _count(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError("expected at least 1")
-    return n
+from sphinx_x.commands.argtypes import non_negative_int, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("synth", help="generate the synthetic multi-domain corpus and synth-bench",
                               description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="output directory (new, empty, or a previous synth corpus)")
-    p.add_argument("--train", type=_count, default=2000, help="training samples (default 2000)")
-    p.add_argument("--val", type=_count, default=200, help="validation samples (default 200)")
-    p.add_argument("--test", type=_count, default=260, help="synth-bench rows (default 260 = 20 per task)")
+    p.add_argument("--train", type=non_negative_int, default=2000, help="training samples (default 2000)")
+    p.add_argument("--val", type=non_negative_int, default=200, help="validation samples (default 200)")
+    p.add_argument("--test", type=non_negative_int, default=260, help="synth-bench rows (default 260 = 20 per task)")
     p.add_argument("--seed", type=int, default=0, help="corpus seed (default 0)")
-    p.add_argument("--workers", type=_positive, default=1, help="generator processes (output does not depend on it)")
+    p.add_argument("--workers", type=positive_int, default=1, help="generator processes (output does not depend on it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 

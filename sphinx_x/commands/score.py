@@ -20,24 +20,11 @@ class InputError(ValueError):
 def read_rows(path: Path, metric: str) -> tuple[list[dict[str, Any]], list[int]]:
     """Read a JSONL file of rows for `metric` (blank lines skipped), checking every row's fields.
     Returns the rows and the file line number of each."""
-    from sphinx_x.eval.metrics import RowError, check_row
+    from sphinx_x.eval.metrics import check_row
+    from sphinx_x.eval.rows_io import iter_checked_rows
 
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: cannot read ({e})") from None
     rows, linenos = [], []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-        try:
-            check_row(metric, row)
-        except RowError as e:
-            raise InputError(f"{path}:{lineno}: {e.message}") from None
+    for lineno, row in iter_checked_rows(path, lambda r: check_row(metric, r), InputError):
         rows.append(row)
         linenos.append(lineno)
     if not rows:

@@ -21,7 +21,7 @@ JSONL file works too, taking the registered spec whose name is the file's stem, 
 
 from __future__ import annotations
 
-import json
+import itertools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from sphinx_x.eval.metrics import METRICS, RowError, check_row
+from sphinx_x.eval.rows_io import iter_checked_rows
 
 SHORT_ANSWER = "{question}\nAnswer the question using a single word or phrase."
 # SPEC section 3: SPHINX's REC prompt.
@@ -228,24 +229,9 @@ def image_paths(bench: Benchmark, row: Mapping[str, Any]) -> list[str]:
 
 def load_rows(bench: Benchmark, limit: int | None = None) -> Benchmark:
     """Read and check the rows file (the first `limit` rows when given); fills `bench.rows` / `bench.linenos`."""
-    try:
-        text = bench.path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise BenchmarkError(f"{bench.path}: cannot read ({e})") from None
     rows, linenos, seen = [], [], {}
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if limit is not None and len(rows) >= limit:
-            break
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise BenchmarkError(f"{bench.path}:{lineno}: not valid JSON ({e.msg})") from None
-        try:
-            check_bench_row(bench, row)
-        except RowError as e:
-            raise BenchmarkError(f"{bench.path}:{lineno}: {e.message}") from None
+    checked = iter_checked_rows(bench.path, lambda r: check_bench_row(bench, r), BenchmarkError)
+    for lineno, row in itertools.islice(checked, limit):  # stops before reading past the limit
         key = str(row["id"])
         if key in seen:
             raise BenchmarkError(f"{bench.path}:{lineno}: field 'id' {row['id']!r} repeats line {seen[key]}")
