@@ -210,3 +210,20 @@ def test_bench_rows_have_their_metric_fields(corpus: Path) -> None:
     assert set(by_metric) == {"exact", "mc", "pope", "relaxed", "anls", "rec"}
     for metric, metric_rows in by_metric.items():  # the ground truth, read as a prediction, scores 100
         assert score_rows(metric, metric_rows).score == pytest.approx(100.0), metric
+
+
+def test_training_dialogues_are_dense_and_never_repeat_a_question() -> None:
+    """An image costs the same compute whatever its number of turns, so training scenes carry many
+    different questions: 4-6 for VQA, 2-3 for grounding, 2-3 for charts; text samples 3-5 turns."""
+    expected = {"vqa": (4, 6), "grounding": (2, 3), "chart": (2, 3), "text": (3, 5)}
+    seen: dict[str, set[int]] = {d: set() for d in expected}
+    for i in range(120):
+        s = make_sample(5, "train", i)
+        questions = [q for q, _ in s.turns]
+        if s.domain in ("vqa", "grounding"):
+            assert len(set(questions)) == len(questions), (s.domain, questions)
+        if s.domain in expected:
+            lo, hi = expected[s.domain]
+            assert lo <= len(s.turns) <= hi, (s.domain, len(s.turns))
+            seen[s.domain].add(len(s.turns))
+    assert seen["vqa"] == {4, 5, 6}  # every length occurs

@@ -207,7 +207,7 @@ def test_every_preset_has_a_config_that_loads():
         model = model_config(cfg)
         check_max_len(cfg, model)
         assert model.name == name
-        assert cfg.optim.lr == (5e-6 if name == "moe" else 3e-3 if name == "nano" else 2e-5), name
+        assert cfg.optim.lr == (5e-6 if name == "moe" else 1e-3 if name == "nano" else 2e-5), name
         if name != "nano":  # local component weights are merged into the preset, expert by expert
             assert model.llm.path and all(e.checkpoint for e in model.vision.experts)
             assert model.vision.experts[0].checkpoint_format == "open_clip"

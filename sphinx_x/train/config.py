@@ -54,7 +54,7 @@ class DataSection:
 @dataclass
 class OptimSection:
     # 2e-5 is the SPHINX-X recipe for pretrained backbones (5e-6 for the MoE member). Training the
-    # `nano` preset from scratch needs a much larger rate (its config uses 3e-3).
+    # `nano` preset from scratch needs a much larger rate (its config uses 1e-3).
     lr: float = 2e-5
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8

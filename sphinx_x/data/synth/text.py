@@ -67,5 +67,5 @@ def generate_text(rng: random.Random, task: str | None = None) -> Sample:
     if task == "code":
         qa = code(rng)
         return Sample("text", [qa], bench={"task": task, "metric": "exact", "answer": qa[1]})
-    makers = rng.choices([_dialogue_turn, arithmetic, code], weights=[2, 2, 1], k=rng.choice([1, 2, 3]))
+    makers = rng.choices([_dialogue_turn, arithmetic, code], weights=[2, 2, 1], k=rng.choice([3, 4, 5]))
     return Sample("text", [make(rng) for make in makers])
