@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
@@ -269,6 +270,21 @@ BENCH_METRICS = {"color": "exact", "shape": "exact", "count": "exact", "spatial"
                  "mc": "mc"}
 
 
+def distinct_turns(askers: Iterable[Callable[[], tuple[str, str] | None]], want: int) -> list[tuple[str, str]]:
+    """Call `askers` in order (lazily: each draws from the sample's RNG) and keep answers to questions not
+    asked yet, until `want` turns; an asker may return None (no suitable object)."""
+    turns: list[tuple[str, str]] = []
+    asked: set[str] = set()
+    for ask in askers:
+        qa = ask()
+        if qa is not None and qa[0] not in asked:
+            asked.add(qa[0])
+            turns.append(qa)
+        if len(turns) == want:
+            break
+    return turns
+
+
 def _scene_sample(domain: str, rng: random.Random, n_objects: int | None = None) -> tuple[Sample, Scene]:
     scene = make_scene(rng, n_objects)
     img = render_scene(scene)
@@ -293,14 +309,8 @@ def generate_vqa(rng: random.Random, task: str | None = None) -> Sample:
     want = rng.choice(VQA_TURNS)
     names = list(VQA_ASKERS)
     rng.shuffle(names)
-    asked = set()
-    for name in names * 2:  # a second round asks the same kinds about other objects
-        qa = VQA_ASKERS[name](scene, rng)
-        if qa is not None and qa[0] not in asked:
-            asked.add(qa[0])
-            sample.turns.append(qa)
-        if len(sample.turns) == want:
-            break
+    # A second round asks the same kinds about other objects.
+    sample.turns = distinct_turns((lambda n=n: VQA_ASKERS[n](scene, rng) for n in names * 2), want)
     return sample
 
 
@@ -321,12 +331,6 @@ def generate_grounding(rng: random.Random, task: str | None = None) -> Sample:
         w, h = scene.size
         sample.bench = {"task": "rec", "metric": "rec", "gt_box": list(o.box), "width": w, "height": h}
         return sample
-    want = rng.choice([2, 3])
-    sample.turns = []
-    for _ in range(12):  # 2-3 different questions (a repeated REC target is asked once)
-        q, a = ask_grounding(scene, rng)
-        if all(q != prev for prev, _ in sample.turns):
-            sample.turns.append((q, a))
-        if len(sample.turns) == want:
-            break
+    want = rng.choice([2, 3])  # different questions (a repeated REC target is asked once)
+    sample.turns = distinct_turns((lambda: ask_grounding(scene, rng) for _ in range(12)), want)
     return sample
