@@ -96,6 +96,13 @@ def test_mix_yaml_paths_roots_and_errors(tmp_path):
     mix.write_text("META:\n  - path: data/a.jsonl\n    typ: t\n")
     with pytest.raises(DataError, match="unknown key 'typ'"):
         load_mix(mix)
+    assert [s.phase for s in m.sources] == [0, 0]  # no curriculum unless asked for
+    mix.write_text("META:\n  - path: data/a.jsonl\n    type: t\n    phase: 1\n  - path: data/a.jsonl\n    type: t\n")
+    assert [s.phase for s in load_mix(mix).sources] == [1, 0]
+    for bad in ("-1", "0.5", "first", "true"):
+        mix.write_text(f"META:\n  - path: data/a.jsonl\n    type: t\n    phase: {bad}\n")
+        with pytest.raises(DataError, match=r"mix.yaml:2: META\[0\].phase: must be an integer >= 0"):
+            load_mix(mix)
 
 
 # ---- dataset + collate + DataLoader with real images ---------------------------------------------
@@ -174,6 +181,20 @@ def test_dataloader_batches_with_real_images(image_mix, nano, num_workers):
         report.add(batch)
     assert seen == 20  # 9 image samples -> 3 global batches of 4 (filled up), 6 text -> 2 batches of 4
     assert images >= 10 and report.skipped == {} and report.samples == 20
+
+
+def test_curriculum_phase_trains_its_source_first(image_mix, nano):
+    """The text source in phase 0, images in phase 1: the loader yields every text sample before any image."""
+    (image_mix / "phased.yaml").write_text(
+        "META:\n  - path: vision.jsonl\n    type: image\n    root: imgs\n    phase: 1\n"
+        "  - path: text.json\n    type: text\n    phase: 0\n")
+    ds = MixDataset(image_mix / "phased.yaml", nano, VISION, max_len=512, seed=1)
+    assert ds.phase_ids.tolist() == [1] * 9 + [0] * 6
+    loader = build_dataloader(ds, global_batch_size=2, micro_batch_size=2, seed=1, num_workers=0)
+    for epoch in (0, 1):
+        loader.batch_sampler.set_epoch(epoch)
+        kinds = [batch["type"] for batch in loader]
+        assert kinds == ["text"] * 3 + ["image"] * 4  # 6 text samples, 9 images (drop_last: 8)
 
 
 def test_image_without_placeholder_sits_after_bos(image_mix, nano):

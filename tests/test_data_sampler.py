@@ -143,3 +143,45 @@ def test_bad_arguments():
         make(global_batch_size=16, micro_batch_size=3, world_size=2)
     with pytest.raises(ValueError, match="5 lengths but 4 types"):
         TypeGroupedBatchSampler([1] * 5, ["a"] * 4, 2, 1)
+
+
+# ---- curriculum phases (the mix's per-source `phase`) --------------------------------------------
+PHASES = np.where(RNG.random(N) < 0.3, 0, 2)  # any integers; only their order matters
+
+
+def test_phases_train_every_lower_phase_first_in_every_epoch():
+    sampler = make(phases=PHASES)
+    for epoch in (0, 1):
+        batches = sampler.global_batches(epoch)
+        phase_seq = [int(PHASES[b[0]]) for b in batches]
+        assert phase_seq == sorted(phase_seq) and set(phase_seq) == {0, 2}
+        for batch in batches:  # one phase and one type per global batch
+            assert len(set(PHASES[batch])) == 1 and len(set(TYPES[batch])) == 1
+        # inside a phase the types are still shuffled together
+        first = [TYPES[b[0]] for b in batches if PHASES[b[0]] == 2]
+        assert sum(a != b for a, b in zip(first, first[1:])) >= 3
+    counts = [((TYPES == t) & (PHASES == p)).sum() // 16 for t in set(TYPES) for p in (0, 2)]
+    assert len(sampler.global_batches()) == sum(counts)
+    assert len(sampler) == sum(counts) * 8  # micro-batches of 2 in global batches of 16
+
+
+def test_one_phase_gives_exactly_the_plan_without_phases():
+    plain = make().global_batches(1)
+    same = make(phases=np.full(N, 5)).global_batches(1)
+    assert [b.tolist() for b in plain] == [b.tolist() for b in same]
+
+
+@pytest.mark.parametrize("stop", [3, 40])
+def test_resume_inside_and_after_the_first_phase(stop):
+    expected = list(make(phases=PHASES))
+    run = make(phases=PHASES)
+    it = iter(run)
+    got = [next(it) for _ in range(stop)]
+    resumed = make(phases=PHASES)
+    resumed.load_state_dict(run.state_dict())
+    assert got + list(resumed) == expected
+
+
+def test_phases_must_match_the_samples():
+    with pytest.raises(ValueError, match="203 lengths but 5 phases"):
+        make(phases=[0] * 5)

@@ -104,6 +104,7 @@ class MixDataset(Dataset):
         self.type_names = self.mix.types
         source_type = np.array([self.type_names.index(s.type) for s in self.mix.sources], dtype=np.int64)
         self.type_ids = source_type[self.source_of]  # per index
+        self.phase_ids = np.array([s.phase for s in self.mix.sources], dtype=np.int64)[self.source_of]
         self.skipped: Counter[str] = Counter()
         self.truncated = 0
         self._lengths: np.ndarray | None = None
@@ -308,7 +309,7 @@ def build_dataloader(
     `TypeGroupedBatchSampler` (call its `set_epoch`, `state_dict`, `load_state_dict`)."""
     sampler = TypeGroupedBatchSampler(
         dataset.lengths(), dataset.type_ids, global_batch_size, micro_batch_size,
-        world_size=world_size, rank=rank, seed=seed, drop_last=drop_last,
+        world_size=world_size, rank=rank, seed=seed, drop_last=drop_last, phases=dataset.phase_ids,
     )
     return DataLoader(
         dataset,

@@ -12,6 +12,8 @@ The mix YAML (LLaMA2-Accessory shape):
         type: image_text        # every global batch holds a single type
         root: images/           # optional: image paths are relative to it (default: the data file's dir)
         ratio: 0.5              # optional: < 1 sub-samples, > 1 repeats (deterministic by seed)
+        phase: 0                # optional curriculum: in every epoch, all samples of phase 0 sources are
+                                # trained before any of phase 1, and so on (default 0 = one phase, mixed)
 """
 
 from __future__ import annotations
@@ -210,6 +212,7 @@ class Source:
     type: str
     root: Path
     ratio: float = 1.0
+    phase: int = 0  # curriculum phase: lower phases are trained first in every epoch
     yaml_line: int | None = None  # line of the entry in the mix file, for messages
 
     def open(self) -> RecordReader:
@@ -248,9 +251,9 @@ def load_mix(path: str | Path) -> Mix:
         if not isinstance(entry, dict):
             raise DataError(where, "each META entry must be a mapping with path and type", field=f"META[{i}]",
                             reason="invalid_mix")
-        unknown = sorted(set(entry) - {"path", "type", "root", "ratio"})
+        unknown = sorted(set(entry) - {"path", "type", "root", "ratio", "phase"})
         if unknown:
-            raise DataError(where, f"unknown key {unknown[0]!r}; valid keys: path, type, root, ratio",
+            raise DataError(where, f"unknown key {unknown[0]!r}; valid keys: path, type, root, ratio, phase",
                             field=f"META[{i}]", reason="invalid_mix")
         for key in ("path", "type"):
             if not isinstance(entry.get(key), str) or not entry[key]:
@@ -259,6 +262,10 @@ def load_mix(path: str | Path) -> Mix:
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or ratio <= 0:
             raise DataError(where, f"must be a positive number, got {ratio!r}", field=f"META[{i}].ratio",
                             reason="invalid_mix")
+        phase = entry.get("phase", 0)
+        if isinstance(phase, bool) or not isinstance(phase, int) or phase < 0:
+            raise DataError(where, f"must be an integer >= 0, got {phase!r}", field=f"META[{i}].phase",
+                            reason="invalid_mix")
         data_path = (path.parent / entry["path"]).resolve()
         if not data_path.is_file():
             raise DataError(where, f"data file not found: {data_path}", field=f"META[{i}].path", reason="invalid_mix")
@@ -266,7 +273,7 @@ def load_mix(path: str | Path) -> Mix:
         if root is not None and not isinstance(root, str):
             raise DataError(where, "must be a string", field=f"META[{i}].root", reason="invalid_mix")
         root_path = (path.parent / root).resolve() if root else data_path.parent
-        sources.append(Source(data_path, entry["type"], root_path, float(ratio), entry_node.start_mark.line + 1))
+        sources.append(Source(data_path, entry["type"], root_path, float(ratio), phase, entry_node.start_mark.line + 1))
     return Mix(path, sources)
 
 

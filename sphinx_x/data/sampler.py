@@ -7,6 +7,9 @@ Plan of one epoch (a function of `seed`, `epoch`, the lengths and types only; ne
   2. a type's incomplete last global batch is dropped (`drop_last=True`) or filled up with the
      type's first indices of the permutation (`drop_last=False`), so every global batch is full;
   3. the global batches of all types are shuffled together.
+With curriculum `phases` (one integer per sample, from the mix's per-source `phase`), steps 1-3 run
+for each phase in turn and the phases' global batches follow each other in increasing order, so every
+epoch trains all of phase 0 before any of phase 1. With one phase the plan is exactly the plan above.
 
 How the trainer consumes it: a global batch has `global_batch_size = micro_batch_size * world_size *
 accum_steps` samples. Rank r yields, for every global batch in turn, `accum_steps` micro-batches: at
@@ -43,10 +46,14 @@ class TypeGroupedBatchSampler(Sampler[list[int]]):
         seed: int = 0,
         drop_last: bool = True,
         bucket_batches: int = 32,
+        phases: Sequence[int] | np.ndarray | None = None,
     ):
         lengths = np.asarray(lengths, dtype=np.int64)
         if len(lengths) != len(types):
             raise ValueError(f"{len(lengths)} lengths but {len(types)} types")
+        phases = np.zeros(len(lengths), dtype=np.int64) if phases is None else np.asarray(phases, dtype=np.int64)
+        if len(phases) != len(lengths):
+            raise ValueError(f"{len(lengths)} lengths but {len(phases)} phases")
         if micro_batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"bad micro_batch_size={micro_batch_size}, world_size={world_size}, rank={rank}")
         if global_batch_size % (micro_batch_size * world_size):
@@ -56,6 +63,7 @@ class TypeGroupedBatchSampler(Sampler[list[int]]):
             )
         self.lengths = lengths
         self.type_names, self.type_ids = np.unique(np.asarray(types), return_inverse=True)
+        self.phase_values, self.phase_ids = np.unique(phases, return_inverse=True)
         self.global_batch_size = global_batch_size
         self.micro_batch_size = micro_batch_size
         self.world_size = world_size
@@ -73,10 +81,17 @@ class TypeGroupedBatchSampler(Sampler[list[int]]):
         """Every global batch of an epoch, in order (same on every rank)."""
         epoch = self.epoch if epoch is None else epoch
         rng = np.random.default_rng([self.seed, epoch])
+        plan: list[np.ndarray] = []
+        for phase in range(len(self.phase_values)):
+            plan += self._phase_batches(rng, self.phase_ids == phase)
+        return plan
+
+    def _phase_batches(self, rng: np.random.Generator, in_phase: np.ndarray) -> list[np.ndarray]:
+        """Steps 1-3 of the plan over the samples where `in_phase` is true."""
         g = self.global_batch_size
         batches: list[np.ndarray] = []
         for t in range(len(self.type_names)):
-            perm = rng.permutation(np.flatnonzero(self.type_ids == t))
+            perm = rng.permutation(np.flatnonzero((self.type_ids == t) & in_phase))
             if len(perm) == 0:
                 continue
             if len(perm) % g and not self.drop_last:
@@ -117,7 +132,8 @@ class TypeGroupedBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         """Micro-batches this rank yields in a full epoch."""
-        counts = np.bincount(self.type_ids, minlength=len(self.type_names))
+        groups = self.phase_ids * len(self.type_names) + self.type_ids  # one count per (phase, type)
+        counts = np.bincount(groups, minlength=len(self.phase_values) * len(self.type_names))
         g = self.global_batch_size
         per_type = counts // g if self.drop_last else -(-counts // g)
         return int(per_type.sum()) * self.accum_steps
