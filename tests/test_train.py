@@ -166,6 +166,39 @@ def test_frozen_experts_get_no_gradient_and_no_optimizer_state(corpus, tmp_path)
     assert all(e.frozen for e in trainer.model_config.vision.experts)
 
 
+def test_vision_lr_scale_multiplies_only_the_experts_updates(corpus, tmp_path):
+    """AdamW's first update is lr * sign(grad), so with the same data and init the experts move exactly
+    `vision_lr_scale` times as far while the LLM and projector move the same."""
+    from sphinx_x.train.distributed import DistInfo
+    from sphinx_x.train.loop import Trainer
+
+    def first_update(scale: float) -> tuple[Trainer, dict[str, torch.Tensor]]:
+        cfg = load_train_config(NANO_YAML, fast_overrides(corpus, tmp_path / str(scale), **{
+            "optim.vision_lr_scale": scale, "optim.warmup_ratio": 0}))
+        trainer = Trainer(cfg, DistInfo())
+        named = dict(trainer.model.named_parameters())
+        before = {n: p.detach().clone() for n, p in named.items()}
+        micro = next(b for b in trainer._micro_batches() if b["images"] is not None)
+        trainer._forward_backward([micro])
+        trainer.optimizer.step()
+        return trainer, {n: (named[n].detach() - before[n]).abs().max() for n in named}
+
+    plain, base = first_update(1.0)
+    scaled, more = first_update(4.0)
+    assert len(plain.optimizer.param_groups) == 1
+    groups = scaled.optimizer.param_groups
+    assert [g["lr"] for g in groups] == [pytest.approx(2e-3), pytest.approx(8e-3)]
+    experts = {id(p) for n, p in scaled.model.named_parameters() if n.startswith("visual.experts.")}
+    assert {id(p) for p in groups[1]["params"]} == experts
+    for name in ("visual.experts.clip_convnext.trunk.stem.0.weight",
+                 "visual.experts.dinov2.trunk.patch_embed.proj.weight"):
+        assert more[name] / base[name] == pytest.approx(4.0, rel=1e-3), name
+    for name in ("visual.projector.0.weight", "llm.model.layers.0.mlp.up_proj.weight"):
+        assert more[name] / base[name] == pytest.approx(1.0, rel=1e-3), name
+    with pytest.raises(ConfigError, match="optim.vision_lr_scale must be > 0"):
+        load_train_config(NANO_YAML, fast_overrides(corpus, tmp_path / "bad", **{"optim.vision_lr_scale": 0}))
+
+
 def test_checkpoint_write_is_atomic_and_keeps_last_n(tmp_path, monkeypatch):
     from sphinx_x.config import SphinxXConfig
     from sphinx_x.model import SphinxX

@@ -88,6 +88,21 @@ def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
 
+def is_vision_expert_parameter(name: str) -> bool:
+    """True for a vision expert's weight, under any wrapper prefix (DDP's `module.`, FSDP's)."""
+    return name.startswith("visual.experts.") or ".visual.experts." in name
+
+
+def param_groups(named: list[tuple[str, nn.Parameter]], lr: float, vision_lr_scale: float) -> list[dict[str, Any]]:
+    """AdamW groups: everything at `lr`, trainable vision-expert weights at `lr * vision_lr_scale`.
+    The first group is the main one (its rate is the one logged); an empty group is left out."""
+    vision = [p for n, p in named if is_vision_expert_parameter(n)]
+    if vision_lr_scale == 1.0 or not vision:
+        return [{"params": [p for _, p in named], "lr": lr}]  # one group, in model order (resumable as before)
+    rest = [p for n, p in named if not is_vision_expert_parameter(n)]
+    return [g for g in ({"params": rest, "lr": lr}, {"params": vision, "lr": lr * vision_lr_scale}) if g["params"]]
+
+
 def build_loader(cfg: TrainConfig, model_cfg: SphinxXConfig, tokenizer: Any, rank: int, world_size: int):
     """The DataLoader of this rank's micro-batches (its `batch_sampler` is the resumable sampler)."""
     from sphinx_x.data.dataset import MixDataset, build_dataloader

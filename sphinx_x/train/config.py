@@ -61,6 +61,9 @@ class OptimSection:
     weight_decay: float = 0.0
     warmup_ratio: float = 0.01  # linear warm-up over this fraction of the optimizer steps
     grad_clip: float = 8.0  # max global gradient norm (0 disables clipping)
+    # LR multiplier for trainable vision-expert weights (projector and LLM keep `lr`). Frozen experts
+    # (the SPHINX-X recipe) have no such weights; a from-scratch expert may learn faster with more.
+    vision_lr_scale: float = 1.0
 
 
 @dataclass
@@ -131,6 +134,8 @@ class TrainConfig:
             raise ConfigError(f"train.max_minutes must be > 0, got {t.max_minutes}")
         if not 0 <= self.optim.warmup_ratio < 1:
             raise ConfigError(f"optim.warmup_ratio must be in [0, 1), got {self.optim.warmup_ratio}")
+        if not self.optim.vision_lr_scale > 0:
+            raise ConfigError(f"optim.vision_lr_scale must be > 0, got {self.optim.vision_lr_scale}")
         if len(self.optim.betas) != 2:
             raise ConfigError(f"optim.betas must be two numbers, got {self.optim.betas}")
         if self.output.resume not in (True, False, "auto"):

@@ -26,7 +26,7 @@ from sphinx_x.constants import IGNORE_INDEX, IMAGE_TOKEN_ID
 from sphinx_x.data.dataset import SkipReport
 from sphinx_x.train import checkpoint as ckpt
 from sphinx_x.train import distributed as D
-from sphinx_x.train.build import build_loader, build_model, check_max_len, trainable_parameters
+from sphinx_x.train.build import build_loader, build_model, check_max_len, param_groups, trainable_parameters
 from sphinx_x.train.config import TrainConfig
 from sphinx_x.train.flops import batch_flops, measure_matmul_peak
 from sphinx_x.train.logging import PLOT_NAME, RunLogger, plot_loss_lr
@@ -82,8 +82,8 @@ class Trainer:
         self.named_params = trainable_parameters(self.model)
         self.params = [p for _, p in self.named_params]
         o = cfg.optim
-        self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                                           weight_decay=o.weight_decay)
+        self.optimizer = torch.optim.AdamW(param_groups(self.named_params, o.lr, o.vision_lr_scale),
+                                           lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, o.warmup_ratio)
         self.step = 0
         self.consumed = 0  # micro-batches of this rank consumed in the current epoch
