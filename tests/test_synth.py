@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -212,18 +213,40 @@ def test_bench_rows_have_their_metric_fields(corpus: Path) -> None:
         assert score_rows(metric, metric_rows).score == pytest.approx(100.0), metric
 
 
-def test_training_dialogues_are_dense_and_never_repeat_a_question() -> None:
-    """An image costs the same compute whatever its number of turns, so training scenes carry many
-    different questions: 4-6 for VQA, 2-3 for grounding, 2-3 for charts; text samples 3-5 turns."""
-    expected = {"vqa": (4, 6), "grounding": (2, 3), "chart": (2, 3), "text": (3, 5)}
-    seen: dict[str, set[int]] = {d: set() for d in expected}
-    for i in range(120):
+def test_training_dialogues_are_dense_and_cannot_be_answered_from_their_own_text() -> None:
+    """An image costs the same compute whatever its number of turns, so training scenes carry several
+    different questions. None may be answerable by copying from earlier turns: a VQA question never asks
+    the colour or shape of an object whose colour and shape earlier turns both named, and a grounding
+    answer never repeats a box an earlier answer gave."""
+    expected = {"vqa": (2, 6), "grounding": (1, 3), "chart": (2, 3), "text": (3, 5)}
+    lengths: dict[str, list[int]] = {d: [] for d in expected}
+    asked_about_named = 0
+    for i in range(240):
         s = make_sample(5, "train", i)
         questions = [q for q, _ in s.turns]
-        if s.domain in ("vqa", "grounding"):
-            assert len(set(questions)) == len(questions), (s.domain, questions)
         if s.domain in expected:
             lo, hi = expected[s.domain]
             assert lo <= len(s.turns) <= hi, (s.domain, len(s.turns))
-            seen[s.domain].add(len(s.turns))
-    assert seen["vqa"] == {4, 5, 6}  # every length occurs
+            lengths[s.domain].append(len(s.turns))
+        if s.domain in ("vqa", "grounding"):
+            assert len(set(questions)) == len(questions), (s.domain, questions)
+        if s.domain == "vqa":
+            objects = s.meta["objects"]
+            for k, (q, _) in enumerate(s.turns):
+                earlier = " ".join(f"{x} {y}" for x, y in s.turns[:k])
+                if m := re.match(r"What color is the (\w+)\?", q):
+                    subject = next(o for o in objects if o["shape"] == m[1])
+                elif m := re.match(r"What shape is the (\w+) object\?", q):  # also the multiple-choice form
+                    subject = next(o for o in objects if o["color"] == m[1])
+                else:
+                    continue
+                asked_about_named += subject["color"] in earlier and subject["shape"] in earlier
+        if s.domain == "grounding":
+            given: set[str] = set()
+            for _, a in s.turns:
+                boxes = re.findall(r"\d\.\d\d, \d\.\d\d, \d\.\d\d, \d\.\d\d", a)
+                assert not given & set(boxes), (a, given)
+                given |= set(boxes)
+    assert asked_about_named == 0
+    assert set(lengths["vqa"]) >= {4, 5, 6} and sum(lengths["vqa"]) / len(lengths["vqa"]) > 4
+    assert max(lengths["grounding"]) == 3

@@ -135,24 +135,42 @@ def render_scene(scene: Scene) -> Image.Image:
 
 
 # ---- questions ---------------------------------------------------------------------------------
+def _among(scene: Scene, subjects: list[Obj] | None) -> list[Obj]:
+    return scene.objects if subjects is None else subjects
+
+
+def revealed(scene: Scene, turns: list[tuple[str, str]]) -> list[Obj]:
+    """Objects whose colour and shape words both occur in the dialogue so far: a later question about
+    one of them ("What shape is the red object?" after "What color is the circle?" - "red") could be
+    answered by copying from the text instead of reading the image. Conservative: colours are unique
+    in a scene, so this never misses a named object (it may also catch an object named only in parts)."""
+    text = " ".join(q + " " + a for q, a in turns).lower()
+    return [o for o in scene.objects if o.color in text and o.shape in text]
+
+
 def _left_to_right(scene: Scene) -> list[Obj]:
     return sorted(scene.objects, key=lambda o: (o.center[0], o.center[1]))
 
 
-def ask_color(scene: Scene, rng: random.Random) -> tuple[str, str] | None:
-    unique = [o for o in scene.objects if sum(p.shape == o.shape for p in scene.objects) == 1]
+# `subjects` (training dialogues): the objects a question may be about; None = any. A dialogue leaves out
+# objects its earlier turns already named, whose answers could be copied from the text (see `revealed`).
+def ask_color(scene: Scene, rng: random.Random, subjects: list[Obj] | None = None) -> tuple[str, str] | None:
+    unique = [o for o in _among(scene, subjects) if sum(p.shape == o.shape for p in scene.objects) == 1]
     if not unique:
         return None
     o = rng.choice(unique)
     return f"What color is the {o.shape}?", o.color
 
 
-def ask_shape(scene: Scene, rng: random.Random) -> tuple[str, str]:
-    o = rng.choice(scene.objects)
+def ask_shape(scene: Scene, rng: random.Random, subjects: list[Obj] | None = None) -> tuple[str, str] | None:
+    candidates = _among(scene, subjects)
+    if not candidates:
+        return None
+    o = rng.choice(candidates)
     return f"What shape is the {o.color} object?", o.shape
 
 
-def ask_count(scene: Scene, rng: random.Random) -> tuple[str, str]:
+def ask_count(scene: Scene, rng: random.Random, subjects: list[Obj] | None = None) -> tuple[str, str]:
     if rng.random() < 0.3:
         return "How many objects are there?", str(len(scene.objects))
     present = [o.shape for o in scene.objects]
@@ -160,7 +178,7 @@ def ask_count(scene: Scene, rng: random.Random) -> tuple[str, str]:
     return f"How many {plural(shape, 2)} are there?", str(present.count(shape))
 
 
-def ask_spatial(scene: Scene, rng: random.Random) -> tuple[str, str] | None:
+def ask_spatial(scene: Scene, rng: random.Random, subjects: list[Obj] | None = None) -> tuple[str, str] | None:
     """Left/right or above/below between two objects whose centres are clearly apart on that axis."""
     options = []
     for a in scene.objects:
@@ -177,11 +195,12 @@ def ask_spatial(scene: Scene, rng: random.Random) -> tuple[str, str] | None:
     return rng.choice(options) if options else None
 
 
-def ask_pope(scene: Scene, rng: random.Random) -> tuple[str, str]:
+def ask_pope(scene: Scene, rng: random.Random, subjects: list[Obj] | None = None) -> tuple[str, str] | None:
     """Existence with a 50% chance of an absent object; absent ones often share a colour or a shape
     with a present one (POPE's adversarial setting)."""
     if rng.random() < 0.5:
-        return f"Is there {rng.choice(scene.objects).a_name} in the image?", "yes"
+        candidates = _among(scene, subjects)
+        return (f"Is there {rng.choice(candidates).a_name} in the image?", "yes") if candidates else None
     present = {o.name for o in scene.objects}
     near = [f"{o.color} {s}" for o in scene.objects for s in SHAPES] + [
         f"{c} {o.shape}" for o in scene.objects for c in COLORS
@@ -191,8 +210,11 @@ def ask_pope(scene: Scene, rng: random.Random) -> tuple[str, str]:
     return f"Is there {'an' if name[0] in 'aeiou' else 'a'} {name} in the image?", "no"
 
 
-def ask_mc(scene: Scene, rng: random.Random) -> tuple[str, str]:
-    o = rng.choice(scene.objects)
+def ask_mc(scene: Scene, rng: random.Random, subjects: list[Obj] | None = None) -> tuple[str, str] | None:
+    candidates = _among(scene, subjects)
+    if not candidates:
+        return None
+    o = rng.choice(candidates)
     options = SHAPES[:]
     rng.shuffle(options)
     letters = "ABCD"
@@ -232,8 +254,11 @@ def ask_caption(scene: Scene, rng: random.Random) -> tuple[str, str]:
     return "Describe the image in detail.", caption_detailed(scene)
 
 
-def ask_rec(scene: Scene, rng: random.Random) -> tuple[str, str, Obj]:
-    o = rng.choice(scene.objects)
+def ask_rec(scene: Scene, rng: random.Random, subjects: list[Obj] | None = None) -> tuple[str, str, Obj] | None:
+    candidates = _among(scene, subjects)
+    if not candidates:
+        return None
+    o = rng.choice(candidates)
     return REC_PROMPT.format(f"the {o.name}"), box_text(scene.size, o.box), o
 
 
@@ -243,23 +268,35 @@ def grounded_caption(scene: Scene) -> str:
     return "<p>" + text[3:4].upper() + text[4:] + "."
 
 
-def ask_detection(scene: Scene, rng: random.Random) -> tuple[str, str]:
+def ask_detection(scene: Scene, rng: random.Random) -> tuple[str, str, list[Obj]]:
+    """Detection of one shape: (question, answer, the objects it boxes)."""
     shape = rng.choice([o.shape for o in scene.objects]) if rng.random() < 0.85 else rng.choice(SHAPES)
     found = [o for o in _left_to_right(scene) if o.shape == shape]
     question = DETECTION_PROMPT.format(plural(shape, 2))
     if not found:
-        return question, f"There are no {plural(shape, 2)} in the image."
-    return question, format_phrase(plural(shape, len(found)), [canvas_box(scene.size, o.box) for o in found])
+        return question, f"There are no {plural(shape, 2)} in the image.", []
+    return question, format_phrase(plural(shape, len(found)), [canvas_box(scene.size, o.box) for o in found]), found
 
 
-def ask_grounding(scene: Scene, rng: random.Random) -> tuple[str, str]:
+def boxed(scene: Scene, turns: list[tuple[str, str]]) -> list[Obj]:
+    """Objects whose box an earlier answer already gave (a later turn could copy it)."""
+    text = " ".join(a for _, a in turns)
+    return [o for o in scene.objects if box_text(scene.size, o.box)[1:-1] in text]
+
+
+def ask_grounding(scene: Scene, rng: random.Random, turns: list[tuple[str, str]]) -> tuple[str, str] | None:
+    """A grounding turn whose answer gives no box that `turns` already gave (None if the kind drawn
+    would): REC of an object not boxed yet, the grounded caption only first, detection of a shape
+    none of whose objects is boxed yet."""
+    done = boxed(scene, turns)
     r = rng.random()
     if r < 0.5:
-        q, a, _ = ask_rec(scene, rng)
-        return q, a
+        rec = ask_rec(scene, rng, [o for o in scene.objects if o not in done])
+        return rec[:2] if rec is not None else None
     if r < 0.75:
-        return GROUNDED_CAPTION_PROMPT, grounded_caption(scene)
-    return ask_detection(scene, rng)
+        return (GROUNDED_CAPTION_PROMPT, grounded_caption(scene)) if not turns else None
+    q, a, found = ask_detection(scene, rng)
+    return (q, a) if not any(o in done for o in found) else None
 
 
 # ---- domain generators -------------------------------------------------------------------------
@@ -270,10 +307,12 @@ BENCH_METRICS = {"color": "exact", "shape": "exact", "count": "exact", "spatial"
                  "mc": "mc"}
 
 
-def distinct_turns(askers: Iterable[Callable[[], tuple[str, str] | None]], want: int) -> list[tuple[str, str]]:
-    """Call `askers` in order (lazily: each draws from the sample's RNG) and keep answers to questions not
-    asked yet, until `want` turns; an asker may return None (no suitable object)."""
-    turns: list[tuple[str, str]] = []
+def distinct_turns(askers: Iterable[Callable[[], tuple[str, str] | None]], want: int,
+                   turns: list[tuple[str, str]] | None = None) -> list[tuple[str, str]]:
+    """Call `askers` in order (lazily: each draws from the sample's RNG) and append answers to questions
+    not asked yet to `turns` (a new list by default), until `want` turns; an asker may return None (no
+    suitable object). Askers may look at `turns` as it grows."""
+    turns = [] if turns is None else turns
     asked: set[str] = set()
     for ask in askers:
         qa = ask()
@@ -306,11 +345,20 @@ def generate_vqa(rng: random.Random, task: str | None = None) -> Sample:
         return sample
     # Many questions per image: the image costs ~95 tokens of compute whatever the number of turns,
     # and each turn adds supervision for ~12 tokens, so dense dialogues learn faster per CPU second.
+    # Questions about objects that earlier turns named are left out (`revealed`): their answers could
+    # be copied from the dialogue, which teaches nothing about the image and is never possible in a
+    # single-question evaluation.
     want = rng.choice(VQA_TURNS)
     names = list(VQA_ASKERS)
     rng.shuffle(names)
+    turns: list[tuple[str, str]] = []
+
+    def ask(name: str) -> tuple[str, str] | None:
+        named = revealed(scene, turns)
+        return VQA_ASKERS[name](scene, rng, [o for o in scene.objects if o not in named])
+
     # A second round asks the same kinds about other objects.
-    sample.turns = distinct_turns((lambda n=n: VQA_ASKERS[n](scene, rng) for n in names * 2), want)
+    sample.turns = distinct_turns((lambda n=n: ask(n) for n in names * 2), want, turns)
     return sample
 
 
@@ -331,6 +379,7 @@ def generate_grounding(rng: random.Random, task: str | None = None) -> Sample:
         w, h = scene.size
         sample.bench = {"task": "rec", "metric": "rec", "gt_box": list(o.box), "width": w, "height": h}
         return sample
-    want = rng.choice([2, 3])  # different questions (a repeated REC target is asked once)
-    sample.turns = distinct_turns((lambda: ask_grounding(scene, rng) for _ in range(12)), want)
+    want = rng.choice([2, 3])  # different questions, none answerable by copying an earlier box
+    turns: list[tuple[str, str]] = []
+    sample.turns = distinct_turns((lambda: ask_grounding(scene, rng, turns) for _ in range(12)), want, turns)
     return sample
