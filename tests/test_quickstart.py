@@ -31,7 +31,7 @@ def test_recipe_is_configs_nano_yaml(tmp_path):
 def test_quickstart_end_to_end(tmp_path, capsys):
     out = tmp_path / "qs"
     rc = cli_main(["quickstart", "--out", str(out), "--minutes", "0.5", "--train-samples", "40",
-                   "--bench-rows", str(len(BENCH_TASKS)), "--max-steps", "2", "--quiet"])
+                   "--bench-rows", str(len(BENCH_TASKS)), "--max-steps", "2", "--expert-steps", "2", "--quiet"])
     assert rc == 0
     printed = capsys.readouterr().out
 
@@ -39,6 +39,18 @@ def test_quickstart_end_to_end(tmp_path, capsys):
     assert json.loads((out / "data" / "synth.json").read_text())["sizes"]["train"] == 40
     final = out / "train" / "final"
     assert (final / "config.json").is_file()
+    # the model was trained on the pretrained experts, which it kept frozen
+    import torch
+    from safetensors.torch import load_file
+
+    from sphinx_x.model import SphinxX
+
+    model = SphinxX.from_pretrained(final)
+    for name, expert in model.visual.experts.items():
+        assert expert.cfg.frozen
+        pretrained = load_file(str(out / "experts" / f"{name}.safetensors"))
+        assert all(torch.equal(pretrained[k], v) for k, v in expert.trunk.state_dict().items()), name
+    assert "[2/5] pretraining nano's vision experts" in printed
     steps = [json.loads(line)["step"] for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] <= 2
     scores = json.loads((out / "eval" / "scores.json").read_text())["benchmarks"]["synth-bench"]

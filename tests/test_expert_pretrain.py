@@ -1,0 +1,78 @@
+"""Pretraining nano's experts on synthetic scenes: labels, learning, and loading the result as frozen experts."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sphinx_x.cli import main as cli_main
+from sphinx_x.config import SphinxXConfig
+from sphinx_x.data.synth.common import COLORS
+from sphinx_x.data.synth.scenes import SHAPES, make_scene
+from sphinx_x.model import SphinxX
+from sphinx_x.train.expert_pretrain import NUM_CLASSES, SceneStream, scene_example
+
+VISION = SphinxXConfig.from_name("nano").vision
+
+
+def test_scene_labels_name_every_drawn_object_by_colour():
+    for index in range(20):
+        views, labels = scene_example(VISION, seed=3, index=index)
+        scene = make_scene(random.Random(3 * 1_000_003 + index))  # the same draw
+        expected = {(o.color, o.shape) for o in scene.objects}
+        got = {(list(COLORS)[c], SHAPES[k - 1]) for c, k in enumerate(labels.tolist()) if k}
+        assert got == expected
+        assert labels.max() < NUM_CLASSES
+        for e in VISION.experts:
+            assert views[e.name].dtype == torch.uint8 and views[e.name].shape == (3, e.view_size, e.view_size)
+    again_views, again = scene_example(VISION, seed=3, index=19)
+    assert torch.equal(again, labels) and torch.equal(again_views["dinov2"], views["dinov2"])
+
+
+def test_stream_workers_draw_consecutive_disjoint_batches():
+    """Two DataLoader workers take turns; together they yield scenes 0, 1, 2, ... in order."""
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(SceneStream(VISION, batch_size=2, seed=0), batch_size=None, num_workers=2)
+    it = iter(loader)
+    for b in range(4):
+        _, labels = next(it)
+        for i in range(2):
+            assert torch.equal(labels[i], scene_example(VISION, 0, 2 * b + i)[1]), (b, i)
+
+
+def test_pretrained_experts_learn_and_load_frozen(tmp_path):
+    from sphinx_x.commands.pretrain_experts import write_pretrained
+
+    torch.set_num_threads(2)
+    config = SphinxXConfig.from_name("nano")
+    result, model_yaml = write_pretrained(config, tmp_path / "experts", steps=40, batch_size=16, lr=2e-3,
+                                          num_workers=0)
+    assert result.steps == 40 and len(result.losses) == 40
+    assert sum(result.losses[-5:]) / 5 < 0.8 * result.losses[0]  # it learns (first the "none" majority)
+    assert set(result.accuracy) == {"clip_convnext", "dinov2"} and all(0 <= a <= 1 for a in result.accuracy.values())
+
+    loaded = SphinxXConfig.load(model_yaml)
+    assert all(e.frozen and e.checkpoint for e in loaded.vision.experts)
+    model = SphinxX(loaded)  # the real-weights path: VisionExpert reads each checkpoint
+    for name, expert in model.visual.experts.items():
+        saved = load_file(str(result.paths[name]))
+        assert saved.keys() == expert.trunk.state_dict().keys()
+        assert all(torch.equal(saved[k], v) for k, v in expert.trunk.state_dict().items())
+        assert not any(p.requires_grad for p in expert.trunk.parameters())
+
+
+def test_cli_writes_weights_and_refuses_bad_arguments(tmp_path, capsys):
+    out = tmp_path / "e"
+    assert cli_main(["pretrain-experts", "--out", str(out), "--steps", "2", "--batch-size", "2", "--quiet"]) == 0
+    assert {p.name for p in out.iterdir()} == {"clip_convnext.safetensors", "dinov2.safetensors", "model.yaml"}
+    assert "model.preset=" in capsys.readouterr().out
+    assert cli_main(["pretrain-experts", "--out", str(tmp_path / "x"), "--preset", "nope"]) == 2
+    assert "unknown preset 'nope'" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert cli_main(["pretrain-experts", "--out", str(tmp_path / "file")]) == 2
+    with pytest.raises(SystemExit):
+        cli_main(["pretrain-experts", "--out", str(out), "--steps", "0"])
