@@ -184,7 +184,8 @@ def make_canvas(img: Image.Image, side: int, canvas: CanvasConfig) -> Image.Imag
     return out
 
 
-def _to_uint8_tensor(img: Image.Image) -> torch.Tensor:
+def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
+    """An RGB image -> uint8 (3, H, W)."""
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
@@ -197,8 +198,8 @@ def prepare_image(img: Image.Image, vision: VisionConfig) -> ImageViews:
     for expert in vision.experts:
         r = expert.view_size
         full = make_canvas(img, g * r, canvas)
-        tiles = [_to_uint8_tensor(full.resize((r, r), Image.Resampling.BICUBIC) if g > 1 else full)]
-        arr = _to_uint8_tensor(full)
+        tiles = [to_uint8_tensor(full.resize((r, r), Image.Resampling.BICUBIC) if g > 1 else full)]
+        arr = to_uint8_tensor(full)
         for idx, skip in enumerate(skipped):
             if not skip:
                 row, col = divmod(idx, g)

@@ -16,22 +16,21 @@ object of that colour (chance: 1 in 5).
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from sphinx_x.canvas import make_canvas
+from sphinx_x.canvas import make_canvas, to_uint8_tensor
 from sphinx_x.config import VisionConfig
+from sphinx_x.curate.files import write_atomic
 from sphinx_x.data.synth.common import COLORS
 from sphinx_x.data.synth.scenes import SHAPES, make_scene, render_scene
 from sphinx_x.vision import VisionExpert
@@ -46,8 +45,7 @@ def scene_example(vision: VisionConfig, seed: int, index: int) -> tuple[dict[str
     image = render_scene(scene)
     views = {}
     for expert in vision.experts:  # the global view only: the whole scene, as the labels describe it
-        canvas = make_canvas(image, expert.view_size, vision.canvas)
-        views[expert.name] = torch.from_numpy(np.asarray(canvas, dtype=np.uint8).copy()).permute(2, 0, 1)
+        views[expert.name] = to_uint8_tensor(make_canvas(image, expert.view_size, vision.canvas))
     labels = torch.zeros(NUM_COLORS, dtype=torch.long)
     colors = list(COLORS)
     for o in scene.objects:
@@ -145,9 +143,8 @@ def pretrain_experts(vision: VisionConfig, out: str | Path, *, steps: int = 400,
     paths = {}
     for name, expert in experts.items():
         paths[name] = out / f"{name}.safetensors"
-        tmp = out / f".{name}.safetensors.tmp{os.getpid()}"
-        save_file({k: v.detach().cpu().contiguous() for k, v in expert.trunk.state_dict().items()}, str(tmp))
-        os.replace(tmp, paths[name])  # atomic: a reader never sees half a file
+        trunk = {k: v.detach().cpu().contiguous() for k, v in expert.trunk.state_dict().items()}
+        write_atomic(paths[name], save(trunk))  # a reader never sees half a file
     return PretrainResult(paths, step, seconds, accuracy, losses)
 
 
