@@ -256,9 +256,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                 dict(
                     name="clip_convnext", kind="convnext", timm_model="convnext_atto", view_size=128,
                     channels=128, mean=CLIP_MEAN, std=CLIP_STD, frozen=False,
-                    # Layer scale starts at 1 instead of timm's 1e-6: nano's experts are trained for minutes,
-                    # and near-identity blocks learn measurably slower in that time (pretraining, README).
-                    timm_kwargs={"depths": [1, 1, 2, 1], "dims": [16, 32, 64, 128], "ls_init_value": 1.0},
+                    timm_kwargs={"depths": [1, 1, 2, 1], "dims": [16, 32, 64, 128]},
                 ),
                 dict(
                     name="dinov2", kind="dinov2", timm_model="vit_small_patch14_dinov2", view_size=56,

@@ -8,88 +8,28 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sphinx_x.canvas import CanvasGeometry, prepare_image
 from sphinx_x.cli import main as cli_main
 from sphinx_x.config import SphinxXConfig
 from sphinx_x.data.synth.common import COLORS
 from sphinx_x.data.synth.scenes import SHAPES, make_scene
 from sphinx_x.model import SphinxX
-from sphinx_x.train.expert_pretrain import (
-    NUM_CLASSES,
-    SceneStream,
-    object_class,
-    scene_example,
-    scene_labels,
-)
+from sphinx_x.train.expert_pretrain import NUM_CLASSES, SceneStream, scene_example
 
 VISION = SphinxXConfig.from_name("nano").vision
-G = VISION.feature_grid
 
 
-def _scene(seed, index):
-    from sphinx_x.data.synth.scenes import render_scene
-
-    scene = make_scene(random.Random(seed * 1_000_003 + index))  # the same draw as scene_example's
-    return scene, render_scene(scene)
-
-
-def test_global_view_targets_put_each_object_at_the_token_of_its_centre():
+def test_scene_labels_name_every_drawn_object_by_colour():
     for index in range(20):
-        views, classes, boxes = scene_example(VISION, seed=3, index=index)
-        scene, image = _scene(3, index)
-        prepared = prepare_image(image, VISION)
-        for e in VISION.experts:  # exactly the model's own global view
-            assert torch.equal(views[e.name], prepared.views[e.name][0])
-        geometry = CanvasGeometry(*image.size, VISION.canvas.pad_anchor)
-        expected = {}
-        for o in scene.objects:
-            x1, y1, x2, y2 = geometry.to_canvas(o.box)
-            token = int((y1 + y2) / 2 * G) * G + int((x1 + x2) / 2 * G)
-            expected[token] = (object_class(o.color, o.shape), [x1, y1, x2, y2])
-        assert {t for t in range(G * G) if classes[t]} == set(expected)
-        for token, (cls, box) in expected.items():
-            assert int(classes[token]) == cls and 0 < cls < NUM_CLASSES
-            assert torch.allclose(boxes[token], torch.tensor(box), atol=1e-6)
-        assert not boxes[classes == 0].any()
-    again_views, again, _ = scene_example(VISION, seed=3, index=19)
-    assert torch.equal(again, classes) and torch.equal(again_views["dinov2"], views["dinov2"])
-
-
-def test_cell_view_targets_are_in_the_cells_coordinates():
-    g = VISION.canvas.grid
-    seen = 0
-    for index in range(30):
-        views, classes, boxes = scene_example(VISION, seed=5, index=index, cell_share=1.0)
-        scene, image = _scene(5, index)
-        prepared = prepare_image(image, VISION)
-        kept = [c for c, skip in enumerate(prepared.skipped.tolist()) if not skip]
-        convnext = prepared.views["clip_convnext"]
-        tile = next(k for k in range(len(kept)) if torch.equal(views["clip_convnext"], convnext[1 + k]))
-        assert torch.equal(views["dinov2"], prepared.views["dinov2"][1 + tile])  # the same cell for every expert
-        row, col = divmod(kept[tile], g)
-        geometry = CanvasGeometry(*image.size, VISION.canvas.pad_anchor)
-        inside = []
-        for o in scene.objects:
-            x1, y1, x2, y2 = geometry.to_canvas(o.box)
-            cx, cy = (x1 + x2) / 2 * g - col, (y1 + y2) / 2 * g - row
-            if 0 <= cx < 1 and 0 <= cy < 1:  # centred in this cell: labelled at 2x scale
-                inside.append(o)
-                token = int(cy * G) * G + int(cx * G)
-                assert int(classes[token]) == object_class(o.color, o.shape)
-                assert torch.allclose(boxes[token], torch.tensor(
-                    [x1 * g - col, y1 * g - row, x2 * g - col, y2 * g - row]).clamp(0, 1), atol=1e-6)
-        assert int((classes > 0).sum()) == len(inside)
-        seen += len(inside)
-    assert seen > 0
-
-
-def test_scene_labels_name_the_shape_of_every_colour_in_view():
-    for index in range(10):
-        _, classes, _ = scene_example(VISION, seed=3, index=index)
-        scene, _ = _scene(3, index)
-        labels = scene_labels(classes[None])[0]
+        views, labels = scene_example(VISION, seed=3, index=index)
+        scene = make_scene(random.Random(3 * 1_000_003 + index))  # the same draw
+        expected = {(o.color, o.shape) for o in scene.objects}
         got = {(list(COLORS)[c], SHAPES[k - 1]) for c, k in enumerate(labels.tolist()) if k}
-        assert got == {(o.color, o.shape) for o in scene.objects}
+        assert got == expected
+        assert labels.max() < NUM_CLASSES
+        for e in VISION.experts:
+            assert views[e.name].dtype == torch.uint8 and views[e.name].shape == (3, e.view_size, e.view_size)
+    again_views, again = scene_example(VISION, seed=3, index=19)
+    assert torch.equal(again, labels) and torch.equal(again_views["dinov2"], views["dinov2"])
 
 
 def test_stream_workers_draw_consecutive_disjoint_batches():
@@ -99,10 +39,9 @@ def test_stream_workers_draw_consecutive_disjoint_batches():
     loader = DataLoader(SceneStream(VISION, batch_size=2, seed=0), batch_size=None, num_workers=2)
     it = iter(loader)
     for b in range(4):
-        _, classes, boxes = next(it)
+        _, labels = next(it)
         for i in range(2):
-            _, want_classes, want_boxes = scene_example(VISION, 0, 2 * b + i)
-            assert torch.equal(classes[i], want_classes) and torch.equal(boxes[i], want_boxes), (b, i)
+            assert torch.equal(labels[i], scene_example(VISION, 0, 2 * b + i)[1]), (b, i)
 
 
 def test_pretrained_experts_learn_and_load_frozen(tmp_path):
@@ -133,8 +72,6 @@ def test_cli_writes_weights_and_refuses_bad_arguments(tmp_path, capsys):
     assert "model.preset=" in capsys.readouterr().out
     assert cli_main(["pretrain-experts", "--out", str(tmp_path / "x"), "--preset", "nope"]) == 2
     assert "unknown preset 'nope'" in capsys.readouterr().err
-    assert cli_main(["pretrain-experts", "--out", str(tmp_path / "x"), "--cell-share", "1.5"]) == 2
-    assert "--cell-share must be in [0, 1]" in capsys.readouterr().err
     (tmp_path / "file").write_text("")
     assert cli_main(["pretrain-experts", "--out", str(tmp_path / "file")]) == 2
     with pytest.raises(SystemExit):

@@ -29,10 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=positive_int, default=400, help="optimizer steps (default 400)")
     p.add_argument("--minutes", type=positive_float, default=None, help="wall-clock cap; ends the run early")
     p.add_argument("--batch-size", type=positive_int, default=64, help="scenes per step (default 64)")
-    p.add_argument("--lr", type=positive_float, default=2e-3, help="AdamW learning rate (default 2e-3)")
-    p.add_argument("--cell-share", type=float, default=0.0,
-                   help="share of examples that are one grid cell at the model's 2x scale instead of the global "
-                        "view (default 0: measured no better, README)")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="AdamW learning rate (default 1e-3)")
     p.add_argument("--seed", type=int, default=0, help="initialisation and scene seed (default 0)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -62,21 +59,16 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, FileNotFoundError) as e:
         print(f"sphinx-x pretrain-experts: error: {e}", file=sys.stderr)
         return 2
-    if not 0.0 <= args.cell_share <= 1.0:
-        print(f"sphinx-x pretrain-experts: error: --cell-share must be in [0, 1], got {args.cell_share}",
-              file=sys.stderr)
-        return 2
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         print(f"sphinx-x pretrain-experts: error: {out}: exists and is not a directory", file=sys.stderr)
         return 2
     result, model_yaml = write_pretrained(
         config, out, steps=args.steps, max_seconds=args.minutes * 60 if args.minutes else None,
-        batch_size=args.batch_size, lr=args.lr, seed=args.seed, cell_share=args.cell_share, device=args.device,
-        progress=not args.quiet)
+        batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, progress=not args.quiet)
     for name, path in result.paths.items():
-        print(f"{name}: {path}  (held-out: names colour and shape of {100 * result.accuracy[name]:.0f}% of the "
-              "objects at their token, chance 4%)")
+        print(f"{name}: {path}  (held-out: names the shape of {100 * result.accuracy[name]:.0f}% of the objects, "
+              "chance 20%)")
     print(f"{result.steps} steps in {result.seconds:.0f} s; model config with these experts frozen: {model_yaml}")
     print(f"next: sphinx-x train configs/nano.yaml --data DATA.yaml --model.preset={model_yaml}")
     return 0

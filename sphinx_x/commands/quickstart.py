@@ -146,8 +146,8 @@ def run(args: argparse.Namespace) -> int:
           flush=True)
     experts, model_yaml = write_pretrained(preset, out / "experts", steps=args.expert_steps,
                                            max_seconds=EXPERTS_SHARE * train_s, seed=args.seed, progress=progress)
-    print("      held-out: " + ", ".join(f"{n} names {100 * a:.0f}%" for n, a in experts.accuracy.items())
-          + " of the objects (colour and shape, at their token; chance 4%)", flush=True)
+    print("      held-out: " + ", ".join(f"{n} names {100 * a:.0f}% of the objects' shapes"
+                                         for n, a in experts.accuracy.items()) + " (chance 20%)", flush=True)
     train_s = budget_s - (time.perf_counter() - started) - reserve_s
     cfg = train_config(out / "train", corpus / "train.yaml", max(train_s, 1.0) / 60, args.seed, args.max_steps,
                        progress, model_yaml)
