@@ -21,14 +21,16 @@ from sphinx_x.canvas import ImageBatch
 from sphinx_x.config import SphinxXConfig
 from sphinx_x.constants import IGNORE_INDEX, IMAGE_TOKEN_ID
 from sphinx_x.llm import build_llm, router_aux_loss, with_path
+from sphinx_x.losses import loss_weights
 from sphinx_x.vision import MixtureOfVisualExperts
 
 
 @dataclass
 class SphinxXOutput:
-    loss: torch.Tensor | None = None  # loss_sum / num_tokens (+ weighted router loss for MoE)
-    loss_sum: torch.Tensor | None = None  # summed token cross-entropy (for global-batch normalisation)
+    loss: torch.Tensor | None = None  # loss_sum / loss_norm (+ weighted router loss for MoE)
+    loss_sum: torch.Tensor | None = None  # summed (weighted) token cross-entropy, for global-batch normalisation
     num_tokens: int = 0  # supervised tokens in this batch
+    loss_norm: float = 0.0  # what loss_sum is averaged over: supervised tokens, or answer turns (losses.py)
     aux_loss: torch.Tensor | None = None  # MoE load-balancing loss, unweighted
     logits: torch.Tensor | None = None  # (B, T, V) when labels are not given
     cache: Any = None  # the LLM's KV cache (transformers Cache) when use_cache=True
@@ -104,6 +106,7 @@ class SphinxX(nn.Module):
         cache: Any = None,
         use_cache: bool = False,
         inputs_embeds: torch.Tensor | None = None,
+        loss_reduction: str = "token",
     ) -> SphinxXOutput:
         if inputs_embeds is None:
             inputs_embeds = self.embed_inputs(input_ids, images)
@@ -129,15 +132,18 @@ class SphinxX(nn.Module):
         targets = labels[:, 1:]
         keep = targets != IGNORE_INDEX
         logits = self.llm.get_output_embeddings()(hidden[keep]).float()
-        loss_sum = F.cross_entropy(logits, targets[keep], reduction="sum")
-        n = int(keep.sum())
+        weights, n = loss_weights(targets, loss_reduction)  # n: supervised tokens, or answer turns
+        if weights is None:
+            loss_sum = F.cross_entropy(logits, targets[keep], reduction="sum")
+        else:
+            loss_sum = (F.cross_entropy(logits, targets[keep], reduction="none") * weights).sum()
         loss = loss_sum / max(n, 1)
         aux = None
         if moe:
             aux = router_aux_loss(out, self.config.llm, attention_mask)
             if aux is not None:
                 loss = loss + self.config.llm.router_aux_loss_coef * aux
-        return SphinxXOutput(loss=loss, loss_sum=loss_sum, num_tokens=n, aux_loss=aux)
+        return SphinxXOutput(loss=loss, loss_sum=loss_sum, num_tokens=int(keep.sum()), loss_norm=n, aux_loss=aux)
 
     # ---- parameters -----------------------------------------------------------------------------
     def parameter_counts(self) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from sphinx_x.config import ConfigError, _build
+from sphinx_x.losses import LOSS_REDUCTIONS
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -64,6 +65,10 @@ class OptimSection:
     # LR multiplier for trainable vision-expert weights (projector and LLM keep `lr`). Frozen experts
     # (the SPHINX-X recipe) have no such weights; a from-scratch expert may learn faster with more.
     vision_lr_scale: float = 1.0
+    # "token": the loss is the mean over the global batch's supervised tokens (SPHINX-X, LLaVA); "turn":
+    # the mean over its answer turns, each turn's tokens averaged first, so a one-word answer weighs as
+    # much as a 40-token box list (sphinx_x/losses.py).
+    loss_reduction: str = "token"
 
 
 @dataclass
@@ -132,6 +137,9 @@ class TrainConfig:
             raise ConfigError(f"train.max_steps must be >= 1, got {t.max_steps}")
         if t.max_minutes is not None and not t.max_minutes > 0:
             raise ConfigError(f"train.max_minutes must be > 0, got {t.max_minutes}")
+        if self.optim.loss_reduction not in LOSS_REDUCTIONS:
+            raise ConfigError(f"optim.loss_reduction must be one of {', '.join(LOSS_REDUCTIONS)}, "
+                              f"got {self.optim.loss_reduction!r}")
         if not 0 <= self.optim.warmup_ratio < 1:
             raise ConfigError(f"optim.warmup_ratio must be in [0, 1), got {self.optim.warmup_ratio}")
         if not self.optim.vision_lr_scale > 0:

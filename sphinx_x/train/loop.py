@@ -24,6 +24,7 @@ from PIL import Image
 from sphinx_x.canvas import collate_images, prepare_image, visual_token_count
 from sphinx_x.constants import IGNORE_INDEX, IMAGE_TOKEN_ID
 from sphinx_x.data.dataset import SkipReport
+from sphinx_x.losses import loss_weights
 from sphinx_x.train import checkpoint as ckpt
 from sphinx_x.train import distributed as D
 from sphinx_x.train.build import build_loader, build_model, check_max_len, param_groups, trainable_parameters
@@ -169,11 +170,14 @@ class Trainer:
     # ---- one optimizer step ----------------------------------------------------------------------
     def _forward_backward(self, micro: list[dict[str, Any]]) -> dict[str, float]:
         """Accumulate the gradients of one global batch (this rank's `accum` micro-batches)."""
-        local = [float((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro]
+        reduction = self.cfg.optim.loss_reduction
+        local = [loss_weights(b["labels"][:, 1:], reduction)[1] for b in micro]  # tokens, or answer turns
+        supervised = sum(float((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro)
         text = sum(b["num_text_tokens"] for b in micro)
         visual = sum(b["num_visual_tokens"] for b in micro)
         flops = sum(batch_flops(self.model_config, b) for b in micro if b["input_ids"].numel())
-        n_global, text, visual, flops = D.all_reduce_sum([sum(local), text, visual, flops], self.info)
+        n_global, supervised, text, visual, flops = D.all_reduce_sum([sum(local), supervised, text, visual, flops],
+                                                                     self.info)
         if n_global == 0:
             raise RuntimeError(f"step {self.step + 1}: the global batch has no supervised token")
         scale = self.info.world_size / n_global
@@ -195,6 +199,7 @@ class Trainer:
                     attention_mask=batch["attention_mask"].to(device),
                     labels=batch["labels"].to(device),
                     images=images,
+                    loss_reduction=reduction,
                 )
             # The skip token is unused by micro-batches without a padded cell. Under FSDP every rank must
             # reduce the same gradients, so it always gets one (zero when unused); same in one process.
@@ -205,7 +210,7 @@ class Trainer:
             loss.backward()
             loss_sum_total += out.loss_sum.detach().double().cpu()
         loss_sum, aux = D.all_reduce_sum([float(loss_sum_total), aux_total], self.info)
-        return {"loss": loss_sum / n_global, "aux_loss": aux / self.info.world_size, "tokens": n_global,
+        return {"loss": loss_sum / n_global, "aux_loss": aux / self.info.world_size, "tokens": supervised,
                 "text": text, "visual": visual, "flops": flops}
 
     def _train_step(self, stream: Iterator[dict[str, Any]]) -> dict[str, Any]:
