@@ -14,7 +14,7 @@ Calling the model (what `sphinx_x.model` does):
     loss = ce(out.logits, labels) + cfg.llm.router_aux_loss_coef * router_aux_loss(out, cfg.llm, mask)
 
 Do not pass `labels` to a Mixtral forward when adding `router_aux_loss` yourself: transformers then
-already adds `config.router_aux_loss_coef * aux_loss` to `out.loss`.
+already adds `config.router_aux_loss_coef` times its own pooled balance loss (k times ours) to `out.loss`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import torch
 from safetensors.torch import load_file as load_safetensors
 from transformers import LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM, PretrainedConfig
 from transformers.modeling_utils import PreTrainedModel
-from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 
 from sphinx_x.config import ConfigError, LLMConfig
 
@@ -362,12 +361,22 @@ def count_llm_params(cfg: LLMConfig) -> int:
 def router_aux_loss(
     outputs, cfg: LLMConfig | PretrainedConfig, attention_mask: torch.Tensor | None = None
 ) -> torch.Tensor | None:
-    """The raw Mixtral load-balancing loss of a forward made with `output_router_logits=True`.
+    """The raw SPHINX-MoE load-balancing loss of a forward made with `output_router_logits=True`.
 
-    Uses transformers' `load_balancing_loss_func` over all layers' router logits; `attention_mask`
-    (the 2-D mask given to the forward) keeps padding out of the expert statistics. The caller multiplies
-    by `cfg.router_aux_loss_coef`. Perfectly balanced routing gives `num_experts_per_tok`; returns None
-    for dense models. `cfg` may be an LLMConfig or the model's transformers config.
+    The definition of the public SPHINX-MoE code, one value per MoE layer, then the mean over layers:
+
+        loss_layer = E / (N * k) * sum_e count_e * mean_prob_e
+
+    with E experts, top-k routing, N tokens, `count_e` the number of the N*k top-k slots that went to
+    expert e (no gradient) and `mean_prob_e` the router softmax probability of e averaged over the N
+    tokens (the gradient path). `attention_mask` (the 2-D mask given to the forward) keeps padding out
+    of N and of both statistics; without padding the value is the official one.
+
+    What the value means: 1 when the load is balanced (every expert gets N*k/E slots, or the router's
+    probabilities are uniform); it grows toward E/k as the routing collapses onto k experts. It is
+    1/k of transformers' `load_balancing_loss_func`, which pools all layers and keeps the factor k
+    (2 when balanced). The caller multiplies by `cfg.router_aux_loss_coef`. Returns None for dense
+    models. `cfg` may be an LLMConfig or the model's transformers config.
     """
     router_logits = getattr(outputs, "router_logits", None)
     is_moe = getattr(cfg, "arch", None) == "mixtral" or isinstance(cfg, MixtralConfig)
@@ -376,10 +385,29 @@ def router_aux_loss(
             raise ValueError("router_aux_loss: the outputs carry no router_logits; call the model with "
                              "output_router_logits=True")
         return None
-    num_experts = router_logits[0].shape[-1]
-    if attention_mask is not None and attention_mask.dim() != 2:
-        raise ValueError(f"router_aux_loss: attention_mask must be 2-D (batch, seq), got {tuple(attention_mask.shape)}")
-    return load_balancing_loss_func(tuple(router_logits), num_experts, cfg.num_experts_per_tok, attention_mask)
+    keep = None
+    if attention_mask is not None:
+        if attention_mask.dim() != 2:
+            raise ValueError(
+                f"router_aux_loss: attention_mask must be 2-D (batch, seq), got {tuple(attention_mask.shape)}")
+        keep = attention_mask.reshape(-1).bool()
+    return torch.stack([_layer_balance_loss(logits, cfg.num_experts_per_tok, keep) for logits in router_logits]).mean()
+
+
+def _layer_balance_loss(logits: torch.Tensor, top_k: int, keep: torch.Tensor | None) -> torch.Tensor:
+    """One layer's E / (N * k) * sum_e count_e * mean_prob_e over its (tokens, E) router logits."""
+    if keep is not None:
+        if keep.numel() != logits.shape[0]:
+            raise ValueError(f"router_aux_loss: attention_mask covers {keep.numel()} positions but the router "
+                             f"saw {logits.shape[0]} tokens")
+        logits = logits[keep.to(logits.device)]
+    num_tokens, num_experts = logits.shape
+    if num_tokens == 0:
+        return logits.sum() * 0.0  # nothing routed: no balance to measure, keeps the graph
+    probs = torch.softmax(logits.float(), dim=-1)  # the router runs its softmax in float32 too
+    chosen = probs.topk(top_k, dim=-1).indices.reshape(-1)
+    counts = torch.nn.functional.one_hot(chosen, num_experts).sum(dim=0).to(probs.dtype)  # top-k slots per expert
+    return num_experts / (num_tokens * top_k) * torch.dot(counts, probs.mean(dim=0))
 
 
 def with_path(cfg: LLMConfig, path: str | Path) -> LLMConfig:

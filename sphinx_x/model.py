@@ -31,7 +31,7 @@ class SphinxXOutput:
     loss_sum: torch.Tensor | None = None  # summed (weighted) token cross-entropy, for global-batch normalisation
     num_tokens: int = 0  # supervised tokens in this batch
     loss_norm: float = 0.0  # what loss_sum is averaged over: supervised tokens, or answer turns (losses.py)
-    aux_loss: torch.Tensor | None = None  # MoE load-balancing loss, unweighted
+    aux_loss: torch.Tensor | None = None  # MoE load-balancing loss, unweighted (llm.router_aux_loss: 1 = balanced)
     logits: torch.Tensor | None = None  # (B, T, V) when labels are not given
     cache: Any = None  # the LLM's KV cache (transformers Cache) when use_cache=True
 

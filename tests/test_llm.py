@@ -1,11 +1,10 @@
-"""LLM backbones: preset sizes, offline loading of Llama / Mixtral / InternLM2 checkpoints, MoE aux loss."""
+"""LLM backbones: preset sizes, offline loading of Llama / Mixtral / InternLM2 checkpoints (MoE loss: own file)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -26,7 +25,6 @@ from sphinx_x.llm import (
     count_llm_params,
     llm_config_from_pretrained,
     llm_hf_config,
-    router_aux_loss,
     split_internlm2_wqkv,
     with_path,
 )
@@ -294,63 +292,3 @@ def test_truncated_weights_file(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="model.safetensors: cannot read weights"):
         build_llm(LLMConfig(path=str(tmp_path)))
-
-
-# ---- Mixtral load balancing ----------------------------------------------------------------------
-def _reference_aux_loss(router_logits, mask, top_k):
-    """Switch-Transformer balance loss over all layers: E * sum_e (fraction routed to e) * (mean prob of e)."""
-    logits = torch.cat([layer[mask.reshape(-1).bool()] for layer in router_logits])  # real tokens of every layer
-    probs = logits.softmax(-1)
-    num_experts = probs.shape[-1]
-    chosen = torch.nn.functional.one_hot(probs.topk(top_k, -1).indices, num_experts).sum(1).float()
-    return num_experts * (chosen.mean(0) * probs.mean(0)).sum()
-
-
-def test_router_aux_loss_matches_definition_and_ignores_padding():
-    torch.manual_seed(0)
-    cfg = tiny_llm_config("mixtral")
-    model = build_llm(cfg).eval()
-    ids = torch.randint(0, cfg.vocab_size, (2, 10))
-    mask = torch.ones_like(ids)
-    mask[0, 6:] = 0
-    out = model(input_ids=ids, attention_mask=mask, output_router_logits=True)
-    aux = router_aux_loss(out, cfg, mask)
-    assert torch.isfinite(aux) and aux > 0
-    torch.testing.assert_close(aux, _reference_aux_loss(out.router_logits, mask, cfg.num_experts_per_tok))
-    # padding excluded: differs from the statistics taken over every position
-    assert not torch.allclose(aux, router_aux_loss(out, cfg))
-    aux.backward()  # trains the router
-    assert model.model.layers[0].mlp.gate.weight.grad.abs().sum() > 0
-
-
-def test_router_aux_loss_is_top_k_when_balanced_and_grows_when_routing_collapses():
-    cfg = tiny_llm_config("mixtral")  # 4 experts, top-2
-    shifts = torch.stack([torch.tensor([5.0, 4.0, 0.0, 0.0]).roll(i) for i in range(4)])  # every expert equally
-    balanced = router_aux_loss(SimpleNamespace(router_logits=(shifts, shifts.flip(0))), cfg)
-    assert balanced.item() == pytest.approx(cfg.num_experts_per_tok)
-    one_pair = shifts[:1].expand(8, 4)  # every token to experts 0 and 1
-    collapsed = router_aux_loss(SimpleNamespace(router_logits=(one_pair, one_pair)), cfg)
-    p01 = (math.exp(5) + math.exp(4)) / (math.exp(5) + math.exp(4) + 2)
-    assert collapsed.item() == pytest.approx(cfg.num_experts * p01)  # E * (1 * p0 + 1 * p1)
-
-
-def test_router_aux_loss_follows_the_router_weights():
-    torch.manual_seed(0)
-    cfg = tiny_llm_config("mixtral")
-    model = build_llm(cfg).eval()
-    ids = torch.randint(0, cfg.vocab_size, (2, 10))
-    with torch.no_grad():
-        before = router_aux_loss(model(input_ids=ids, output_router_logits=True), cfg)
-        model.model.layers[1].mlp.gate.weight.mul_(20.0)  # sharper routing in one layer
-        after = router_aux_loss(model(input_ids=ids, output_router_logits=True), cfg)
-    assert after != pytest.approx(before.item(), abs=1e-3)
-
-
-def test_router_aux_loss_needs_router_logits_and_is_none_for_dense():
-    cfg = tiny_llm_config("mixtral")
-    model = build_llm(cfg).eval()
-    ids = torch.randint(0, cfg.vocab_size, (1, 5))
-    with pytest.raises(ValueError, match="output_router_logits=True"):
-        router_aux_loss(model(input_ids=ids), cfg)
-    dense = tiny_llm_config("llama")
-    assert router_aux_loss(build_llm(dense)(input_ids=ids), dense) is None
