@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "sphinx_x.commands.info",
     "sphinx_x.commands.data",
     "sphinx_x.commands.init",
+    "sphinx_x.commands.convert",  # sphinx-x convert accessory
     "sphinx_x.commands.score",
     "sphinx_x.commands.eval",  # sphinx-x eval, sphinx-x convert-bench
     "sphinx_x.commands.train",
