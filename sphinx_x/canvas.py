@@ -6,6 +6,11 @@ corner or centred, and padded with the pad colour. Each expert sees the canvas a
 not intersect the pasted image is skipped; that decision is geometric (exact integer arithmetic on the
 original size), never a test of pixel values, so every expert agrees on it.
 
+With `canvas.preprocess: accessory` (the released SPHINX models) the image instead becomes one uint8
+canvas of `canvas.size` pixels, made as the official transform makes it (pad to a centred square at the
+original resolution with `int(255 * mean)`, then PIL bicubic resize); the experts' views are cut from the
+normalised canvas on the model's device (`accessory_expert_views`) with float16 bicubic interpolation.
+
 This module also owns the mapping between original-image pixels and canvas-normalised coordinates
 (SPEC section 3) in both directions, for both anchors.
 """
@@ -19,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from sphinx_x.config import CanvasConfig, VisionConfig
+from sphinx_x.config import CanvasConfig, VisionConfig, VisionExpertConfig
 
 
 class ImageError(ValueError):
@@ -164,6 +170,7 @@ class ImageViews:
     views: dict[str, torch.Tensor]
     skipped: torch.Tensor  # (grid*grid,) bool
     size: tuple[int, int]  # original (width, height) after EXIF orientation
+    canvas: torch.Tensor | None = None  # preprocess "accessory": uint8 (1, 3, S, S); views is then empty
 
     @property
     def num_encoded(self) -> int:
@@ -194,10 +201,13 @@ def prepare_image(img: Image.Image, vision: VisionConfig) -> ImageViews:
     canvas = vision.canvas
     g = canvas.grid
     skipped = skipped_cells(img.width, img.height, canvas)
+    if canvas.preprocess == "accessory":
+        square = to_uint8_tensor(accessory_canvas(img, canvas))[None]
+        return ImageViews(views={}, skipped=torch.tensor(skipped, dtype=torch.bool), size=img.size, canvas=square)
     views: dict[str, torch.Tensor] = {}
     for expert in vision.experts:
         r = expert.view_size
-        full = make_canvas(img, g * r, canvas)
+        full = make_canvas(img, max(g, 1) * r, canvas)
         tiles = [to_uint8_tensor(full.resize((r, r), Image.Resampling.BICUBIC) if g > 1 else full)]
         arr = to_uint8_tensor(full)
         for idx, skip in enumerate(skipped):
@@ -217,17 +227,86 @@ class ImageBatch:
 
     views: dict[str, torch.Tensor]
     skipped: torch.Tensor
+    canvas: torch.Tensor | None = None  # preprocess "accessory": uint8 (num_images, 3, S, S)
 
     @property
     def num_images(self) -> int:
         return self.skipped.shape[0]
 
     def to(self, device: torch.device | str) -> ImageBatch:
-        return ImageBatch({k: v.to(device) for k, v in self.views.items()}, self.skipped.to(device))
+        canvas = None if self.canvas is None else self.canvas.to(device)
+        return ImageBatch({k: v.to(device) for k, v in self.views.items()}, self.skipped.to(device), canvas)
 
 
 def collate_images(images: Sequence[ImageViews], vision: VisionConfig) -> ImageBatch | None:
     if not images:
         return None
+    skipped = torch.stack([im.skipped for im in images])
+    if vision.canvas.preprocess == "accessory":
+        return ImageBatch(views={}, skipped=skipped, canvas=torch.cat([im.canvas for im in images]))
     views = {e.name: torch.cat([im.views[e.name] for im in images]) for e in vision.experts}
-    return ImageBatch(views=views, skipped=torch.stack([im.skipped for im in images]))
+    return ImageBatch(views=views, skipped=skipped)
+
+
+# ---- the official (LLaMA2-Accessory) preprocessing ----------------------------------------------
+def accessory_canvas(img: Image.Image, canvas: CanvasConfig) -> Image.Image:
+    """The official `padded_resize` transform up to the tensor: pad to a square at the original
+    resolution (centred, integer offsets), fill `canvas.pad_color`, then PIL bicubic resize to `size`."""
+    w, h = img.size
+    if w != h:
+        side = max(w, h)
+        square = Image.new("RGB", (side, side), tuple(canvas.pad_color))
+        square.paste(img, ((side - w) // 2, (side - h) // 2))
+        img = square
+    if img.size != (canvas.size, canvas.size):
+        img = img.resize((canvas.size, canvas.size), Image.Resampling.BICUBIC)
+    return img
+
+
+def normalize_canvas(canvas_u8: torch.Tensor, canvas: CanvasConfig) -> torch.Tensor:
+    """uint8 (N, 3, S, S) -> float32, as torchvision's ToTensor + Normalize compute it (/255, -mean, /std)."""
+    x = canvas_u8.float().div(255)
+    mean = torch.tensor(canvas.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(canvas.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    return x.sub(mean).div(std)
+
+
+def resize_half(x: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    """`F.interpolate(x.half(), size, mode).to(x)`: the official resize (float16, no antialias)."""
+    return F.interpolate(x.half(), size=(size, size), mode=mode).to(x.dtype)
+
+
+def accessory_views(x: torch.Tensor, view_size: int, grid: int) -> torch.Tensor:
+    """Normalised canvases (N, 3, S, S) -> (N * (1 + grid*grid), 3, r, r): per image the global view then
+    the grid cells in raster order. A view is the canvas itself when the sizes match, else a float16
+    bicubic resize of it; cells are crops of the canvas, or of its resize to grid * r."""
+    r = view_size
+    side = x.shape[-1]
+    whole = x if side == r else resize_half(x, r, "bicubic")
+    if grid == 0:
+        return whole
+    big = x if side == grid * r else resize_half(x, grid * r, "bicubic")
+    cells = [big[..., i * r : (i + 1) * r, j * r : (j + 1) * r] for i in range(grid) for j in range(grid)]
+    return torch.stack([whole, *cells], dim=1).flatten(0, 1)
+
+
+def renormalize(x: torch.Tensor, canvas: CanvasConfig, expert: VisionExpertConfig) -> torch.Tensor:
+    """Canvas-normalised pixels -> this expert's normalisation, with the official code's formula."""
+    if tuple(expert.mean) == tuple(canvas.mean) and tuple(expert.std) == tuple(canvas.std):
+        return x
+
+    def stat(values: Sequence[float]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.float32).to(x).view(3, 1, 1)
+
+    c_mean, c_std, e_mean, e_std = stat(canvas.mean), stat(canvas.std), stat(expert.mean), stat(expert.std)
+    if expert.renorm == "affine":  # llama_ens_light / llama_ens5_light
+        return x * (c_std / e_std) + (c_mean - e_mean) / e_std
+    return (x * c_std + c_mean - e_mean) / e_std  # llama_ens, llama_ens5, mixtral_sparse_ens*
+
+
+def accessory_expert_views(x: torch.Tensor, expert: VisionExpertConfig, vision: VisionConfig) -> torch.Tensor:
+    """One expert's input from the normalised canvases: views, optional float16 nearest resize, re-normalisation."""
+    views = accessory_views(x, expert.view_size, vision.canvas.grid)
+    if expert.input_resize:
+        views = resize_half(views, expert.input_resize, "nearest")
+    return renormalize(views, vision.canvas, expert)

@@ -30,42 +30,90 @@ class ConfigError(ValueError):
 
 @dataclass
 class VisionExpertConfig:
-    """One vision expert: a timm backbone seen through square views of `view_size` pixels."""
+    """One vision expert: a registered `kind` (sphinx_x.experts) seen through square views of `view_size` pixels.
+
+    Kinds: "convnext" (timm; summary = mean of the grid), "dinov2" (timm ViT; summary = CLS token),
+    "clip_vit" (an open_clip ViT; summary = CLS token) and "blip2_qformer" (transformers BLIP-2 vision
+    model + Q-Former; its query tokens form their own block, `own_projector`)."""
 
     name: str
-    kind: str  # "convnext" (summary = mean of the grid) or "dinov2" (summary = CLS token)
-    timm_model: str  # timm architecture name, e.g. "convnext_xxlarge", "vit_giant_patch14_dinov2"
+    kind: str
     view_size: int  # pixels per view side fed to the backbone
     channels: int  # feature channels the backbone outputs
+    timm_model: str = ""  # timm kinds: architecture name, e.g. "convnext_xxlarge", "vit_giant_patch14_dinov2"
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
     timm_kwargs: dict[str, Any] = field(default_factory=dict)  # overrides (tiny sizes for `nano`)
+    arch: str = ""  # clip_vit: open_clip model config name, e.g. "ViT-L-14"
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)  # clip_vit / blip2_qformer dims (see the kind)
     frozen: bool = True
-    checkpoint: str | None = None  # local weights file (safetensors, or a .bin/.pt read weights_only)
-    checkpoint_format: str = "timm"  # "timm" | "open_clip" (keys under visual.trunk.)
+    checkpoint: str | None = None  # local weights file (safetensors, or a .bin/.pt read weights_only) or HF dir
+    checkpoint_format: str = "timm"  # "timm" | "open_clip" (keys under visual.[trunk.]) | "hf" (transformers)
+    own_projector: bool = False  # True: own Linear+LayerNorm and own token block, placed before the shared block
+    # "resampled": timm resizes the position table once to view_size (at load time). "runtime_bicubic":
+    # the table keeps its stored size (timm_kwargs img_size) and is interpolated at every forward as the
+    # official DINOv2 code does (bicubic, scale factor (n + 0.1) / stored side, no antialias).
+    pos_embed: str = "resampled"
+    # canvas.preprocess "accessory" only: resize each view to this many pixels with nearest interpolation
+    # in float16 before the trunk (the official ConvNeXt input; 0 = no resize), and the formula that
+    # re-normalises the CLIP-normalised canvas to this expert's mean/std ("unnormalize" or "affine").
+    input_resize: int = 0
+    renorm: str = "unnormalize"
 
     def __post_init__(self) -> None:
-        if self.kind not in ("convnext", "dinov2"):
-            raise ConfigError(f"vision expert {self.name!r}: kind must be 'convnext' or 'dinov2', got {self.kind!r}")
-        if self.checkpoint_format not in ("timm", "open_clip"):
-            raise ConfigError(f"vision expert {self.name!r}: checkpoint_format must be 'timm' or 'open_clip'")
+        from sphinx_x.experts import expert_class  # lazy: the registry imports this module
+
+        if self.pos_embed not in ("resampled", "runtime_bicubic"):
+            raise ConfigError(f"vision expert {self.name!r}: pos_embed must be 'resampled' or 'runtime_bicubic', "
+                              f"got {self.pos_embed!r}")
+        if self.renorm not in ("unnormalize", "affine"):
+            raise ConfigError(
+                f"vision expert {self.name!r}: renorm must be 'unnormalize' or 'affine', got {self.renorm!r}"
+            )
+        if self.input_resize < 0:
+            raise ConfigError(f"vision expert {self.name!r}: input_resize must be >= 0, got {self.input_resize}")
+        expert_class(self.kind, self.name).validate_config(self)
+
+    def tokens(self, feature_grid: int) -> int:
+        """Tokens this expert gives per view."""
+        from sphinx_x.experts import expert_class
+
+        return expert_class(self.kind, self.name).num_tokens(self, feature_grid)
 
 
 @dataclass
 class CanvasConfig:
     """How an image becomes a padded square canvas seen as a global view plus a grid of sub-images."""
 
-    grid: int = 2  # sub-images per side (2 -> 2x2, 3 -> 3x3 for the "2K" variant)
+    grid: int = 2  # sub-images per side (2 -> 2x2, 3 -> 3x3 for the "2K" variant; 0 -> the global view only)
     pad_anchor: str = "top-left"  # "top-left" (SPHINX-X) or "center" (SPHINX v1 checkpoints)
     pad_color: tuple[int, int, int] = CLIP_MEAN_RGB
     max_pixels: int = 64_000_000  # refuse larger images (decompression bombs)
     skip_padded_cells: bool = True  # False encodes every cell (ablation / SPHINX v1 behaviour)
+    # "sphinx-x": resize, paste, cut uint8 views per expert on the CPU. "accessory": the released SPHINX
+    # models' transform: pad to a centred square at the original resolution, resize to `size` (PIL
+    # bicubic), normalise once with `mean`/`std`; each expert's views are then cut on the device from that
+    # tensor with float16 bicubic interpolation (no antialias), exactly as the official code does.
+    preprocess: str = "sphinx-x"
+    size: int = 0  # accessory: the canvas side in pixels (the official image_size)
+    mean: tuple[float, float, float] = CLIP_MEAN  # accessory: the canvas normalisation
+    std: tuple[float, float, float] = CLIP_STD
 
     def __post_init__(self) -> None:
         if self.pad_anchor not in ("top-left", "center"):
             raise ConfigError(f"canvas.pad_anchor must be 'top-left' or 'center', got {self.pad_anchor!r}")
-        if self.grid < 1:
-            raise ConfigError(f"canvas.grid must be >= 1, got {self.grid}")
+        if self.grid < 0:
+            raise ConfigError(f"canvas.grid must be >= 0, got {self.grid}")
+        if self.preprocess not in ("sphinx-x", "accessory"):
+            raise ConfigError(f"canvas.preprocess must be 'sphinx-x' or 'accessory', got {self.preprocess!r}")
+        if self.preprocess == "accessory":
+            if self.size <= 0:
+                raise ConfigError("canvas.size must be > 0 (the canvas side in pixels) with preprocess 'accessory'")
+            if self.pad_anchor != "center" or self.skip_padded_cells:
+                raise ConfigError(
+                    "canvas.preprocess 'accessory' pads to a centred square and encodes every cell: "
+                    "set pad_anchor 'center' and skip_padded_cells false"
+                )
 
 
 @dataclass
@@ -74,13 +122,20 @@ class VisionConfig:
     feature_grid: int = 16  # every expert's map is resampled to feature_grid x feature_grid tokens
     canvas: CanvasConfig = field(default_factory=CanvasConfig)
 
+    def __post_init__(self) -> None:
+        if self.experts and all(e.own_projector for e in self.experts):
+            raise ConfigError("vision.experts: at least one expert must join the shared block (own_projector false)")
+
     @property
     def tokens_per_view(self) -> int:
-        return 1 + self.feature_grid * self.feature_grid
+        """Own blocks (in expert order) then the shared block: a summary token and the G x G grid."""
+        own = sum(e.tokens(self.feature_grid) for e in self.experts if e.own_projector)
+        return own + 1 + self.feature_grid * self.feature_grid
 
     @property
     def channels(self) -> int:
-        return sum(e.channels for e in self.experts)
+        """Input width of the shared projector: the channels of the experts concatenated per token."""
+        return sum(e.channels for e in self.experts if not e.own_projector)
 
 
 @dataclass
@@ -240,6 +295,69 @@ def _vision(grid: int) -> dict[str, Any]:
     return dict(experts=[_clip_convnext_xxl(), _dinov2_giant()], feature_grid=16, canvas=dict(grid=grid))
 
 
+# ---- the released SPHINX models (LLaMA2-Accessory) ----------------------------------------------
+# Their transform pads with int(255 * mean) (truncated), not rounded.
+ACCESSORY_PAD_RGB = tuple(int(255 * m) for m in CLIP_MEAN)
+
+
+def _accessory_vision(size: int, grid: int, four_experts: bool, convnext_view: int, convnext_resize: int,
+                      renorm: str) -> dict[str, Any]:
+    """The official vision side: experts in the official concat order, canvas as its transform makes it."""
+    experts = []
+    if four_experts:
+        experts += [
+            dict(  # BLIP-2 (blip2-opt-2.7b) vision model + Q-Former: 32 query tokens, own projector
+                name="qformer", kind="blip2_qformer", view_size=224, channels=768, own_projector=True,
+                checkpoint_format="hf",
+                arch_kwargs={
+                    "vision_config": dict(hidden_size=1408, intermediate_size=6144, num_hidden_layers=39,
+                                          num_attention_heads=16, image_size=224, patch_size=14,
+                                          layer_norm_eps=1e-6, qkv_bias=True),
+                    "qformer_config": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                           num_attention_heads=12, cross_attention_frequency=2,
+                                           encoder_hidden_size=1408, layer_norm_eps=1e-12),
+                    "num_query_tokens": 32,
+                },
+            ),
+            dict(  # OpenAI CLIP ViT-L/14, built as open_clip builds it with pretrained=None (GELU)
+                name="clip", kind="clip_vit", arch="ViT-L-14", view_size=224, channels=1024,
+                checkpoint_format="open_clip", arch_kwargs={"quick_gelu": False},
+            ),
+        ]
+    experts += [
+        dict(_clip_convnext_xxl(), view_size=convnext_view, input_resize=convnext_resize),
+        dict(_dinov2_giant(), timm_kwargs={"img_size": 518}, pos_embed="runtime_bicubic", renorm=renorm),
+    ]
+    canvas = dict(preprocess="accessory", size=size, grid=grid, pad_anchor="center", skip_padded_cells=False,
+                  pad_color=ACCESSORY_PAD_RGB)
+    return dict(experts=experts, feature_grid=16, canvas=canvas)
+
+
+# llama_type -> vision side (image_size; views: 0 = one view, 2 = global + 2x2)
+_ACCESSORY_VISION = {
+    "llama_ens": lambda: _accessory_vision(224, 0, True, 224, 256, "unnormalize"),
+    "llama_ens5": lambda: _accessory_vision(448, 2, True, 224, 256, "unnormalize"),
+    "llama_ens_light": lambda: _accessory_vision(512, 0, False, 512, 512, "affine"),
+    "llama_ens5_light": lambda: _accessory_vision(1024, 2, False, 512, 0, "affine"),
+    "mixtral_sparse_ens": lambda: _accessory_vision(512, 0, True, 512, 512, "unnormalize"),
+    "mixtral_sparse_ens5": lambda: _accessory_vision(1024, 2, True, 512, 0, "unnormalize"),
+}
+# The official inference context (MetaModel.from_pretrained max_seq_len) is 4096 for every release.
+_TINYLLAMA = dict(
+    arch="llama", vocab_size=32000, hidden_size=2048, num_layers=22, num_heads=32, num_kv_heads=4,
+    intermediate_size=5632, max_position_embeddings=4096, rope_theta=10000.0, rms_norm_eps=1e-5,
+)
+_MIXTRAL_8X7B = dict(
+    arch="mixtral", vocab_size=32000, hidden_size=4096, num_layers=32, num_heads=32, num_kv_heads=8,
+    intermediate_size=14336, max_position_embeddings=4096, rope_theta=1000000.0, rms_norm_eps=1e-5,
+    num_experts=8, num_experts_per_tok=2,
+)
+
+
+def _released(name: str, llama_type: str, llm: dict[str, Any]) -> dict[str, Any]:
+    return dict(name=name, vision=_ACCESSORY_VISION[llama_type](), llm=dict(llm), template="accessory")
+
+
 _LLAMA2_13B = dict(
     arch="llama", vocab_size=32000, hidden_size=5120, num_layers=40, num_heads=40, num_kv_heads=40,
     intermediate_size=13824, max_position_embeddings=4096, rope_theta=10000.0, rms_norm_eps=1e-5,
@@ -301,4 +419,13 @@ PRESETS: dict[str, dict[str, Any]] = {
             num_experts=8, num_experts_per_tok=2, router_aux_loss_coef=0.01,
         ),
     ),
+    # The released LLaMA2-Accessory SPHINX models (sphinx-x convert accessory); all frozen experts.
+    "sphinx": _released("sphinx", "llama_ens", _LLAMA2_13B),
+    "sphinx-1k": _released("sphinx-1k", "llama_ens5", _LLAMA2_13B),
+    "sphinx-v2-1k": _released("sphinx-v2-1k", "llama_ens5", _LLAMA2_13B),
+    "sphinx-tiny": _released("sphinx-tiny", "llama_ens_light", _TINYLLAMA),
+    "sphinx-tiny-1k": _released("sphinx-tiny-1k", "llama_ens5_light", _TINYLLAMA),
+    # load-balancing weight: the default of each official model file (0.1 / 0.01)
+    "sphinx-moe": _released("sphinx-moe", "mixtral_sparse_ens", dict(_MIXTRAL_8X7B, router_aux_loss_coef=0.1)),
+    "sphinx-moe-1k": _released("sphinx-moe-1k", "mixtral_sparse_ens5", dict(_MIXTRAL_8X7B, router_aux_loss_coef=0.01)),
 }

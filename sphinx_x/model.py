@@ -3,7 +3,9 @@
 Inputs follow one contract (see sphinx_x.data): `input_ids` hold, for each image, a run of
 `visual_token_count(...)` positions equal to IMAGE_TOKEN_ID; `images` is the batch's ImageBatch in order
 of appearance. The model builds, per image, `[start] global [end]` then for every grid cell in raster
-order `[start] cell [end]` or `[skip]`, and scatters those embeddings into the image positions.
+order `[start] cell [end]` or `[skip]`, and scatters those embeddings into the image positions. A view's
+tokens are the vision module's blocks (sphinx_x.vision): the released SPHINX models' 32 Q-Former tokens
+then 257 ensemble tokens, SPHINX-X's 257.
 """
 
 from __future__ import annotations
@@ -152,7 +154,7 @@ class SphinxX(nn.Module):
 
         experts = {name: count(m) for name, m in self.visual.experts.items()}
         llm = count(self.llm)
-        projector = count(self.visual.projector)
+        projector = count(self.visual.projector) + count(self.visual.own_projectors)
         tags = sum(p.numel() for p in (self.image_start, self.image_end, self.skip_token))
         return {
             "llm": llm,

@@ -13,7 +13,8 @@ def test_presets_round_trip_yaml_and_json(name, tmp_path):
 
 
 def test_registry_has_the_family():
-    assert set(PRESETS) == {"nano", "tiny", "intern2", "plus", "plus-2k", "moe"}
+    assert set(PRESETS) == {"nano", "tiny", "intern2", "plus", "plus-2k", "moe", "sphinx", "sphinx-1k", "sphinx-v2-1k",
+                            "sphinx-tiny", "sphinx-tiny-1k", "sphinx-moe", "sphinx-moe-1k"}
     assert SphinxXConfig.from_name("plus-2k").vision.canvas.grid == 3
     assert SphinxXConfig.from_name("moe").llm.num_experts == 8
     assert SphinxXConfig.from_name("tiny").vision.tokens_per_view == 257
