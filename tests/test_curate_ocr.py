@@ -16,7 +16,7 @@ from PIL import Image
 
 from sphinx_x.canvas import CanvasGeometry
 from sphinx_x.cli import main
-from sphinx_x.curate.ocr_builder import TASKS, OcrOptions, build_ocr, find_pdfs
+from sphinx_x.curate.ocr_builder import TASKS, TRANSCRIBE_PROMPT, OcrOptions, build_ocr, find_pdfs
 from sphinx_x.curate.text_quality import QualityConfig
 from sphinx_x.data.geometry import parse_phrases
 
@@ -112,7 +112,7 @@ def test_transcription_equals_written_text_in_reading_order(built):
     page1 = next(r for k, r in recs.items() if k.endswith("p0001-transcription"))
     lines = [ln for ln in _answer(page1).split("\n") if ln]
     assert lines == [t[0] for t in [TITLE, *LEFT, *RIGHT, FOOT]]  # columns are never interleaved
-    assert page1["conversations"][0]["value"].startswith("<image>\n")
+    assert page1["conversations"][0]["value"] == TRANSCRIBE_PROMPT  # no placeholder: the page goes after BOS
     page2 = next(r for k, r in recs.items() if k.endswith("p0002-transcription"))
     assert _answer(page2) == ROTATED[0]
 

@@ -238,7 +238,7 @@ def test_truncation_never_cuts_an_image(tok):
 def test_cut_inside_an_image_backs_off_to_its_start(tok):
     """max_len inside the only turn's image run: the cut backs off to the image's start, which leaves
     no answer, so the sample is rejected rather than keeping part of an image."""
-    msgs = [user("Look: <image>"), bot("ok")]
+    msgs = [user("Look: <image> now"), bot("ok")]  # inside the text: the image stays at its placeholder
     full = DialogueEncoder(tok).encode(msgs, [38])
     start = full.input_ids.index(IMAGE_TOKEN_ID)
     for max_len in (start + 1, start + 20, start + 37):

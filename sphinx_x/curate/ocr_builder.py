@@ -35,7 +35,6 @@ import yaml
 from tqdm import tqdm
 
 from sphinx_x.canvas import CanvasGeometry
-from sphinx_x.constants import IMAGE_PLACEHOLDER
 from sphinx_x.curate.files import write_atomic
 from sphinx_x.curate.pdf_pages import PageContent, PdfOpenError, extract_page, open_pdf, page_rejection
 from sphinx_x.curate.text_quality import QualityConfig, dehyphenate
@@ -104,8 +103,9 @@ def read_manifest(out: Path, doc_id: str) -> dict | None:
 
 # ---- samples -----------------------------------------------------------------------------------
 def _record(sample_id: str, image: str, prompt: str, answer: str) -> dict:
+    # No `<image>` placeholder: the page goes right after BOS, where every SPHINX model sees its image.
     return {"id": sample_id, "image": image, "conversations": [
-        {"from": "human", "value": f"{IMAGE_PLACEHOLDER}\n{prompt}"}, {"from": "gpt", "value": answer}]}
+        {"from": "human", "value": prompt}, {"from": "gpt", "value": answer}]}
 
 
 def transcription_text(content: PageContent, dehyphenate_lines: bool) -> str:

@@ -28,7 +28,6 @@ import yaml
 from tqdm import tqdm
 
 from sphinx_x.canvas import CanvasGeometry, ImageError, load_image
-from sphinx_x.constants import IMAGE_PLACEHOLDER
 from sphinx_x.curate.captioner import Captioner, CaptionError
 from sphinx_x.curate.coco import AnnotationError, CocoImage, CocoObject, decode_mask, load_coco, mark_point
 from sphinx_x.curate.files import write_atomic
@@ -187,7 +186,7 @@ def build_som(annotations: str | Path, images_dir: str | Path, out: str | Path, 
                     counts["marks:caption_missing_template_used"] += 1
         answer_text = "\n".join(f"{format_mark(m.number, m.point)}: {descriptions[m.number]}" for m in marks)
         samples.append({"id": f"som-{image_id}", "image": image.file_name, "conversations": [
-            {"from": "human", "value": f"{IMAGE_PLACEHOLDER}\n{marks_prompt(marks)}"},
+            {"from": "human", "value": marks_prompt(marks)},  # no placeholder: the image goes after BOS
             {"from": "gpt", "value": answer_text}]})
         mark_records.append({"id": f"som-{image_id}", "image": image.file_name,
                              "marked_image": f"marked/{image_id}.jpg", "marks": [

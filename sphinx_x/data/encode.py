@@ -4,7 +4,14 @@ The whole dialogue is tokenised once by the tokenizer's fast backend (`tokenizer
 character offsets; a private copy of that backend knows `<image>` as a special token, so each
 placeholder becomes exactly one token whose neighbours tokenise as they would around any special
 token. That token is then replaced by the image's run of `IMAGE_TOKEN_ID` (its visual token count).
-Images of a sample without placeholders go right after BOS.
+
+Where images go, one rule for training data and inference prompts (the public SPHINX code's layout):
+right after BOS, unless the placeholders say otherwise. A sample without placeholders, and a sample
+whose placeholders all open or close the first human message (the LLaVA convention
+"<image>\nquestion", which marks only that there is an image; the public code deletes it), gets its
+images right after BOS, with those placeholders and the whitespace next to them removed. Placeholders
+anywhere else (inside the text, in later turns: interleaved multi-image data) place each image where
+it stands.
 
 Labels are aligned with `input_ids` (transformers convention; the model shifts them): a text token
 is supervised when its character span overlaps an assistant span of the template, so an answer's
@@ -18,6 +25,7 @@ supervised token is rejected (`SampleRejected`).
 from __future__ import annotations
 
 import bisect
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +34,26 @@ from tokenizers import AddedToken, Tokenizer
 
 from sphinx_x.constants import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_ID
 from sphinx_x.data.templates import Messages, Template, get_template
+
+_PH = re.escape(IMAGE_PLACEHOLDER)
+_EDGE_PLACEHOLDERS = re.compile(rf"^\s*(?:{_PH}\s*)+|(?:\s*{_PH})+\s*$")  # opening or closing a message
+
+
+def images_after_bos(messages: Messages, num_images: int) -> list[dict[str, str]]:
+    """`messages` laid out for the after-BOS rule (see the module docstring): when every placeholder
+    opens or closes the first user message, they are removed (with the whitespace beside them) so
+    the images go right after BOS; otherwise the messages are returned unchanged."""
+    messages = [dict(m) for m in messages]
+    found = [m["content"].count(IMAGE_PLACEHOLDER) for m in messages]
+    if not num_images or sum(found) != num_images:
+        return messages  # no placeholders, or a count mismatch that the encoder reports
+    first_user = next((i for i, m in enumerate(messages) if m["role"] == "user"), None)
+    if first_user is None or sum(found) != found[first_user]:
+        return messages
+    stripped = _EDGE_PLACEHOLDERS.sub("", messages[first_user]["content"])
+    if IMAGE_PLACEHOLDER not in stripped:
+        messages[first_user]["content"] = stripped
+    return messages
 
 
 class SampleRejected(Exception):
@@ -69,7 +97,7 @@ class DialogueEncoder:
 
     # ---- public ------------------------------------------------------------------------------
     def encode(self, messages: Messages, image_token_counts: Sequence[int] = ()) -> Encoded:
-        text, spans = self.template.render(messages)
+        text, spans = self.template.render(images_after_bos(messages, len(image_token_counts)))
         ids, starts, ends, runs = self._sequence(text, image_token_counts)
         labels = _labels(ids, starts, ends, spans)
         enc = Encoded(ids, labels, len(image_token_counts), sum(image_token_counts),
@@ -83,7 +111,7 @@ class DialogueEncoder:
 
     def encode_prompt(self, messages: Messages, image_token_counts: Sequence[int] = ()) -> list[int]:
         """Input ids for generation: the dialogue so far plus the assistant cue; no truncation."""
-        text, _ = self.template.render(messages, add_generation_prompt=True)
+        text, _ = self.template.render(images_after_bos(messages, len(image_token_counts)), add_generation_prompt=True)
         return self._sequence(text, image_token_counts)[0]
 
     def count_text_tokens(self, texts: Sequence[str]) -> list[int]:

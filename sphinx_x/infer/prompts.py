@@ -11,6 +11,8 @@ Where image tokens go (SPEC section 2, same contract as training via `DialogueEn
   SPHINX code's single-image layout);
 - otherwise (images attached to later turns) each turn's images become `<image>\\n` placeholders at
   the start of that turn, so every image sits next to the question that introduced it.
+The encoder then applies the one placement rule of `sphinx_x.data.encode`: placeholders that only open
+or close the first user turn are dropped and those images go right after BOS as well.
 """
 
 from __future__ import annotations
