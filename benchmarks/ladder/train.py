@@ -1,0 +1,295 @@
+"""One ladder run: build the model a control asks for, train it on fresh samples, evaluate the held-out set.
+
+The model is the real SphinxX built from the training recipe (configs/nano.yaml plus any `--model.*` /
+`--optim.*` overrides), samples go through the project's DialogueEncoder / prepare_image / collate_images,
+the schedule is the recipe's warm-up + cosine, and answers are decoded with the project's greedy
+`generate_batch` (the path `sphinx-x generate` and the evaluation harness use).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from sphinx_x.canvas import collate_images, prepare_image, visual_token_count
+from sphinx_x.config import SphinxXConfig
+from sphinx_x.constants import IGNORE_INDEX
+from sphinx_x.data.encode import DialogueEncoder
+from sphinx_x.data.geometry import parse_box
+from sphinx_x.eval.metrics import box_iou
+from sphinx_x.infer.generate import generate_batch
+from sphinx_x.infer.options import GenerationConfig
+from sphinx_x.infer.prompts import EncodedPrompt
+from sphinx_x.model import SphinxX
+from sphinx_x.tokenizer import load_tokenizer
+from sphinx_x.train.build import model_config, param_groups, set_experts_frozen
+from sphinx_x.train.config import TrainConfig
+from sphinx_x.train.schedule import build_scheduler
+
+from .controls import CeilingCNN, Control
+from .tasks import SIDE, Item, Task, heldout, train_stream
+
+
+@dataclass
+class RunSpec:
+    task: Task
+    control: Control
+    seed: int
+    steps: int
+    batch: int
+    eval_every: int
+    eval_n: int
+    binding_n: int
+    recipe: TrainConfig
+    init_llm: str | None = None
+    optim: str = "adamw"
+    experts: str | None = None
+    log: Callable[[str], None] = print
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---- model -------------------------------------------------------------------------------------
+def build_model(spec: RunSpec) -> SphinxX:
+    cfg = spec.recipe
+    if spec.control.needs_experts:
+        if not spec.experts:
+            raise ValueError(f"control {spec.control.name!r} needs --experts DIR/model.yaml "
+                             "(written by sphinx-x pretrain-experts)")
+        cfg.model.preset = spec.experts
+    data = model_config(cfg).to_dict()
+    if spec.control.edit_config:
+        spec.control.edit_config(data)
+    config = SphinxXConfig.from_dict(data)
+    torch.manual_seed(spec.seed)
+    model = SphinxX(config)
+    if cfg.model.frozen_experts is not None:
+        set_experts_frozen(model, cfg.model.frozen_experts)
+    if spec.control.patch:
+        spec.control.patch(model)
+    if spec.init_llm:
+        load_llm(model, spec.init_llm)
+    model.tokenizer = load_tokenizer(config.tokenizer or config.llm.path)
+    model.train()
+    return model
+
+
+def load_llm(model: SphinxX, path: str) -> None:
+    """LLM weights from a safetensors file (or a directory holding model.safetensors): keys of the LLM
+    module itself (`model.layers.0...`), or of a whole SphinxX (`llm.` prefix, which is stripped)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "model.safetensors"
+    if not p.is_file():
+        raise FileNotFoundError(f"--init-llm {path}: no safetensors file there")
+    state = load_file(str(p))
+    if any(k.startswith("llm.") for k in state):
+        state = {k[4:]: v for k, v in state.items() if k.startswith("llm.")}
+    missing, unexpected = model.llm.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied head
+    if missing or unexpected:
+        raise ValueError(f"--init-llm {p}: does not match the model's LLM (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]})")
+
+
+def build_optimizers(model: SphinxX, spec: RunSpec) -> list[torch.optim.Optimizer]:
+    o = spec.recipe.optim
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    adamw = dict(betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+    if spec.optim == "adamw":
+        return [torch.optim.AdamW(param_groups(named, o.lr, o.vision_lr_scale), lr=o.lr, **adamw)]
+    if spec.optim == "muon":  # Muon for the LLM's hidden 2-D matrices, AdamW for embeddings, norms, vision
+        hidden = [(n, p) for n, p in named if p.ndim == 2 and n.startswith("llm.") and ".layers." in n]
+        ids = {id(p) for _, p in hidden}
+        rest = [(n, p) for n, p in named if id(p) not in ids]
+        _muon_fp32_on_cpu()
+        return [torch.optim.Muon([p for _, p in hidden], lr=o.lr, weight_decay=o.weight_decay, momentum=0.95,
+                                 adjust_lr_fn="match_rms_adamw"),
+                torch.optim.AdamW(param_groups(rest, o.lr, o.vision_lr_scale), lr=o.lr, **adamw)]
+    raise ValueError(f"--optim must be adamw or muon, got {spec.optim!r}")
+
+
+def _muon_fp32_on_cpu() -> None:
+    """torch.optim.Muon orthogonalises in bf16, which is very slow on CPUs without bf16 units: run the same
+    Newton-Schulz iteration in fp32 (changes precision only)."""
+    import torch.optim._muon as muon
+
+    def ns_fp32(grad, ns_coefficients, ns_steps, eps):
+        a, b, c = ns_coefficients
+        x = grad.float()
+        tall = x.size(0) > x.size(1)
+        x = x.T if tall else x
+        x = x / x.norm().clamp(min=eps)
+        for _ in range(ns_steps):
+            g = x @ x.T
+            x = torch.addmm(x, torch.addmm(g, g, g, beta=b, alpha=c), x, beta=a)
+        return (x.T if tall else x).to(grad.dtype)
+
+    muon._zeropower_via_newtonschulz = ns_fp32
+
+
+# ---- encoding ----------------------------------------------------------------------------------
+class Encoder:
+    """Items -> training tensors and generation prompts (image right after BOS, as the corpus)."""
+
+    def __init__(self, model: SphinxX, task: Task, text_scene: bool):
+        self.model, self.task = model, task
+        self.vision = model.config.vision
+        self.use_image = task.has_image and not text_scene
+        self.text_scene = text_scene
+        self.enc = DialogueEncoder(model.tokenizer, model.config.template, max_len=512)
+        self.counts = [visual_token_count(SIDE, SIDE, self.vision)] if self.use_image else []
+        tok = model.tokenizer
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    def _question(self, item: Item, question: str | None) -> str:
+        q = question or item.question
+        return self.task.describe(item) + q if self.text_scene else q
+
+    def train_tensors(self, items: list[Item]):
+        encs = [self.enc.encode([{"role": "user", "content": self._question(it, None)},
+                                 {"role": "assistant", "content": it.answer}], self.counts) for it in items]
+        width = max(len(e.input_ids) for e in encs)
+        ids = torch.full((len(items), width), self.pad_id)
+        labels = torch.full((len(items), width), IGNORE_INDEX)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        for b, e in enumerate(encs):
+            ids[b, : len(e.input_ids)] = torch.tensor(e.input_ids)
+            labels[b, : len(e.labels)] = torch.tensor(e.labels)
+            mask[b, : len(e.input_ids)] = 1
+        images = collate_images([prepare_image(it.image, self.vision) for it in items], self.vision) \
+            if self.use_image else None
+        return ids, mask, labels, images
+
+    def prompt(self, item: Item, question: str | None = None) -> EncodedPrompt:
+        ids = self.enc.encode_prompt([{"role": "user", "content": self._question(item, question)}], self.counts)
+        return EncodedPrompt(ids, [prepare_image(item.image, self.vision)] if self.use_image else [])
+
+
+def correct(task: Task, prediction: str, answer: str) -> bool:
+    if task.metric == "iou":
+        box = parse_box(prediction)
+        return box is not None and box_iou(box, parse_box(answer)) >= 0.5
+    return prediction.strip().rstrip(".").lower() == answer.lower()
+
+
+@torch.no_grad()
+def answers(model: SphinxX, encoder: Encoder, prompts: list[EncodedPrompt], chunk: int = 50) -> list[str]:
+    model.eval()
+    gen = GenerationConfig(max_new_tokens=encoder.task.max_new_tokens)
+    out = []
+    for i in range(0, len(prompts), chunk):
+        out += [g.text for g in generate_batch(model, prompts[i : i + chunk], gen)]
+    model.train()
+    return out
+
+
+def binding(model: SphinxX, encoder: Encoder, items: list[Item]) -> dict[str, float]:
+    """Ask about each object of each image in turn: the share of images whose answer changes with the
+    question (0 = the model ignores which object is named), and the accuracy over all those questions."""
+    probes = [(k, q, a) for k, it in enumerate(items) for q, a in encoder.task.probes(it)]
+    preds = answers(model, encoder, [encoder.prompt(items[k], q) for k, q, _ in probes])
+    by_item: dict[int, set[str]] = {}
+    for (k, _, _), p in zip(probes, preds):
+        by_item.setdefault(k, set()).add(p.strip())
+    right = sum(correct(encoder.task, p, a) for (_, _, a), p in zip(probes, preds))
+    return {"changes": sum(len(v) > 1 for v in by_item.values()) / len(items), "probe_acc": right / len(probes)}
+
+
+# ---- training ----------------------------------------------------------------------------------
+def run_llm(spec: RunSpec) -> dict[str, Any]:
+    model = build_model(spec)
+    encoder = Encoder(model, spec.task, spec.control.text_scene)
+    evalset = heldout(spec.task, spec.eval_n)
+    stream = train_stream(spec.task, spec.seed, {it.key for it in evalset})
+    opts = build_optimizers(model, spec)
+    scheds = [build_scheduler(o, spec.steps, spec.recipe.optim.warmup_ratio) for o in opts]
+    params = [p for o in opts for g in o.param_groups for p in g["params"]]
+    clip = spec.recipe.optim.grad_clip
+    reduction = spec.recipe.optim.loss_reduction
+    torch.manual_seed(spec.seed)
+    curve, losses, t0 = [], [], time.time()
+
+    def evaluate(step: int) -> None:
+        preds = answers(model, encoder, [encoder.prompt(it) for it in evalset])
+        acc = sum(correct(spec.task, p, it.answer) for p, it in zip(preds, evalset)) / len(evalset)
+        loss = sum(losses) / len(losses) if losses else float("nan")
+        curve.append({"step": step, "acc": acc, "loss": round(loss, 4), "t": round(time.time() - t0, 1)})
+        spec.log(f"  step {step:5d}  acc {acc:.3f}  loss {loss:.3f}  e.g. {preds[0]!r} (want {evalset[0].answer!r})")
+        losses.clear()
+
+    for step in range(1, spec.steps + 1):
+        ids, mask, labels, images = encoder.train_tensors([next(stream) for _ in range(spec.batch)])
+        loss = model(ids, attention_mask=mask, labels=labels, images=images, loss_reduction=reduction).loss
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss is {value} at step {step}")
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        for o, s in zip(opts, scheds):
+            o.step()
+            s.step()
+        losses.append(value)
+        if step % spec.eval_every == 0 or step == spec.steps:
+            evaluate(step)
+    result: dict[str, Any] = {"curve": curve}
+    if spec.task.probes and spec.binding_n:
+        result["binding"] = binding(model, encoder, evalset[: spec.binding_n])
+        spec.log(f"  binding: answer changes with the named object on {result['binding']['changes']:.0%} of images")
+    return result
+
+
+def _pixels(items: list[Item]) -> torch.Tensor:
+    arr = [torch.from_numpy(np.asarray(it.image.resize((128, 128)), dtype=np.float32)) for it in items]
+    return torch.stack(arr).permute(0, 3, 1, 2) / 255.0
+
+
+def run_ceiling(spec: RunSpec) -> dict[str, Any]:
+    task = spec.task
+    if not (task.answers and task.questions):
+        raise ValueError(f"cnn-ceiling needs a closed answer and question set; rung {task.rung} has none")
+    torch.manual_seed(spec.seed)
+    net = CeilingCNN(len(task.questions), len(task.answers))
+    o = spec.recipe.optim
+    opt = torch.optim.AdamW(net.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    sched = build_scheduler(opt, spec.steps, o.warmup_ratio)
+    evalset = heldout(task, spec.eval_n)
+    stream = train_stream(task, spec.seed, {it.key for it in evalset})
+
+    def tensors(items):
+        q = torch.tensor([task.questions.index(it.question) for it in items])
+        return _pixels(items), q, torch.tensor([task.answers.index(it.answer) for it in items])
+
+    ex, eq, ey = tensors(evalset)
+    curve, losses, t0 = [], [], time.time()
+    for step in range(1, spec.steps + 1):
+        x, q, y = tensors([next(stream) for _ in range(spec.batch)])
+        loss = F.cross_entropy(net(x, q), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss))
+        if step % spec.eval_every == 0 or step == spec.steps:
+            with torch.no_grad():
+                acc = float((net(ex, eq).argmax(-1) == ey).float().mean())
+            curve.append({"step": step, "acc": acc, "loss": round(sum(losses) / len(losses), 4),
+                          "t": round(time.time() - t0, 1)})
+            losses.clear()
+            spec.log(f"  step {step:5d}  acc {acc:.3f}")
+    return {"curve": curve}
+
+
+def run_one(spec: RunSpec) -> dict[str, Any]:
+    return run_ceiling(spec) if spec.control.ceiling else run_llm(spec)
