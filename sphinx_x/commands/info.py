@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from sphinx_x.canvas import visual_token_count
-from sphinx_x.config import SphinxXConfig
+from sphinx_x.config import PRESETS, SphinxXConfig
 
 DEFAULT_SIZES = ["1024x1024", "2048x1024", "1024x2048", "4096x1024"]
 
@@ -43,8 +43,23 @@ def info(preset_or_dir: str, sizes: list[tuple[int, int]]) -> dict:
     return {
         "preset": config.name,
         "params": {k: counts[k] for k in ("llm", "vision_experts", "projector", "total")},
+        "tokens_per_view": config.vision.tokens_per_view,
         "visual_tokens": {f"{w}x{h}": visual_token_count(w, h, config.vision) for w, h in sizes},
     }
+
+
+def describe_views(config: SphinxXConfig) -> str:
+    """One line: views, canvas preprocessing and what a view's tokens are made of."""
+    canvas, vision = config.vision.canvas, config.vision
+    views = "global view" if canvas.grid == 0 else f"global + {canvas.grid}x{canvas.grid}"
+    if canvas.preprocess == "accessory":
+        prep = f"accessory preprocessing, {canvas.size} px canvas"
+    else:
+        prep = f"anchor {canvas.pad_anchor}, skip {'on' if canvas.skip_padded_cells else 'off'}"
+    blocks = [f"{e.tokens(vision.feature_grid)} {e.name}" for e in vision.experts if e.own_projector]
+    shared = "+".join(e.name for e in vision.experts if not e.own_projector)
+    blocks.append(f"{1 + vision.feature_grid ** 2} {shared}")
+    return f"{views}, {prep}; a view is [start] {' + '.join(blocks)} [end]"
 
 
 def _human(n: int) -> str:
@@ -59,8 +74,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     config = resolve_config(args.model)
     p = result["params"]
-    print(f"SPHINX-X {result['preset']}  (LLM {config.llm.arch}, grid {config.vision.canvas.grid}x"
-          f"{config.vision.canvas.grid}, anchor {config.vision.canvas.pad_anchor})")
+    print(f"SPHINX-X {result['preset']}  (LLM {config.llm.arch}; {describe_views(config)})")
     print(f"  {'llm':<24}{_human(p['llm']):>12}")
     for name, n in p["vision_experts"].items():
         frozen = next(e.frozen for e in config.vision.experts if e.name == name)
@@ -75,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("info", help="parameter counts and visual tokens of a preset or model directory")
-    p.add_argument("model", help="preset name (nano, tiny, intern2, plus, plus-2k, moe), model dir or config file")
+    p.add_argument("model", help=f"preset name ({', '.join(PRESETS)}), model dir or config file")
     p.add_argument("--image-size", action="append", type=parse_size, metavar="WxH",
                    help="image size to report visual tokens for (repeatable)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
