@@ -32,7 +32,7 @@ _TINY_EXPERTS = {
     ),
     "clip_vit": dict(
         channels=32,
-        arch_kwargs={"quick_gelu": False,
+        arch_kwargs={"quick_gelu": False, "embed_dim": 16,
                      "vision_cfg": {"width": 32, "layers": 2, "head_width": 16, "patch_size": 14, "image_size": 28}},
     ),
     "convnext": dict(channels=32, timm_model="convnext_atto",

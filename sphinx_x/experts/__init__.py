@@ -6,11 +6,7 @@ decorated with `@register_expert("name")`; configs then use it by name.
 """
 
 # Importing the kind modules registers them (open_clip / transformers are imported only when built).
-from sphinx_x.experts import (
-    blip2,  # noqa: E402
-    clip_vit,  # noqa: E402
-    timm_experts,  # noqa: E402, I001
-)
+from sphinx_x.experts import blip2, clip_vit, timm_experts
 from sphinx_x.experts.base import (
     CheckpointError,
     VisionExpert,
@@ -19,7 +15,7 @@ from sphinx_x.experts.base import (
     registered_kinds,
     resample_grid,
 )
-from sphinx_x.experts.timm_experts import load_expert_checkpoint  # noqa: E402
+from sphinx_x.experts.timm_experts import load_expert_checkpoint
 from sphinx_x.experts.weights import read_state_dict
 
 __all__ = [
