@@ -8,6 +8,7 @@ the schedule is the recipe's warm-up + cosine, and answers are decoded with the 
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import time
 from collections.abc import Callable
@@ -53,6 +54,7 @@ class RunSpec:
     init_llm: str | None = None
     optim: str = "adamw"
     experts: str | None = None
+    patches: list[str] = field(default_factory=list)  # FILE.py:FUNC, each called as FUNC(model)
     log: Callable[[str], None] = print
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -75,11 +77,27 @@ def build_model(spec: RunSpec) -> SphinxX:
         set_experts_frozen(model, cfg.model.frozen_experts)
     if spec.control.patch:
         spec.control.patch(model)
+    for patch in spec.patches:
+        load_patch(patch)(model)
     if spec.init_llm:
         load_llm(model, spec.init_llm)
     model.tokenizer = load_tokenizer(config.tokenizer or config.llm.path)
     model.train()
     return model
+
+
+def load_patch(spec: str) -> Callable[[SphinxX], None]:
+    """`path/to/file.py:func`: a function that changes the built model in place (an experimental lever,
+    e.g. swapping the LLM for one with QK-norm) without touching the project's code."""
+    file, _, name = spec.rpartition(":")
+    if not file or not Path(file).is_file():
+        raise FileNotFoundError(f"--patch {spec!r}: expected FILE.py:FUNC with an existing file")
+    module_spec = importlib.util.spec_from_file_location(f"ladder_patch_{Path(file).stem}", file)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not callable(getattr(module, name, None)):
+        raise AttributeError(f"--patch {spec!r}: {file} has no function {name!r}")
+    return getattr(module, name)
 
 
 def load_llm(model: SphinxX, path: str) -> None:
@@ -280,7 +298,7 @@ def run_ceiling(spec: RunSpec) -> dict[str, Any]:
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step % spec.eval_every == 0 or step == spec.steps:
             with torch.no_grad():
                 acc = float((net(ex, eq).argmax(-1) == ey).float().mean())
