@@ -305,8 +305,6 @@ def renormalize(x: torch.Tensor, canvas: CanvasConfig, expert: VisionExpertConfi
 
 
 def accessory_expert_views(x: torch.Tensor, expert: VisionExpertConfig, vision: VisionConfig) -> torch.Tensor:
-    """One expert's input from the normalised canvases: views, optional float16 nearest resize, re-normalisation."""
-    views = accessory_views(x, expert.view_size, vision.canvas.grid)
-    if expert.input_resize:
-        views = resize_half(views, expert.input_resize, "nearest")
-    return renormalize(views, vision.canvas, expert)
+    """One expert's views from the normalised canvases, re-normalised to its statistics (the expert then
+    applies its own `input_resize`)."""
+    return renormalize(accessory_views(x, expert.view_size, vision.canvas.grid), vision.canvas, expert)

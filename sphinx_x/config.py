@@ -54,9 +54,9 @@ class VisionExpertConfig:
     # the table keeps its stored size (timm_kwargs img_size) and is interpolated at every forward as the
     # official DINOv2 code does (bicubic, scale factor (n + 0.1) / stored side, no antialias).
     pos_embed: str = "resampled"
-    # canvas.preprocess "accessory" only: resize each view to this many pixels with nearest interpolation
-    # in float16 before the trunk (the official ConvNeXt input; 0 = no resize), and the formula that
-    # re-normalises the CLIP-normalised canvas to this expert's mean/std ("unnormalize" or "affine").
+    # Resize each normalised view to this many pixels with nearest interpolation in float16 before the
+    # trunk (the official ConvNeXt input; 0 = no resize). canvas.preprocess "accessory" only: the formula
+    # that re-normalises the CLIP-normalised canvas to this expert's mean/std ("unnormalize" or "affine").
     input_resize: int = 0
     renorm: str = "unnormalize"
 

@@ -64,3 +64,16 @@ def test_tiny_stand_in_forwards_and_round_trips(preset, tmp_path):
     assert loaded.config == cfg
     with torch.no_grad():
         assert torch.equal(loaded(ids, images=images).logits, logits)
+
+
+def test_flop_counting_runs_every_expert_kind_on_the_meta_device():
+    from sphinx_x.train.flops import expert_view_flops
+
+    cfg = tiny_accessory_config("sphinx-1k")
+    flops = {e.name: expert_view_flops(e, cfg.vision.feature_grid) for e in cfg.vision.experts}
+    assert set(flops) == {"qformer", "clip", "clip_convnext", "dinov2"} and all(f > 0 for f in flops.values())
+    # ConvNeXt is counted at its input_resize (32 px here), not at the 28 px view
+    convnext = next(e for e in cfg.vision.experts if e.kind == "convnext")
+    import dataclasses
+
+    assert expert_view_flops(dataclasses.replace(convnext, input_resize=64), 2) > 3 * flops["clip_convnext"]

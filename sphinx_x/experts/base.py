@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sphinx_x.canvas import resize_half
 from sphinx_x.config import ConfigError, VisionExpertConfig
 
 _KINDS: dict[str, type[VisionExpert]] = {}
@@ -162,15 +163,21 @@ class VisionExpert(nn.Module):
         std = torch.tensor(self.cfg.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
         return ((x - mean) / std).to(param.dtype)
 
+    def resize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """`input_resize`: the official ConvNeXt input, `F.interpolate(x.half(), size)` (nearest) cast back."""
+        if not self.cfg.input_resize:
+            return x
+        return resize_half(x, self.cfg.input_resize, "nearest")
+
     def forward(self, views: torch.Tensor) -> torch.Tensor:
         """uint8 views -> tokens."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.frozen):
-            return self.encode(self.normalize(views))
+            return self.encode(self.resize_input(self.normalize(views)))
 
     def forward_normalized(self, x: torch.Tensor) -> torch.Tensor:
         """Views already normalised for this expert (the accessory preprocessing) -> tokens."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.frozen):
-            return self.encode(x.to(self.dtype))
+            return self.encode(self.resize_input(x).to(self.dtype))
 
 
 def check_state_keys(path: Path, state: dict, module: nn.Module, what: str, ignore=lambda k: False) -> None:

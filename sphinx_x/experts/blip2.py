@@ -58,10 +58,10 @@ class Blip2QFormerTrunk(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         image_embeds = self.vision_model(pixel_values=pixel_values, return_dict=True).last_hidden_state
-        mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
         queries = self.query_tokens.expand(image_embeds.shape[0], -1, -1)
-        out = self.qformer(query_embeds=queries, encoder_hidden_states=image_embeds, encoder_attention_mask=mask,
-                           return_dict=True)
+        # get_qformer_features passes an all-ones image mask, which masks nothing; without it the math is the
+        # same and the model also runs on the meta device (FLOP counting), where the mask check cannot.
+        out = self.qformer(query_embeds=queries, encoder_hidden_states=image_embeds, return_dict=True)
         return out.last_hidden_state
 
 
