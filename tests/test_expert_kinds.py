@@ -196,3 +196,17 @@ def test_presets_round_trip_through_json(tmp_path):
         cfg = SphinxXConfig.from_name(name)
         cfg.save(tmp_path / f"{name}.json")
         assert SphinxXConfig.load(tmp_path / f"{name}.json") == cfg
+
+
+def test_dinov2_runtime_expert_loads_the_original_layout_without_resampling(tmp_path):
+    cfg = expert_cfg("dinov2")
+    source = VisionExpert(cfg, 2)
+    perturb_(source, seed=13)
+    state = dict(source.trunk.state_dict(), mask_token=torch.zeros(1, 24))  # facebookresearch/dinov2 layout
+    assert state["pos_embed"].shape == (1, 1 + 5 * 5, 24)
+    torch.save(state, tmp_path / "dinov2_pretrain.pth")
+    loaded = VisionExpert(dataclasses.replace(cfg, checkpoint=str(tmp_path / "dinov2_pretrain.pth")), 2).eval()
+    assert torch.equal(loaded.trunk.pos_embed, state["pos_embed"])  # kept at its stored size
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(loaded.forward_normalized(x), source.eval().forward_normalized(x))
