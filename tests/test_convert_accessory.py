@@ -125,53 +125,46 @@ TEST_VISION = {
 }
 
 
-class StandInKeyMap:
-    """The vision side of the `nano` experts under `llma.stand_in.`: checks the converter's contract
-    (preset per llama_type, renames, a reshaping hook, a filled key) independently of the real experts."""
+OFFICIAL_EXPERTS = {"visual.experts.clip_convnext.trunk.": "llma.openclip_convnext_xxl.",
+                    "visual.experts.dinov2.trunk.": "llma.dinov2_vitg14."}
 
-    def __init__(self, expert_state: dict[str, torch.Tensor]):
-        self.expert_state = expert_state
 
-    def llama_types(self) -> list[str]:
-        return ["llama_ens5_light", "mixtral_sparse_ens5"]
+@dataclass
+class StandIn:
+    """The `nano` experts under the official module names (what sphinx_x.accessory_keys maps back), and
+    the `--config` file that describes them."""
 
-    def preset(self, llama_type: str) -> str:
-        return "nano"
-
-    def vision_key(self, llama_type: str, key: str) -> str | None:
-        if key.startswith("llma.stand_in."):
-            return key[len("llma.stand_in."):]
-        if key.startswith("llma.visual_proj."):
-            return "visual.projector." + key[len("llma.visual_proj."):]
-        if key == "llma.clip.logit_scale":
-            return None  # dropped on purpose
-        tags = {"llma.start_img": "image_start", "llma.end_img": "image_end"}
-        return tags[key]  # KeyError: unknown
-
-    def vision_tensor(self, llama_type: str, key: str, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.reshape(-1) if key in ("llma.start_img", "llma.end_img") else tensor
-
-    def fill_missing(self, llama_type: str, name: str, shape: tuple[int, ...]) -> torch.Tensor | None:
-        return torch.zeros(shape) if name == "skip_token" else None
+    experts: dict[str, torch.Tensor]  # official key -> tensor
+    ours: dict[str, str]  # official key -> our key
+    config: Path
 
 
 @pytest.fixture(scope="module")
-def stand_in() -> StandInKeyMap:
+def stand_in(tmp_path_factory) -> StandIn:
     from sphinx_x.model import SphinxX
 
     torch.manual_seed(0)
-    model = SphinxX(SphinxXConfig.from_name("nano"))
-    state = model.state_dict()
-    return StandInKeyMap({f"llma.stand_in.{k}": v.clone() for k, v in state.items() if k.startswith("visual.experts.")})
+    config = SphinxXConfig.from_name("nano")
+    experts, ours = {}, {}
+    for name, value in SphinxX(config).state_dict().items():
+        for our_prefix, official_prefix in OFFICIAL_EXPERTS.items():
+            if name.startswith(our_prefix):
+                key = official_prefix + name[len(our_prefix):]
+                experts[key], ours[key] = value.clone(), name
+    experts["llma.dinov2_vitg14.mask_token"] = torch.zeros(1, 96)  # in the release, dropped on conversion
+    path = tmp_path_factory.mktemp("config") / "nano.json"
+    config.save(path)
+    return StandIn(experts, ours, path)
 
 
-def checkpoint(tmp_path: Path, stand_in: StandInKeyMap, d: Dims, mp: int = 1, **kw) -> tuple[Path, dict]:
-    state = {**official_state(d, kw.pop("seed", 0)), **stand_in.expert_state}
+def checkpoint(tmp_path: Path, stand_in: StandIn, d: Dims, mp: int = 1, **kw) -> tuple[Path, dict]:
+    state = {**official_state(d, kw.pop("seed", 0)), **stand_in.experts}
     return write_checkpoint(tmp_path / f"src{mp}", d, mp, state=state, **kw)
 
 
-def convert(src: Path, dst: Path, keymap: StandInKeyMap, **kw) -> Path:
-    return convert_accessory(src, dst, dtype=kw.pop("dtype", "float32"), keymap=keymap, progress=False, **kw)
+def convert(src: Path, dst: Path, stand_in: StandIn, **kw) -> Path:
+    kw.setdefault("config", stand_in.config)
+    return convert_accessory(src, dst, dtype=kw.pop("dtype", "float32"), progress=False, **kw)
 
 
 # ---- a Meta-style reference forward on the official weights ---------------------------------------
@@ -248,8 +241,9 @@ def test_merged_tensors_equal_the_originals(tmp_path: Path, stand_in, mp: int) -
     assert torch.equal(out["image_start"], state["llma.start_img"].reshape(-1))
     assert torch.equal(out["visual.projector.0.weight"], state["llma.visual_proj.0.weight"])
     assert torch.equal(out["skip_token"], torch.zeros(d.dim))
-    for key, value in stand_in.expert_state.items():
-        assert torch.equal(out[key[len("llma.stand_in."):]], value)
+    for key, name in stand_in.ours.items():
+        assert torch.equal(out[name], stand_in.experts[key])
+    assert len([k for k in out if k.startswith("visual.experts.")]) == len(stand_in.ours)  # mask_token dropped
 
 
 def test_permutation_is_a_per_head_reordering() -> None:
@@ -353,7 +347,8 @@ ERRORS = {
     "missing tokenizer": (lambda s: (s / "tokenizer.model").unlink(), r"tokenizer\.model: missing"),
     "no shards": (lambda s: [p.unlink() for p in s.glob("*.pth")], r"no consolidated\.XX-of-YY\.model\.pth"),
     "unknown llama_type": (lambda s: (s / "meta.json").write_text('{"llama_type": "llama_ens9"}'),
-                           r"meta\.json: unknown llama_type 'llama_ens9'; valid: llama_ens5_light, mixtral"),
+                           r"meta\.json: unknown llama_type 'llama_ens9'; valid: llama_ens, llama_ens5, "
+                           r"llama_ens_light, llama_ens5_light, mixtral_sparse_ens, mixtral_sparse_ens5"),
     "counts differ": (lambda s: (s / "consolidated.01-of-02.model.pth").rename(s / "consolidated.01-of-03.model.pth"),
                       r"different counts: consolidated\.00-of-02\.model\.pth \(of 2\); "
                       r"consolidated\.01-of-03\.model\.pth \(of 3\)"),
@@ -435,6 +430,30 @@ def test_failure_while_writing_leaves_nothing_and_keeps_an_old_directory(tmp_pat
     monkeypatch.setattr(writer, "save_file", real_save)
     convert(src, old, stand_in, overwrite=True)
     assert (old / "config.json").is_file() and not (old / "keep.txt").exists()
+
+
+def test_preset_follows_the_llama_type(tmp_path: Path, stand_in) -> None:
+    """Without --config the preset of meta.json's llama_type is used: the nano stand-in experts do not fit
+    SPHINX-Tiny-1k's ConvNeXt-XXL, and the error says which preset was tried."""
+    src, _ = checkpoint(tmp_path, stand_in, Dims(), mp=1)
+    message = r"\(llama_ens5_light -> preset sphinx-tiny-1k\): (missing|unexpected) keys"
+    with pytest.raises(ConversionError, match=message):
+        convert(src, tmp_path / "out", stand_in, config=None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_converts(tmp_path: Path, stand_in, capsys) -> None:
+    from sphinx_x.model import SphinxX
+
+    src, state = checkpoint(tmp_path, stand_in, Dims(experts=4), mp=2)
+    dst = tmp_path / "out"
+    rc = main(["convert", "accessory", str(src), "--out", str(dst), "--config", str(stand_in.config),
+               "--dtype", "float32", "--quiet"])
+    assert rc == 0 and f"wrote {dst}" in capsys.readouterr().out
+    model = SphinxX.from_pretrained(dst)
+    assert model.config.llm.arch == "mixtral" and model.config.llm.num_experts == 4
+    assert model.config.llm.rope_theta == 1e6
+    assert torch.equal(model.llm.model.layers[1].mlp.gate.weight, state["llma.layers.1.feed_forward.gate.weight"])
 
 
 def test_cli_reports_errors(tmp_path: Path, capsys) -> None:
