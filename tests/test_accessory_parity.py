@@ -81,21 +81,26 @@ def tiny_config(llama_type: str, path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory) -> dict[str, tuple[SphinxX, dict, dict]]:
-    """Every fixture converted with the CLI (float32) and loaded: name -> (model, reference.json, tensors)."""
+def converted(tmp_path_factory):
+    """name -> (model, reference.json, reference tensors): the fixture converted with the CLI (float32) and
+    loaded, once per module."""
     root = tmp_path_factory.mktemp("accessory_parity")
-    out = {}
-    for name in ARCHS:
-        src = FIXTURES / name
-        llama_type = json.loads((src / "meta.json").read_text())["llama_type"]
-        cfg = tiny_config(llama_type, root / f"{name}.json")
-        dst = root / name
-        main(["convert", "accessory", str(src), "--out", str(dst), "--dtype", "float32", "--config", str(cfg),
-              "--quiet"])
-        model = SphinxX.from_pretrained(dst, dtype=torch.float32).eval()
-        reference = json.loads((src / "reference.json").read_text())
-        out[name] = (model, reference, load_file(str(src / "reference.safetensors")))
-    return out
+    cache: dict[str, tuple[SphinxX, dict, dict]] = {}
+
+    def get(name: str) -> tuple[SphinxX, dict, dict]:
+        if name not in cache:
+            src = FIXTURES / name
+            llama_type = json.loads((src / "meta.json").read_text())["llama_type"]
+            cfg = tiny_config(llama_type, root / f"{name}.json")
+            dst = root / name
+            main(["convert", "accessory", str(src), "--out", str(dst), "--dtype", "float32", "--config", str(cfg),
+                  "--quiet"])
+            model = SphinxX.from_pretrained(dst, dtype=torch.float32).eval()
+            reference = json.loads((src / "reference.json").read_text())
+            cache[name] = (model, reference, load_file(str(src / "reference.safetensors")))
+        return cache[name]
+
+    return get
 
 
 def official_rows(model: SphinxX, question: str, image: Image.Image) -> tuple[list[int], torch.Tensor]:
@@ -113,7 +118,7 @@ def official_rows(model: SphinxX, question: str, image: Image.Image) -> tuple[li
 
 @pytest.mark.parametrize("name", ARCHS)
 def test_logits_match_the_official_code(converted, name):
-    model, reference, tensors = converted[name]
+    model, reference, tensors = converted(name)
     worst = 0.0
     for case in reference["cases"]:
         image = Image.open(FIXTURES / name / case["image"]).convert("RGB")
@@ -129,7 +134,7 @@ def test_logits_match_the_official_code(converted, name):
 
 @pytest.mark.parametrize("name", ARCHS)
 def test_greedy_answers_match_the_official_chat_path(converted, name):
-    model, reference, _ = converted[name]
+    model, reference, _ = converted(name)
     endings = set()
     for case in reference["cases"]:
         image = Image.open(FIXTURES / name / case["image"]).convert("RGB")
@@ -141,3 +146,19 @@ def test_greedy_answers_match_the_official_chat_path(converted, name):
         assert result.finish_reason == ("length" if case["ending"] == "max_gen_len" else "stop")
         endings.add(case["ending"])
     assert endings == {"stop_sequence", "eos", "max_gen_len"}  # the fixture exercises every stop rule
+
+
+def test_cli_generate_answers_as_the_official_chat_path(converted, tmp_path):
+    """`sphinx-x generate` on a converted two-shard checkpoint, all cases in one left-padded batch."""
+    name = "llama_ens5_light_mp2"
+    model, reference, _ = converted(name)
+    model.save_pretrained(tmp_path / "model")
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("".join(
+        json.dumps({"id": c["name"], "question": c["question"], "image": str(FIXTURES / name / c["image"])}) + "\n"
+        for c in reference["cases"]))
+    answers = tmp_path / "a.jsonl"
+    main(["generate", "--model", str(tmp_path / "model"), "--dtype", "float32", "--input", str(questions),
+          "--output", str(answers), "--batch-size", "3", "--max-new-tokens", str(reference["max_gen_len"])])
+    got = {row["id"]: row["answer"] for row in map(json.loads, answers.read_text().splitlines())}
+    assert got == {c["name"]: c["answer"] for c in reference["cases"]}
