@@ -9,7 +9,8 @@ original size), never a test of pixel values, so every expert agrees on it.
 With `canvas.preprocess: accessory` (the released SPHINX models) the image instead becomes one uint8
 canvas of `canvas.size` pixels, made as the official transform makes it (pad to a centred square at the
 original resolution with `int(255 * mean)`, then PIL bicubic resize); the experts' views are cut from the
-normalised canvas on the model's device (`accessory_expert_views`) with float16 bicubic interpolation.
+normalised canvas on the model's device (`accessory_views`, `renormalize`) with float16 bicubic
+interpolation.
 
 This module also owns the mapping between original-image pixels and canvas-normalised coordinates
 (SPEC section 3) in both directions, for both anchors.
@@ -303,8 +304,3 @@ def renormalize(x: torch.Tensor, canvas: CanvasConfig, expert: VisionExpertConfi
         return x * (c_std / e_std) + (c_mean - e_mean) / e_std
     return (x * c_std + c_mean - e_mean) / e_std  # llama_ens, llama_ens5, mixtral_sparse_ens*
 
-
-def accessory_expert_views(x: torch.Tensor, expert: VisionExpertConfig, vision: VisionConfig) -> torch.Tensor:
-    """One expert's views from the normalised canvases, re-normalised to its statistics (the expert then
-    applies its own `input_resize`)."""
-    return renormalize(accessory_views(x, expert.view_size, vision.canvas.grid), vision.canvas, expert)

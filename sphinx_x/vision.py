@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from sphinx_x.canvas import ImageBatch, accessory_expert_views, normalize_canvas
+from sphinx_x.canvas import ImageBatch, accessory_views, normalize_canvas, renormalize
 from sphinx_x.config import ConfigError, VisionConfig
 from sphinx_x.experts import (  # noqa: F401 - re-exported: the vision API predates the experts package
     CheckpointError,
@@ -58,7 +58,11 @@ class MixtureOfVisualExperts(nn.Module):
         if images.canvas is not None:
             device = next(self.parameters()).device
             x = normalize_canvas(images.canvas.to(device, non_blocking=True), self.cfg.canvas)
-            return {e.name: accessory_expert_views(x, e, self.cfg) for e in self.cfg.experts}
+            views: dict[int, torch.Tensor] = {}  # experts with the same view size share the resized views
+            for e in self.cfg.experts:
+                if e.view_size not in views:
+                    views[e.view_size] = accessory_views(x, e.view_size, self.cfg.canvas.grid)
+            return {e.name: renormalize(views[e.view_size], self.cfg.canvas, e) for e in self.cfg.experts}
         for name in self.experts:
             if name not in images.views:
                 raise KeyError(f"image batch has no views for vision expert {name!r} (has {list(images.views)})")
