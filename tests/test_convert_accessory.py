@@ -375,6 +375,8 @@ ERRORS = {
                           r"config\.json: dim=64 but llma\.tok_embeddings\.weight is \(32000, 32\)"),
     "layer count": (lambda s: (s / "config.json").write_text('{"dim": 32, "n_layers": 3, "n_heads": 4}'),
                     r"config\.json: n_layers=3 but the shards hold layers 0\.\.1 \(missing \[2\]\)"),
+    "diff checkpoint": (lambda s: (s / "consolidated.00-of-02.model-diff.pth").write_bytes(b""),
+                        r"consolidated\.00-of-02\.model-diff\.pth is a \*_diff checkpoint"),
     "corrupt shard": (lambda s: (s / "consolidated.00-of-02.model.pth").write_bytes(b"not a zip"),
                       r"consolidated\.00-of-02\.model\.pth: cannot read as a torch checkpoint"),
 }
@@ -388,6 +390,15 @@ def test_errors_name_the_file_and_key_and_leave_nothing(tmp_path: Path, stand_in
     with pytest.raises(ConversionError, match=message):
         convert(src, tmp_path / "out", stand_in)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src2"]
+
+
+def test_legacy_format_shards_are_read_whole(tmp_path: Path, stand_in, capsys) -> None:
+    src, state = checkpoint(tmp_path, stand_in, Dims(), mp=2)
+    for path in src.glob("consolidated.*.pth"):  # torch's pre-zip format cannot be memory-mapped
+        torch.save(torch.load(path, weights_only=True), path, _use_new_zipfile_serialization=False)
+    out = load_weights(convert(src, tmp_path / "out", stand_in))
+    assert torch.equal(out["llm.model.layers.1.mlp.down_proj.weight"], state["llma.layers.1.feed_forward.w2.weight"])
+    assert "legacy (pre-zip) format" in capsys.readouterr().err
 
 
 def test_tokenizer_size_must_match_the_embeddings(tmp_path: Path, stand_in) -> None:

@@ -22,6 +22,7 @@ pages of multi-GB files never pile up in the converter's resident memory.
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,10 +93,18 @@ def find_shards(src: Path) -> list[Path]:
     return [src / ranks[r] for r in range(count)]
 
 
-def _open_shard(path: Path) -> dict[str, torch.Tensor]:
+def _open_shard(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
+    """The shard's state dict, and whether it is memory-mapped (files in torch's legacy, pre-zip format
+    cannot be: they are read whole)."""
+    mapped = True
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # corrupt, truncated or legacy (non-zip) files raise many types
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap can only be used" not in str(e):
+                raise
+            obj, mapped = torch.load(path, map_location="cpu", weights_only=True), False
+    except Exception as e:  # corrupt or truncated files raise many types
         raise ConversionError(f"{path}: cannot read as a torch checkpoint ({type(e).__name__}: {e})") from e
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]  # the consolidated format wraps the state dict
@@ -104,7 +113,7 @@ def _open_shard(path: Path) -> dict[str, torch.Tensor]:
     for key, value in obj.items():
         if not isinstance(value, torch.Tensor):
             raise ConversionError(f"{path}: key {key!r} holds a {type(value).__name__}, not a tensor")
-    return obj
+    return obj, mapped
 
 
 @dataclass(frozen=True)
@@ -116,7 +125,7 @@ class TensorInfo:
 class ShardSet:
     """The model-parallel shards of one checkpoint, merged key by key on demand."""
 
-    def __init__(self, paths: list[Path], num_experts: int | None = None, release_bytes: int = 512 * 2**20):
+    def __init__(self, paths: list[Path], num_experts: int | None = None, release_bytes: float = 512 * 2**20):
         self.paths = list(paths)
         self.num_experts = num_experts
         self.release_bytes = release_bytes
@@ -133,8 +142,14 @@ class ShardSet:
     # ---- opening -------------------------------------------------------------------------------
     def _open(self) -> list[dict[str, torch.Tensor]]:
         if self._states is None:
-            self._states = [_open_shard(p) for p in self.paths]
+            opened = [_open_shard(p) for p in self.paths]
+            self._states = [state for state, _ in opened]
             self._read_since_open = 0
+            legacy = [p.name for p, (_, mapped) in zip(self.paths, opened) if not mapped]
+            if legacy and self.release_bytes < float("inf"):
+                print(f"warning: {', '.join(legacy)} use torch's legacy (pre-zip) format, which cannot be "
+                      "memory-mapped: they are read into memory whole", file=sys.stderr)
+                self.release_bytes = float("inf")  # re-reading whole files after every release would be quadratic
         return self._states
 
     def release(self) -> None:
