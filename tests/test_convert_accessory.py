@@ -331,6 +331,8 @@ def test_unequal_replicas_take_shard_zero_and_are_reported(tmp_path: Path, stand
     note = json.loads((tmp_path / "out" / SOURCE_NOTE).read_text())
     assert note["unequal_replicas"] == ["llma.norm.weight (consolidated.01-of-02.model.pth)"]
     assert "llma.norm.weight" in capsys.readouterr().err
+    convert(src, tmp_path / "unchecked", stand_in, check_replicas=False)
+    assert json.loads((tmp_path / "unchecked" / SOURCE_NOTE).read_text())["unequal_replicas"] == []
 
 
 # ---- errors --------------------------------------------------------------------------------------

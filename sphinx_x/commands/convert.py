@@ -15,6 +15,7 @@ def run_accessory(args: argparse.Namespace) -> int:
         out = convert_accessory(
             args.src, args.out, dtype=args.dtype, config=args.config, overwrite=args.overwrite,
             max_shard_bytes=int(args.max_shard_gb * 2**30), progress=not args.quiet,
+            check_replicas=not args.no_replica_check,
         )
     except ConversionError as e:
         print(f"error: {e}")
@@ -40,5 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
     a.add_argument("--max-shard-gb", type=positive_float, default=2.0,
                    help="size of each written safetensors file (also bounds the converter's memory)")
+    a.add_argument("--no-replica-check", action="store_true",
+                   help="do not compare the replicated tensors (frozen encoders, norms) of shards 1.. with shard 0's, "
+                   "which is the copy written (saves reading them)")
     a.add_argument("--quiet", action="store_true", help="no progress bar")
     a.set_defaults(func=run_accessory)

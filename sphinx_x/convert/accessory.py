@@ -239,11 +239,14 @@ def convert_accessory(
     max_shard_bytes: int = 2 * 2**30,
     progress: bool = True,
     keymap: KeyMap | None = None,
+    check_replicas: bool = True,
 ) -> Path:
     """Convert the Accessory checkpoint directory `src` into the model directory `out`; returns `out`.
 
     `config` (a SPHINX-X config file) replaces the preset of the checkpoint's llama_type (the LLM dims
-    still come from the checkpoint). `keymap` defaults to `sphinx_x.accessory_keys`."""
+    still come from the checkpoint). `keymap` defaults to `sphinx_x.accessory_keys`. `check_replicas`
+    compares every shard's copy of the replicated tensors (frozen encoders included) with shard 0's, the one
+    written; turning it off saves reading those copies."""
     src, dst = Path(src), Path(out)
     torch_dtype = DTYPES[dtype] if isinstance(dtype, str) and dtype in DTYPES else dtype
     if torch_dtype not in DTYPES.values():
@@ -260,7 +263,7 @@ def convert_accessory(
     experts = None
     if llama_type.startswith("mixtral"):
         experts = int((params.get("moe") or {}).get("num_experts", 8))
-    shards = ShardSet(paths, num_experts=experts)
+    shards = ShardSet(paths, num_experts=experts, check_replicas=check_replicas)
     if not any(k.startswith(PREFIX) for k in shards.keys()):
         raise ConversionError(
             f"{paths[0]}: no key starts with {PREFIX!r}; not a LLaMA2-Accessory consolidated checkpoint"
