@@ -246,6 +246,27 @@ def test_merged_tensors_equal_the_originals(tmp_path: Path, stand_in, mp: int) -
     assert len([k for k in out if k.startswith("visual.experts.")]) == len(stand_in.ours)  # mask_token dropped
 
 
+FIXTURES = Path(__file__).parent / "fixtures" / "accessory"
+
+
+@pytest.mark.parametrize("one, two", [("llama_ens5_light", "llama_ens5_light_mp2"),
+                                      ("mixtral_sparse_ens", "mixtral_sparse_ens_mp2")])
+def test_merge_undoes_the_official_split(one: str, two: str) -> None:
+    """The parity fixtures' two-shard checkpoints were written by two ranks of the official loader from the
+    one-shard ones (tensor_parallel._load_checkpoint_and_split_rank, the MoE's _sparse_expert_split):
+    merging them gives back every tensor exactly."""
+    from sphinx_x.convert.shards import ShardSet, find_shards
+
+    experts = json.loads((FIXTURES / one / "config.json").read_text()).get("moe", {}).get("num_experts")
+    single, double = (ShardSet(find_shards(FIXTURES / n), num_experts=experts) for n in (one, two))
+    assert len(double.paths) == 2 and single.keys() == double.keys()
+    kinds = {parallel_kind(k) for k in single.keys()}
+    assert kinds == ({"column", "row", "embedding", "replicated"} | ({"experts"} if experts else set()))
+    for key in single.keys():
+        merged = double.merged(key)
+        assert torch.equal(merged, single.merged(key)), key
+
+
 def test_permutation_is_a_per_head_reordering() -> None:
     w = torch.arange(2 * 6 * 3, dtype=torch.float32).view(12, 3)  # 2 heads of head_dim 6
     rows = interleaved_to_rotate_half(w, 2)[:, 0].long().div(3, rounding_mode="floor").tolist()
