@@ -67,6 +67,10 @@ QUESTIONS = {
     "wide": "Describe the picture in detail.",
     "tall": "How many shapes are there?",
 }
+# One extra two-turn case (the image comes with the first question) for these fixtures.
+MULTI_TURN = {"name": "multiturn", "image": "square",
+              "qas": [["What is in the image?", "A red circle and a blue square."], ["Where is the circle?", None]]}
+MULTI_TURN_FIXTURES = ("llama_ens5", "llama_ens_light")
 LLM_CONFIGS = {  # tiny ModelArgs overrides per family (the rest stays at the official defaults)
     "llama": {"dim": 64, "n_layers": 2, "n_heads": 4, "multiple_of": 32, "norm_eps": 1e-5, "rope_theta": 10000},
     "llama_light": {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "multiple_of": 32,
@@ -292,7 +296,7 @@ def build_checkpoint(args, name: str, llama_type: str, out: Path) -> None:
     (args.work / f"{name}.endings.json").write_text(json.dumps(endings))
 
 
-def greedy_trace(model, question: str, image) -> tuple[list[int], list, str]:
+def greedy_trace(model, qas: list, image) -> tuple[list[int], list, str]:
     """Official greedy answer: its ids (captured from generate's decode call), the final hidden state of each
     step, and the answer text returned by generate_response."""
     captured, hiddens = [], []
@@ -300,7 +304,7 @@ def greedy_trace(model, question: str, image) -> tuple[list[int], list, str]:
     model.tokenizer.decode = lambda ids: captured.append(list(ids)) or real_decode(ids)
     hook = model.llma.norm.register_forward_hook(lambda m, i, o: hiddens.append(o[0, -1].detach().clone()))
     try:
-        answer = model.generate_response([[question, None]], image, max_gen_len=MAX_GEN_LEN, temperature=0.0,
+        answer = model.generate_response(qas, image, max_gen_len=MAX_GEN_LEN, temperature=0.0,
                                          top_p=0.5, seed=0)
     finally:
         model.tokenizer.decode = real_decode
@@ -322,7 +326,7 @@ def engineer_stops(args, model) -> dict[str, str]:
     from PIL import Image
     out_w = model.llma.output.weight
     images = {c: Image.open(args.inputs / f"{c}.png").convert("RGB") for c in QUESTIONS}
-    trace = {c: greedy_trace(model, q, images[c])[:2] for c, q in QUESTIONS.items()}
+    trace = {c: greedy_trace(model, [[q, None]], images[c])[:2] for c, q in QUESTIONS.items()}
     stop_seq = model.tokenizer.encode_wo_prefix_space("\n###")
 
     def solve(case: str, step: int):
@@ -346,14 +350,14 @@ def engineer_stops(args, model) -> dict[str, str]:
     answers[seq_case] = answers[seq_case][:k]
     for j, token in enumerate(stop_seq):
         place(token, seq_case, k + j)
-        trace[seq_case] = greedy_trace(model, QUESTIONS[seq_case], images[seq_case])[:2]
+        trace[seq_case] = greedy_trace(model, [[QUESTIONS[seq_case], None]], images[seq_case])[:2]
         expected = answers[seq_case] + stop_seq[:j + 1] if j + 1 < len(stop_seq) else answers[seq_case]
         assert trace[seq_case][0][:len(expected)] == expected, (trace[seq_case][0], expected)
     eos_case, k_eos = best([c for c in QUESTIONS if c != seq_case], range(2, MAX_GEN_LEN))
     answers[eos_case] = answers[eos_case][:k_eos]
     place(model.tokenizer.eos_id, eos_case, k_eos)
     for case, question in QUESTIONS.items():
-        assert greedy_trace(model, question, images[case])[0] == answers[case], case
+        assert greedy_trace(model, [[question, None]], images[case])[0] == answers[case], case
     norms = out_w.norm(dim=1)
     print(f"stop rows: norms {[round(norms[t].item(), 2) for t in stop_seq + [model.tokenizer.eos_id]]}, "
           f"median row norm {norms.median().item():.2f}; {seq_case} stops with the sequence after {k} tokens, "
@@ -374,22 +378,25 @@ def record_outputs(args, ckpt: Path, out: Path, mp_group) -> None:
     endings = json.loads((args.work / f"{out.name}.endings.json").read_text())
     model = SPHINXModel.from_pretrained(str(ckpt), with_visual=True, mp_group=mp_group, dtype=torch.float32,
                                         device="cpu", max_seq_len=4096)
+    runs = [(case, case, [[question, None]]) for case, question in QUESTIONS.items()]
+    if out.name in MULTI_TURN_FIXTURES:
+        runs.append((MULTI_TURN["name"], MULTI_TURN["image"], MULTI_TURN["qas"]))
     tensors, cases = {}, []
-    for case, question in QUESTIONS.items():
-        image = Image.open(args.inputs / f"{case}.png").convert("RGB")
+    for case, image_name, qas in runs:
+        image = Image.open(args.inputs / f"{image_name}.png").convert("RGB")
         conv = default_conversation()
-        conv.load_qas([[question, None]])
+        conv.load_qas(qas)
         prompt = conv.get_prompt()
         ids = model.tokenizer.encode(prompt, bos=True, eos=False)
         pixels = get_transform("padded_resize", model.llma.image_size)(image)
         logits = model.compute_logits([ids], pixels[None])[0]
-        answer_ids, _, answer = greedy_trace(model, question, image)
+        answer_ids, _, answer = greedy_trace(model, qas, image)
         tensors[f"logits.{case}"] = logits.float().contiguous()
         tensors[f"input_ids.{case}"] = torch.tensor(ids, dtype=torch.int64)
-        cases.append({"name": case, "image": f"../inputs/{case}.png", "question": question, "prompt": prompt,
-                      "answer": answer, "answer_ids": answer_ids, "ending": endings[case],
-                      "image_size": model.llma.image_size,
-                      "image_words": model.llma.image_words})
+        ending = endings.get(case) or ("max_gen_len" if len(answer_ids) == MAX_GEN_LEN else "stop")
+        cases.append({"name": case, "image": f"../inputs/{image_name}.png", "question": qas[-1][0],
+                      "history": qas[:-1], "prompt": prompt, "answer": answer, "answer_ids": answer_ids,
+                      "ending": ending, "image_size": model.llma.image_size, "image_words": model.llma.image_words})
         print(f"{ckpt.name} {case}: answer={answer!r}", flush=True)
     if dist.get_rank() == 0:
         save_file(tensors, str(out / "reference.safetensors"))
