@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import sys
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -189,8 +190,7 @@ def _check_keys(shards: ShardSet, outputs: list[Output], dropped: list[str], lla
         raise ConversionError(f"{where}: missing keys in {shards.paths[0].name}: {_listed(missing)}")
     if unexpected:
         raise ConversionError(f"{where}: unexpected keys in {shards.paths[0].name}: {_listed(unexpected)}")
-    names = [o.name for o in outputs]
-    twice = sorted({n for n in names if names.count(n) > 1})
+    twice = sorted(n for n, count in Counter(o.name for o in outputs).items() if count > 1)
     if twice:
         raise ConversionError(f"{where}: several official keys map onto {_listed(twice)}")
 
