@@ -1,15 +1,17 @@
 """Peak memory of `sphinx-x convert accessory` on a synthetic multi-GB two-shard checkpoint.
 
-    .venv/bin/python benchmarks/bench_convert_memory.py [--layers 30] [--max-shard-gb 2 0.5] [--workdir /tmp]
+    .venv/bin/python benchmarks/bench_convert_memory.py [--moe] [--layers N] [--max-shard-gb 2 0.5] [--workdir /tmp]
 
 Writes, under a temporary folder of --workdir (deleted at the end), a `llama_ens5_light` checkpoint in the
 released layout split over two model-parallel ranks by the official rules: a mid-size Llama (dim 2560,
 20 heads, 4 KV heads, FFN 6912, 32000 vocab; 30 layers = 4.5 GB in bf16) with the `nano` stand-in
-experts replicated in both shards. Each conversion runs in a child process (the real CLI) while its
-/proc status is polled; prints, per output shard size, the checkpoint size next to the child's peak
-resident memory (polled VmRSS; ru_maxrss at the end), split into anonymous memory (what the converter
-allocates) and file-backed pages (shared libraries and memory-mapped shard pages, which the kernel can drop
-at any time), and the wall time, after a baseline: the same imports without converting anything.
+experts replicated in both shards. `--moe`: a `mixtral_sparse_ens5` one instead (dim 2048, 8 experts of
+FFN 5632, each rank holding half of every expert; 8 layers = 4.9 GB), whose experts are fused on output.
+Each conversion runs in a child process (the real CLI) while its /proc status is polled; prints, per
+output shard size, the checkpoint size next to the child's peak resident memory (polled VmRSS; ru_maxrss
+at the end), split into anonymous memory (what the converter allocates) and file-backed pages (shared
+libraries and memory-mapped shard pages, which the kernel can drop at any time), and the wall time, after
+a baseline: the same imports without converting anything.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ import torch
 
 from sphinx_x.config import SphinxXConfig
 
-LLM = dict(dim=2560, n_heads=20, n_kv_heads=4, hidden=6912, vocab=32000)
+DENSE = dict(dim=2560, n_heads=20, n_kv_heads=4, hidden=6912, vocab=32000, experts=0, layers=30)  # 4.5 GB
+MOE = dict(dim=2048, n_heads=16, n_kv_heads=4, hidden=5632, vocab=32000, experts=8, layers=8)  # 4.9 GB
+LLM = dict(DENSE)
 SPM_MODEL = Path(__import__("sentencepiece").__file__).resolve().parents[1] / "mistral_common/data/tokenizer.model.v1"
 OFFICIAL_PREFIX = {  # our module -> the official module of llama_ens5_light
     "visual.experts.clip_convnext.trunk.": "llma.openclip_convnext_xxl.",
@@ -38,7 +42,7 @@ OFFICIAL_PREFIX = {  # our module -> the official module of llama_ens5_light
 
 
 def official_tensors(layers: int):
-    """(key, shape, parallel split dim or None) of the LLM in the official layout."""
+    """(key, shape, parallel split: dim 0/1, "experts" or None) of the LLM in the official layout."""
     d, hd = LLM["dim"], LLM["dim"] // LLM["n_heads"]
     yield "llma.tok_embeddings.weight", (LLM["vocab"], d), 1
     for i in range(layers):
@@ -47,9 +51,14 @@ def official_tensors(layers: int):
         yield p + "attention.wk.weight", (LLM["n_kv_heads"] * hd, d), 0
         yield p + "attention.wv.weight", (LLM["n_kv_heads"] * hd, d), 0
         yield p + "attention.wo.weight", (d, LLM["n_heads"] * hd), 1
-        yield p + "feed_forward.w1.weight", (LLM["hidden"], d), 0
-        yield p + "feed_forward.w2.weight", (d, LLM["hidden"]), 1
-        yield p + "feed_forward.w3.weight", (LLM["hidden"], d), 0
+        if LLM["experts"]:  # the sparse MoE: (experts * hidden, dim), each rank a slice of every expert
+            yield p + "feed_forward.gate.weight", (LLM["experts"], d), None
+            for w in ("w1", "w2", "w3"):
+                yield p + f"feed_forward.{w}", (LLM["experts"] * LLM["hidden"], d), "experts"
+        else:
+            yield p + "feed_forward.w1.weight", (LLM["hidden"], d), 0
+            yield p + "feed_forward.w2.weight", (d, LLM["hidden"]), 1
+            yield p + "feed_forward.w3.weight", (LLM["hidden"], d), 0
         yield p + "attention_norm.weight", (d,), None
         yield p + "ffn_norm.weight", (d,), None
     yield "llma.norm.weight", (d,), None
@@ -61,6 +70,8 @@ def stand_in_config(layers: int) -> SphinxXConfig:
     cfg.llm.hidden_size, cfg.llm.num_layers = LLM["dim"], layers
     cfg.llm.num_heads, cfg.llm.num_kv_heads = LLM["n_heads"], LLM["n_kv_heads"]
     cfg.llm.intermediate_size, cfg.llm.vocab_size, cfg.llm.tie_word_embeddings = LLM["hidden"], LLM["vocab"], False
+    if LLM["experts"]:
+        cfg.llm.arch, cfg.llm.num_experts = "mixtral", LLM["experts"]
     return cfg
 
 
@@ -95,13 +106,20 @@ def write_checkpoint(src: Path, layers: int, cfg: SphinxXConfig) -> int:
         shard = dict(vision)
         for i, (key, shape, dim) in enumerate(official_tensors(layers)):
             full = full_tensor(i, shape)
-            shard[key] = full if dim is None else full.chunk(2, dim=dim)[rank].clone()
+            if dim == "experts":
+                part = full.view(LLM["experts"], -1, shape[1]).chunk(2, dim=1)[rank].reshape(-1, shape[1])
+            else:
+                part = full if dim is None else full.chunk(2, dim=dim)[rank].clone()
+            shard[key] = part
         torch.save({"model": shard}, src / f"consolidated.{rank:02d}-of-02.model.pth")
         del shard
     args = {"dim": LLM["dim"], "n_layers": layers, "n_heads": LLM["n_heads"], "n_kv_heads": LLM["n_kv_heads"],
             "norm_eps": 1e-5, "rope_theta": 10000.0}
+    if LLM["experts"]:
+        args.update(hidden_dim=LLM["hidden"], moe={"num_experts": LLM["experts"], "num_experts_per_tok": 2})
     (src / "config.json").write_text(json.dumps(args))
-    (src / "meta.json").write_text(json.dumps({"llama_type": "llama_ens5_light"}))
+    llama_type = "mixtral_sparse_ens5" if LLM["experts"] else "llama_ens5_light"
+    (src / "meta.json").write_text(json.dumps({"llama_type": llama_type}))
     shutil.copyfile(SPM_MODEL, src / "tokenizer.model")
     return sum(p.stat().st_size for p in src.glob("*.pth"))
 
@@ -135,10 +153,13 @@ def run_and_poll(cmd: list[str]) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--layers", type=int, default=30, help="Llama layers (30: 4.5 GB of bf16 weights)")
+    ap.add_argument("--moe", action="store_true", help="a Mixtral-style sparse MoE (mixtral_sparse_ens5, 8 experts)")
+    ap.add_argument("--layers", type=int, default=None, help="layers (default: 30 dense = 4.5 GB, 8 MoE = 4.9 GB)")
     ap.add_argument("--max-shard-gb", type=float, nargs="+", default=[2.0, 0.5], help="output shard sizes to try")
     ap.add_argument("--workdir", default="/tmp", help="where the synthetic checkpoint and outputs go (deleted)")
     args = ap.parse_args()
+    LLM.update(MOE if args.moe else DENSE)
+    args.layers = args.layers or LLM["layers"]
     gb = 1e9
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="bench_convert_") as tmp:
         tmp = Path(tmp)
