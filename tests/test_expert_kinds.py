@@ -210,3 +210,17 @@ def test_dinov2_runtime_expert_loads_the_original_layout_without_resampling(tmp_
     x = torch.randn(2, 3, 28, 28)
     with torch.no_grad():
         assert torch.equal(loaded.forward_normalized(x), source.eval().forward_normalized(x))
+
+
+def test_every_kind_names_its_blocks_as_fsdp_units():
+    from sphinx_x.model import SphinxX
+    from sphinx_x.train.distributed import shard_units
+
+    model = SphinxX(tiny_accessory_config("sphinx-1k"))
+    units = shard_units(model)
+    ex = model.visual.experts
+    expected = [*model.llm.get_decoder().layers, *ex["qformer"].trunk.vision_model.encoder.layers,
+                *ex["qformer"].trunk.qformer.encoder.layer, *ex["clip"].trunk.transformer.resblocks,
+                *ex["clip_convnext"].trunk.stages, *ex["dinov2"].trunk.blocks]
+    assert [id(u) for u in units] == [id(u) for u in expected]
+    assert len(units) == 2 + (2 + 2) + 2 + 4 + 2

@@ -118,6 +118,10 @@ class VisionExpert(nn.Module):
     def load_checkpoint(self, path: str | Path, fmt: str) -> None:
         raise NotImplementedError
 
+    def shard_units(self) -> list[nn.Module]:
+        """The trunk's repeated blocks, each its own FSDP unit (sphinx_x.train.distributed)."""
+        return []
+
     # ---- shared behaviour ----------------------------------------------------------------------
     def __init__(self, cfg: VisionExpertConfig, feature_grid: int) -> None:
         super().__init__()

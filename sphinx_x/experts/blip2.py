@@ -88,6 +88,9 @@ class Blip2QFormerExpert(VisionExpert):
         trunk = Blip2QFormerTrunk(self.cfg)
         return trunk, trunk.query_tokens.shape[-1]
 
+    def shard_units(self) -> list[nn.Module]:
+        return [*self.trunk.vision_model.encoder.layers, *self.trunk.qformer.encoder.layer]
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.trunk(x)
 

@@ -65,6 +65,9 @@ class ClipViTExpert(VisionExpert):
         tower = _build_vision_tower(embed_dim, vision_cfg, quick_gelu=quick_gelu)
         return tower, tower.conv1.out_channels
 
+    def shard_units(self) -> list[nn.Module]:
+        return list(self.trunk.transformer.resblocks)
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         v = self.trunk
         x = v.conv1(x)  # (V, width, g, g)

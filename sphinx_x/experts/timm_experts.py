@@ -55,6 +55,9 @@ class _TimmExpert(VisionExpert):
 class ConvNeXtExpert(_TimmExpert):
     family = timm_convnext
 
+    def shard_units(self) -> list[nn.Module]:
+        return list(self.trunk.stages)
+
     def build_trunk(self) -> tuple[nn.Module, int]:
         return self._create(**self.cfg.timm_kwargs)
 
@@ -95,6 +98,9 @@ def dinov2_runtime_pos_embed(pos_embed: torch.Tensor, h: int, w: int, dtype: tor
 @register_expert("dinov2")
 class DinoV2Expert(_TimmExpert):
     family = timm_vit
+
+    def shard_units(self) -> list[nn.Module]:
+        return list(self.trunk.blocks)
 
     @property
     def runtime_pos_embed(self) -> bool:

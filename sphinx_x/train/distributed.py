@@ -108,11 +108,7 @@ def shard_units(model: nn.Module) -> list[nn.Module]:
     """The modules that become their own FSDP unit: LLM decoder layers and vision-expert blocks."""
     units: list[nn.Module] = list(model.llm.get_decoder().layers)
     for expert in model.visual.experts.values():
-        trunk = expert.trunk
-        if hasattr(trunk, "stages"):  # timm ConvNeXt
-            units.extend(trunk.stages)
-        elif hasattr(trunk, "blocks"):  # timm ViT (DINOv2)
-            units.extend(trunk.blocks)
+        units.extend(expert.shard_units())  # each expert kind names its blocks (sphinx_x.experts)
     return units
 
 
