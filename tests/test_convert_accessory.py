@@ -456,6 +456,8 @@ def test_failure_while_writing_leaves_nothing_and_keeps_an_old_directory(tmp_pat
     (old / "keep.txt").write_text("previous model")
     with pytest.raises(ConversionError, match="already exists and is not empty"):
         convert(src, old, stand_in)
+    with pytest.raises(ConversionError, match="must not be the source directory or inside it"):
+        convert(src, src, stand_in, overwrite=True)
     calls.clear()
     with pytest.raises(OSError, match="disk full"):
         convert(src, old, stand_in, max_shard_bytes=2**20, overwrite=True)

@@ -254,6 +254,8 @@ def convert_accessory(
     keymap = keymap or ModuleKeyMap()
     if not src.is_dir():
         raise ConversionError(f"{src}: not a directory")
+    if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
+        raise ConversionError(f"{dst}: the output must not be the source directory or inside it")
     if dst.exists() and not overwrite and (not dst.is_dir() or any(dst.iterdir())):
         raise ConversionError(f"{dst}: already exists and is not empty (pass overwrite to replace it)")
     llama_type = _llama_type(src, keymap)
