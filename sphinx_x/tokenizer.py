@@ -24,7 +24,10 @@ vocabulary up to exactly `NANO_VOCAB_SIZE` (the corpus text has fewer distinct w
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+import re
+import weakref
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -196,6 +199,127 @@ def _with_required_specials(tok: PreTrainedTokenizerFast, name: str) -> PreTrain
     if tok.pad_token is None:
         tok.pad_token = tok.unk_token if tok.unk_token is not None else tok.eos_token
     return tok
+
+
+# ---- decoding ----------------------------------------------------------------------------------
+SPM_SPACE = "\u2581"  # SentencePiece's whitespace symbol
+SPM_UNKNOWN_SURFACE = " \u2047 "  # what SentencePiece writes for <unk> (its kDefaultUnknownSymbol)
+_BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
+_UTF8_SIZES = ((0xE0, 0xC0, 2), (0xF0, 0xE0, 3), (0xF8, 0xF0, 4))  # (lead mask, lead bits, sequence size)
+
+
+def spm_bytes_to_text(run: bytes) -> str:
+    """One run of byte pieces as SentencePiece decodes it: a valid UTF-8 character where the bytes at the
+    current position form one, otherwise one U+FFFD for the single byte there (SentencePiece consumes one
+    byte per error; Python's errors="replace" would cover a whole truncated sequence with one U+FFFD)."""
+    out, i = [], 0
+    while i < len(run):
+        size = 1 if run[i] < 0x80 else next((n for mask, lead, n in _UTF8_SIZES if run[i] & mask == lead), 0)
+        try:
+            out.append(run[i : i + size].decode("utf-8") if size and i + size <= len(run) else None)
+        except UnicodeDecodeError:  # bad trail byte, overlong form, surrogate or beyond U+10FFFF
+            out.append(None)
+        if out[-1] is None:
+            out[-1], size = "\ufffd", 1
+        i += size
+    return "".join(out)
+
+
+class TextDecoder:
+    """Token ids -> text, the way the tokenizer's own library decodes them.
+
+    A SentencePiece model converted to `tokenizers` (its decoder chain has ByteFallback) is decoded with
+    SentencePiece's rules, which that chain does not reproduce exactly: control tokens write nothing,
+    <unk> writes " \u2047 ", each run of byte pieces is decoded with `spm_bytes_to_text` (tokenizers
+    writes one U+FFFD per byte of an invalid run, valid bytes included), and the dummy-prefix space is
+    dropped only from the first piece that starts with one, if nothing was written before it (a lone "\u2581"
+    first piece writes ""; a leading byte piece " " is kept). `sentencepiece.decode` gives the same text
+    (tests compare them) without making sentencepiece a runtime dependency.
+    Any other tokenizer is decoded by itself, special tokens skipped."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        chain = _decoder_chain(backend)
+        self.sentencepiece = bool(chain) and any(d["type"] == "ByteFallback" for d in chain) and all(
+            _is_spm_step(d) for d in chain)
+        if not self.sentencepiece:
+            return
+        self.strip_dummy_prefix = any(_strips_dummy_prefix(d) for d in chain)
+        size = max(len(tokenizer), backend.get_vocab_size(with_added_tokens=True))
+        self.pieces = [backend.id_to_token(i) or "" for i in range(size)]
+        self.bytes = {i: int(m.group(1), 16) for i, p in enumerate(self.pieces) if (m := _BYTE_PIECE.match(p))}
+        self.unk = tokenizer.unk_token_id
+        self.control = set(tokenizer.all_special_ids) - {self.unk}
+
+    def decode(self, ids: Sequence[int]) -> str:
+        if not self.sentencepiece:
+            return self.tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        out: list[str] = []
+        run = bytearray()
+        at_start, consumed_space = True, False  # SentencePiece's is_bos_ws / bos_ws_seen
+        for i in ids:
+            if i in self.bytes:
+                run.append(self.bytes[i])
+                continue
+            if run:
+                out.append(spm_bytes_to_text(bytes(run)))
+                run.clear()
+            if consumed_space or out:  # every entry of `out` is non-empty
+                at_start = False
+            consumed_space = False
+            if i in self.control or not 0 <= i < len(self.pieces):
+                continue
+            if i == self.unk:
+                out.append(SPM_UNKNOWN_SURFACE)
+                continue
+            piece = self.pieces[i]
+            if at_start and self.strip_dummy_prefix and piece.startswith(SPM_SPACE):
+                piece, consumed_space = piece[1:], True
+            if piece:
+                out.append(piece.replace(SPM_SPACE, " "))
+        if run:
+            out.append(spm_bytes_to_text(bytes(run)))
+        return "".join(out)
+
+
+def _decoder_chain(backend) -> list[dict] | None:
+    decoder = getattr(backend, "decoder", None)
+    if decoder is None:
+        return None
+    spec = json.loads(decoder.__getstate__())
+    return spec.get("decoders", []) if spec.get("type") == "Sequence" else [spec]
+
+
+def _is_spm_step(d: dict) -> bool:
+    """A step of the decoder chains transformers builds for SentencePiece models."""
+    kind = d.get("type")
+    if kind == "Replace":
+        return d.get("pattern", {}).get("String") == SPM_SPACE and d.get("content") == " "
+    if kind == "Strip":
+        return d.get("content") == " " and d.get("stop") == 0
+    if kind == "Metaspace":
+        return d.get("replacement") == SPM_SPACE
+    return kind in ("ByteFallback", "Fuse")
+
+
+def _strips_dummy_prefix(d: dict) -> bool:
+    if d.get("type") == "Strip":
+        return d.get("start", 0) >= 1
+    if d.get("type") == "Metaspace":
+        return d.get("prepend_scheme", "always") in ("first", "always") and d.get("add_prefix_space", True)
+    return False
+
+
+_DECODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def text_decoder(tokenizer) -> TextDecoder:
+    """The (cached) `TextDecoder` of a tokenizer."""
+    dec = _DECODERS.get(tokenizer)
+    if dec is None:
+        dec = _DECODERS[tokenizer] = TextDecoder(tokenizer)
+    return dec
 
 
 # ---- building the nano BPE ---------------------------------------------------------------------

@@ -10,7 +10,9 @@ from sphinx_x.infer.chat import encode
 from sphinx_x.infer.generate import _Row
 from sphinx_x.infer.options import GenerationConfig
 from sphinx_x.infer.prompts import PromptEncoder, PromptError, layout_messages, user_turn
+from sphinx_x.infer.stopping import stop_rule
 from sphinx_x.model import SphinxX
+from sphinx_x.tokenizer import text_decoder
 
 N = 8  # new tokens per test: enough to see divergence, small enough for 2 CPU cores
 
@@ -93,7 +95,8 @@ def test_stop_strings_cut_the_answer_and_stop_generation(model):
 def test_template_stop_string_is_the_default_and_is_held_back_while_streaming(model):
     tok = model.tokenizer
     assert PromptEncoder.for_model(model).stop_strings == ("\n###",)
-    row = _Row(tok, 0, GenerationConfig(max_new_tokens=50), ("\n###",), tok.eos_token_id)
+    rule = stop_rule(tok, ("\n###",), ("\n###",), tok.eos_token_id)
+    row = _Row(text_decoder(tok), 0, GenerationConfig(max_new_tokens=50), rule)
     ids = tok("Hello there\n### Human: more", add_special_tokens=False)["input_ids"]
     shown = []
     for t in ids:

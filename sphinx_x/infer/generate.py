@@ -22,12 +22,14 @@ from sphinx_x.canvas import collate_images
 from sphinx_x.constants import IMAGE_TOKEN_ID
 from sphinx_x.infer.options import GenerationConfig
 from sphinx_x.infer.prompts import EncodedPrompt, PromptEncoder
+from sphinx_x.infer.stopping import StopRule, stop_rule
+from sphinx_x.tokenizer import TextDecoder, text_decoder
 
 
 @dataclass
 class Generation:
     text: str
-    finish_reason: str  # "stop" (EOS or a stop string) or "length" (max_new_tokens reached)
+    finish_reason: str  # "stop" (EOS or a stop sequence / string) or "length" (max_new_tokens reached)
     prompt_tokens: int  # visual tokens included
     completion_tokens: int  # tokens generated, the stopping one included
     token_ids: list[int] = field(default_factory=list)
@@ -43,55 +45,62 @@ class RowEvent:
 
 
 class _Row:
-    """One sample's decoded text, stop detection and streaming watermark."""
+    """One sample's ids, stop detection (`sphinx_x.infer.stopping`), answer text and streaming watermark.
 
-    def __init__(self, tokenizer: Any, prompt_tokens: int, config: GenerationConfig, stops: Sequence[str], eos: int):
-        self.tokenizer = tokenizer
+    The answer is the decoding of the ids before the stop (`sphinx_x.tokenizer.TextDecoder`: SentencePiece's
+    own rules for SentencePiece models, so the dummy-prefix space of the first piece is dropped and nothing
+    else is stripped, as in the official chat path). Other tokenizers keep the template cue's space in the
+    answer's first token, so their answers are lstripped."""
+
+    def __init__(self, decoder: TextDecoder, prompt_tokens: int, config: GenerationConfig, rule: StopRule):
+        self.decoder = decoder
         self.prompt_tokens = prompt_tokens
         self.config = config
-        self.stops = tuple(stops)
-        self.eos = eos
+        self.rule = rule
         self.tokens: list[int] = []
-        self.text = ""  # the answer so far, cut before any stop string
+        self.text = ""  # decoded ids so far (before the stop once finished), not yet post-processed
         self.finish_reason: str | None = None
-        self._full = ""
         self._emitted = 0
 
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
 
+    def _post_process(self, text: str) -> str:
+        return text if self.decoder.sentencepiece else text.lstrip()
+
     def push(self, token: int) -> None:
         self.tokens.append(token)
-        if token == self.eos:
+        end = self.rule.match(self.tokens)
+        if end is not None:
+            self.text = self.decoder.decode(self.tokens[:end])
             self.finish_reason = "stop"
             return
-        self._full = self.tokenizer.decode(
-            [t for t in self.tokens if t != self.eos], skip_special_tokens=True, clean_up_tokenization_spaces=False
-        )
-        cut = min((i for i in (self._full.find(s) for s in self.stops) if i >= 0), default=-1)
+        self.text = self.decoder.decode(self.tokens)
+        cut = self.rule.text_cut(self.text)
         if cut >= 0:
-            self.text = self._full[:cut]
+            self.text = self.text[:cut]
             self.finish_reason = "stop"
-        else:
-            self.text = self._full
-            if len(self.tokens) >= self.config.max_new_tokens:
-                self.finish_reason = "length"
+        elif len(self.tokens) >= self.config.max_new_tokens:
+            self.finish_reason = "length"
 
     def answer(self) -> str:
-        return self.text.lstrip()  # the template's cue leaves the answer's leading space in its first token
+        return self._post_process(self.text)
 
     def take_piece(self) -> str:
-        """Text that is safe to show now: held back are a trailing partial UTF-8 character and any tail
-        that may still grow into a stop string; leading whitespace waits for the first visible char."""
+        """Text that is safe to show now. Held back until they resolve: trailing ids that may still
+        become a stop sequence, a trailing partial UTF-8 character, and a tail that may still grow into
+        a text stop string (so no piece of a stop is ever shown)."""
         text = self.text
         if not self.finished:
+            held = self.rule.pending_tokens(self.tokens)
+            if held:
+                text = self.decoder.decode(self.tokens[:-held])
             safe = len(text)
             while safe and text[safe - 1] == "\ufffd":
                 safe -= 1
-            hold = max((k for s in self.stops for k in range(1, len(s)) if text[:safe].endswith(s[:k])), default=0)
-            text = text[: safe - hold]
-        shown = text.lstrip()
+            text = text[: safe - self.rule.pending_chars(text[:safe])]
+        shown = self._post_process(text)
         piece = shown[self._emitted:]
         self._emitted = max(self._emitted, len(shown))
         return piece
@@ -154,10 +163,11 @@ def decode_batch(
                 f"prompt {i}: {len(p.input_ids)} prompt tokens + max_new_tokens {cfg.max_new_tokens} exceed the "
                 f"model's context of {limit} positions"
             )
+    decoder = text_decoder(tokenizer)
     rows = [
-        _Row(tokenizer, len(p.input_ids), cfg,
-             cfg.stop_strings if cfg.stop_strings is not None else template_stops,
-             cfg.eos_token_id if cfg.eos_token_id is not None else tokenizer.eos_token_id)
+        _Row(decoder, len(p.input_ids), cfg, stop_rule(
+            tokenizer, cfg.stop_strings if cfg.stop_strings is not None else template_stops, template_stops,
+            cfg.eos_token_id if cfg.eos_token_id is not None else tokenizer.eos_token_id))
         for p, cfg in zip(prompts, configs)
     ]
     device = _model_device(model)

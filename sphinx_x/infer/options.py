@@ -19,8 +19,11 @@ from transformers import (
 class GenerationConfig:
     """How to pick tokens and when to stop. `temperature == 0` is greedy decoding (the default).
 
-    `stop_strings=None` uses the model's template stop strings (accessory: "\\n###"); the answer is cut
-    before the first stop string. `eos_token_id=None` uses the tokenizer's EOS. `seed` makes sampling
+    `stop_strings=None` uses the model's template stop strings (accessory: "\\n###"). Generation stops
+    when the ids end with EOS or with a stop string's tokens (as a segment, or after other text), and the
+    answer is the decoding of the ids before them, the official SPHINX rule; stop strings are also searched
+    in the text, except a SentencePiece model's template strings (see `sphinx_x.infer.stopping`).
+    `eos_token_id=None` uses the tokenizer's EOS. `seed` makes sampling
     reproducible per sample (each sample draws from its own generator, whatever else shares the batch).
     """
 
