@@ -9,13 +9,16 @@ with one of these sequences, tried in this order,
      `encode("@" + s)` minus `encode("@")`, e.g. [<0x0A>, ##, #]);
 and the answer is the decoding of the ids before the first id of the matched sequence (so a space
 written as its own "\u2581" right before "\\n###" goes with it). `token_forms` derives 2. and 3. the same
-way, including the probe for tokenizers that need an explicit space before a segment.
+way, including the probe for tokenizers that need an explicit space before a segment. Only generated ids
+are matched (the official window may reach back into the prompt, which cannot complete a stop when the
+prompt ends with the template's "Assistant:" cue).
 
-Text search is the fallback: a stop string is also looked for in the decoded text when the tokenizer can
-spell it in many ways (byte-level BPE merges characters with their neighbours, so the text is the reliable
-signal there), when it has no token form, and always for stop strings a caller adds (an API `stop`, an
-evaluation's `until`), which are text by contract. A SentencePiece tokenizer's template stop strings are
-matched by tokens only, as the official loop does: it writes on past "\\n###" spelled by other pieces.
+Text search is the fallback: a stop string is also looked for in the decoded text when the tokenizer is
+not a SentencePiece one (a byte-level BPE spells a string in many ways, merging characters with their
+neighbours, so the text is the reliable signal there), when it has no token form, and always for stop
+strings a caller adds (an API `stop`, an evaluation's `until`), which are text by contract. A
+SentencePiece tokenizer's template stop strings are matched by tokens only, as the official loop does: it
+writes on past "\\n###" spelled by other pieces.
 """
 
 from __future__ import annotations
