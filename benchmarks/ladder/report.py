@@ -102,6 +102,8 @@ def plot(runs: list[dict[str, Any]], path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     rungs = sorted({r["rung"] for r in runs})
+    names = sorted({r["control"] for r in runs})
+    colour = {c: plt.get_cmap("tab10")(i % 10) for i, c in enumerate(names)}  # one colour per control everywhere
     cols = min(4, len(rungs))
     rows_n = (len(rungs) + cols - 1) // cols
     fig, axes = plt.subplots(rows_n, cols, figsize=(4 * cols, 3.2 * rows_n), squeeze=False)
@@ -114,8 +116,8 @@ def plot(runs: list[dict[str, Any]], path: str | Path) -> None:
             steps = sorted(set.intersection(*[{p["step"] for p in c} for c in curves]))
             accs = [[next(p["acc"] for p in c if p["step"] == s) for c in curves] for s in steps]
             mean = [statistics.fmean(a) for a in accs]
-            line, = ax.plot(steps, mean, marker=".", label=f"{control} ({len(curves)} seeds)")
-            ax.fill_between(steps, [min(a) for a in accs], [max(a) for a in accs], color=line.get_color(), alpha=0.2)
+            ax.plot(steps, mean, marker=".", color=colour[control], label=f"{control} ({len(curves)} seeds)")
+            ax.fill_between(steps, [min(a) for a in accs], [max(a) for a in accs], color=colour[control], alpha=0.2)
         ax.axhline(THRESHOLD, color="grey", lw=0.8, ls="--")
         ax.set_title(f"{rung}: {mine[0]['task']}", fontsize=10)
         ax.set_ylim(0, 1.02)
