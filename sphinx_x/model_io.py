@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from huggingface_hub import split_torch_state_dict_into_shards
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from sphinx_x.config import SphinxXConfig
@@ -91,46 +93,98 @@ def read_config(directory: str | Path) -> SphinxXConfig:
     return SphinxXConfig.from_dict(data)
 
 
-def load_weights(directory: Path) -> dict[str, torch.Tensor]:
+def weight_files(directory: Path) -> list[Path]:
+    """The safetensors files of a model directory (the shards of its index, or the single file)."""
     index = directory / INDEX_NAME
     if index.is_file():
         weight_map = json.loads(index.read_text())["weight_map"]
-        state: dict[str, torch.Tensor] = {}
-        for filename in sorted(set(weight_map.values())):
-            state.update(load_file(str(directory / filename)))
-        return state
+        return [directory / f for f in sorted(set(weight_map.values()))]
     single = directory / WEIGHTS_NAME
     if not single.is_file():
         raise FileNotFoundError(f"{directory}: no {WEIGHTS_NAME} or {INDEX_NAME}")
-    return load_file(str(single))
+    return [single]
+
+
+def iter_weights(directory: Path, device: str | torch.device = "cpu") -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) for every stored tensor, read one at a time: only one tensor is in memory here."""
+    for path in weight_files(directory):
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            for name in f.keys():
+                yield name, f.get_tensor(name)
+
+
+def weight_index(directory: Path) -> dict[str, Path]:
+    """Stored tensor name -> the file that holds it."""
+    out: dict[str, Path] = {}
+    for path in weight_files(directory):
+        with safe_open(str(path), framework="pt") as f:
+            out.update((name, path) for name in f.keys())
+    return out
+
+
+def load_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """Every stored tensor at once (for inspection and tests; loading a model uses `iter_weights`)."""
+    state: dict[str, torch.Tensor] = {}
+    for path in weight_files(directory):
+        state.update(load_file(str(path)))
+    return state
 
 
 def load_model_dir(
-    cls: Any, directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    cls: Any, directory: str | Path, device: str | torch.device = "cpu",
+    dtype: torch.dtype | str | None = None,
 ) -> Any:
+    """Build `cls` on the meta device and move each stored tensor into it, one at a time.
+
+    Peak memory is about the loaded model plus one tensor (the weight files are never all in memory,
+    and no fp32 copy is made first). `dtype`: None loads floating tensors as fp32 (the training
+    default), a torch dtype casts them to it, "auto" keeps each tensor's stored dtype."""
     directory = Path(directory)
     config = read_config(directory)
     model = cls.from_config_without_weights(config)  # meta device: no init cost, no memory
     model.config = config
-    model.to_empty(device=device)
-    state = load_weights(directory)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = _tied_names(model)
-    missing = [k for k in missing if k not in tied]
+    if dtype is not None and dtype != "auto" and not isinstance(dtype, torch.dtype):
+        raise ValueError(f"dtype must be a torch dtype, 'auto' or None, got {dtype!r}")
+    target = torch.float32 if dtype is None else (None if dtype == "auto" else dtype)
+    expected = dict(model.state_dict(keep_vars=True))
+    unexpected = []
+    for name, tensor in iter_weights(directory, device):
+        if name not in expected:
+            unexpected.append(name)
+            continue
+        if target is not None and tensor.is_floating_point():
+            tensor = tensor.to(target)
+        want = expected.pop(name)
+        if tuple(want.shape) != tuple(tensor.shape):
+            raise ValueError(f"{directory}: {name} is stored with shape {tuple(tensor.shape)}, the config "
+                             f"builds {tuple(want.shape)}")
+        assign_tensor(model, name, tensor)
+    missing = [k for k in expected if k not in _tied_names(model)]
     if missing or unexpected:
         raise ValueError(
             f"{directory}: weights do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     if hasattr(model.llm, "tie_weights"):
         model.llm.tie_weights()
-    _rebuild_non_persistent_buffers(model, device)
-    if dtype is not None:
-        model.to(dtype)
+    _rebuild_non_persistent_buffers(model, device, None if dtype == "auto" else target)
     if (directory / "tokenizer.json").is_file() or (directory / "tokenizer_config.json").is_file():
         from sphinx_x.tokenizer import load_tokenizer
 
         model.tokenizer = load_tokenizer(directory)
     return model.eval()
+
+
+def assign_tensor(model: torch.nn.Module, name: str, tensor: torch.Tensor) -> None:
+    """Put `tensor` in place of the parameter or buffer `name` (a parameter keeps its requires_grad)."""
+    module_name, _, attr = name.rpartition(".")
+    module = model.get_submodule(module_name)
+    if attr in module._parameters:
+        old = module._parameters[attr]
+        module._parameters[attr] = torch.nn.Parameter(tensor, requires_grad=old.requires_grad)
+    elif attr in module._buffers:
+        module._buffers[attr] = tensor
+    else:
+        raise KeyError(f"{name}: neither a parameter nor a buffer of the model")
 
 
 def _tied_names(model: torch.nn.Module) -> set[str]:
@@ -139,8 +193,10 @@ def _tied_names(model: torch.nn.Module) -> set[str]:
     return set()
 
 
-def _rebuild_non_persistent_buffers(model: torch.nn.Module, device: str | torch.device) -> None:
-    """Buffers outside the state dict (rotary inverse frequencies) were built on meta: rebuild them."""
+def _rebuild_non_persistent_buffers(model: torch.nn.Module, device: str | torch.device,
+                                    dtype: torch.dtype | None = None) -> None:
+    """Buffers outside the state dict (rotary inverse frequencies) were built on meta: rebuild them
+    (cast to `dtype` when given, as `model.to(dtype)` would)."""
     for name, module in model.named_modules():
         stale = sorted(module._non_persistent_buffers_set)
         if not stale:
@@ -149,4 +205,7 @@ def _rebuild_non_persistent_buffers(model: torch.nn.Module, device: str | torch.
             raise NotImplementedError(f"cannot rebuild non-persistent buffers {stale} of {name}")
         fresh = type(module)(module.config)
         for b in stale:
-            setattr(module, b, getattr(fresh, b).to(device))
+            value = getattr(fresh, b).to(device)
+            if dtype is not None and value.is_floating_point():
+                value = value.to(dtype)
+            setattr(module, b, value)
