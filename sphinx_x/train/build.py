@@ -62,10 +62,94 @@ def build_model(cfg: TrainConfig, start_from: Path | None = None) -> tuple[nn.Mo
     if tokenizer is None:
         raise ConfigError("the model has no tokenizer: set tokenizer in the model config (or model.overrides), "
                           "or start from a model directory that holds tokenizer files")
+    return _train_mode(model, cfg), tokenizer
+
+
+def build_training_model(cfg: TrainConfig, info, start_from: Path | None = None) -> tuple[nn.Module, Any]:
+    """The model ready to train on `info`'s device (activation checkpointing, compile, FSDP2 applied).
+
+    One process: `build_model`, moved to the device. Under torchrun no rank builds the whole fp32 model
+    it does not keep: every rank builds the structure on the meta device and shards it, then
+    - from a model directory (`start_from` / `model.path`), each rank reads, tensor by tensor, only the
+      slices its shards hold (peak host memory: its shards plus one stored tensor);
+    - from a preset (random init, or local backbone weights in `model.overrides`), rank 0 alone builds
+      the full model as one process would (same seed, same weights) and broadcasts it tensor by tensor;
+      the other ranks keep only their shards.
+    """
+    from sphinx_x.train import distributed as D
+
+    if not info.distributed:
+        model, tokenizer = build_model(cfg, start_from)
+        model.to(info.device)
+        return prepare_model(model, cfg), tokenizer
+    source = start_from or (Path(cfg.model.path) if cfg.model.path else None)
+    if source is not None:
+        model, tokenizer = _meta_model_from_dir(cfg, source)
+        prepare_model(model, cfg)
+        D.apply_fsdp(model, info, cfg.train.precision == "bf16")
+        model.to_empty(device=info.device)
+        D.load_sharded_from_dir(model, source)
+    else:
+        full, tokenizer = build_model(cfg) if info.is_main else (None, None)
+        model = prepare_model(_meta_like(cfg), cfg)
+        D.apply_fsdp(model, info, cfg.train.precision == "bf16")
+        model.to_empty(device=info.device)
+        D.load_sharded_from_rank0(model, full.state_dict() if full is not None else {})
+        del full
+        tokenizer = D.broadcast_object(tokenizer, info)
+    from sphinx_x.model_io import _rebuild_non_persistent_buffers
+
+    _rebuild_non_persistent_buffers(model, info.device)
+    return model, tokenizer
+
+
+def prepare_model(model: nn.Module, cfg: TrainConfig) -> nn.Module:
+    """Activation checkpointing and torch.compile as configured (before any FSDP sharding)."""
+    if cfg.train.activation_checkpointing:
+        model.llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.train.compile:
+        for layer in model.llm.get_decoder().layers:
+            layer.compile(dynamic=True)
+    return model
+
+
+def _meta_model_from_dir(cfg: TrainConfig, source: Path) -> tuple[nn.Module, Any]:
+    from sphinx_x.model import SphinxX
+    from sphinx_x.model_io import read_config
+    from sphinx_x.tokenizer import load_tokenizer
+
+    if not (source / "config.json").is_file():
+        raise ConfigError(f"model.path {source}: not a SPHINX-X model directory (no config.json)")
+    config = read_config(source)
+    model = SphinxX.from_config_without_weights(config)
+    model.config = config
+    has_tok = (source / "tokenizer.json").is_file() or (source / "tokenizer_config.json").is_file()
+    spec = source if has_tok else (config.tokenizer or config.llm.path)
+    if not spec:
+        raise ConfigError("the model has no tokenizer: set tokenizer in the model config (or model.overrides), "
+                          "or start from a model directory that holds tokenizer files")
+    return _train_mode(model, cfg), load_tokenizer(spec)
+
+
+def _meta_like(cfg: TrainConfig) -> nn.Module:
+    """The structure `build_model` builds from the preset, on the meta device (local weight paths only
+    decide dimensions; no weights are read)."""
+    from sphinx_x.llm import with_path
+    from sphinx_x.model import SphinxX
+
+    config = model_config(cfg)
+    if config.llm.path is not None:
+        config.llm = with_path(config.llm, config.llm.path)
+    model = SphinxX.from_config_without_weights(config)
+    model.config = config  # what SphinxX(config) keeps (weight paths included): checkpoints record it
+    return _train_mode(model, cfg)
+
+
+def _train_mode(model: nn.Module, cfg: TrainConfig) -> nn.Module:
     model.train()
     if cfg.model.frozen_experts is not None:
         set_experts_frozen(model, cfg.model.frozen_experts)
-    return model, tokenizer
+    return model
 
 
 def max_image_tokens(config: SphinxXConfig) -> int:

@@ -69,6 +69,8 @@ class OptimSection:
     # the mean over its answer turns, each turn's tokens averaged first, so a one-word answer weighs as
     # much as a 40-token box list (sphinx_x/losses.py).
     loss_reduction: str = "token"
+    # The fused AdamW kernel (one pass over all tensors; CPU and CUDA). False: torch's default implementation.
+    fused: bool = True
 
 
 @dataclass

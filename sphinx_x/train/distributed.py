@@ -127,6 +127,49 @@ def apply_fsdp(model: nn.Module, info: DistInfo, bf16: bool) -> nn.Module:
     return model
 
 
+def load_sharded_from_dir(model: nn.Module, directory) -> None:
+    """Fill a sharded model (after `to_empty`) from a model directory: each rank reads the stored tensors
+    one at a time and copies only its own slice, so no rank holds more than its shards plus one tensor."""
+    from safetensors import safe_open
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    from sphinx_x.model_io import _tied_names, weight_index
+
+    where = weight_index(directory)
+    targets = dict(model.named_parameters())  # tied parameters appear once
+    targets.update((n, b) for n, b in model.named_buffers() if n.rpartition(".")[2] not in
+                   model.get_submodule(n.rpartition(".")[0])._non_persistent_buffers_set)
+    missing = [n for n in targets if n not in where and n not in _tied_names(model)]
+    if missing:
+        raise ValueError(f"{directory}: weights do not match the config: missing {missing[:5]}")
+    # The file is opened per tensor: pages of a mapped file count towards RSS while it stays mapped.
+    with torch.no_grad():
+        for name, target in targets.items():
+            if name not in where:
+                continue  # a tied weight: its storage is filled under the other name
+            with safe_open(str(where[name]), framework="pt") as f:
+                full = f.get_tensor(name).to(target.dtype)
+            if tuple(full.shape) != tuple(target.shape):
+                raise ValueError(f"{directory}: {name} is stored with shape {tuple(full.shape)}, the config "
+                                 f"builds {tuple(target.shape)}")
+            if isinstance(target, DTensor):  # this rank's slice only: no communication
+                local = distribute_tensor(full, target.device_mesh, target.placements, src_data_rank=None)
+                target.to_local().copy_(local.to_local())
+                del local
+            else:
+                target.copy_(full)
+            del full
+
+
+def load_sharded_from_rank0(model: nn.Module, full_state: dict[str, torch.Tensor]) -> None:
+    """Fill a sharded model (after `to_empty`) from rank 0's full state dict, broadcast tensor by tensor;
+    the other ranks pass {} and keep only their shards."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(model, full_state, options=StateDictOptions(full_state_dict=True,
+                                                                     broadcast_from_rank0=True))
+
+
 def set_gradient_sync(model: nn.Module, sync: bool) -> None:
     """Skip the reduce-scatter on all but the last micro-batch of an accumulation (FSDP2 only)."""
     fn = getattr(model, "set_requires_gradient_sync", None)

@@ -22,12 +22,20 @@ import torch
 from PIL import Image
 
 from sphinx_x.canvas import collate_images, prepare_image, visual_token_count
+from sphinx_x.config import ConfigError
 from sphinx_x.constants import IGNORE_INDEX, IMAGE_TOKEN_ID
 from sphinx_x.data.dataset import SkipReport
 from sphinx_x.losses import loss_weights
 from sphinx_x.train import checkpoint as ckpt
 from sphinx_x.train import distributed as D
-from sphinx_x.train.build import build_loader, build_model, check_max_len, param_groups, trainable_parameters
+from sphinx_x.train.build import (
+    build_loader,
+    build_training_model,
+    check_max_len,
+    param_groups,
+    prepare_model,
+    trainable_parameters,
+)
 from sphinx_x.train.config import TrainConfig
 from sphinx_x.train.flops import batch_flops, measure_matmul_peak
 from sphinx_x.train.logging import PLOT_NAME, RunLogger, plot_loss_lr
@@ -54,7 +62,22 @@ def resume_checkpoint(cfg: TrainConfig, ckpt_root: Path) -> Path | None:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, info: D.DistInfo):
+    """Owns the model, optimizer, schedule and data of a run.
+
+    `run()` trains as configured. `train_step(micro_batches)` is one optimizer step on batches the caller
+    collates (the format of sphinx_x.data), the same step `run()` takes; with `model=` a Trainer wraps an
+    existing (unsharded, single-process) model and needs no data mix:
+
+        trainer = Trainer(cfg, model=model)
+        metrics = trainer.train_step([batch])   # loss, grad_norm, lr, tokens_per_s, mfu, ...
+    """
+
+    def __init__(self, cfg: TrainConfig, info: D.DistInfo | None = None, model: torch.nn.Module | None = None,
+                 tokenizer: Any = None):
+        info = info or D.DistInfo(device=D.pick_device(cfg.train.device))
+        if model is not None and info.distributed:
+            raise ValueError("Trainer(model=...) wraps a model in one process; under torchrun the Trainer "
+                             "builds and shards the model itself")
         self.cfg = cfg
         self.info = info
         self.accum = cfg.check_world(info.world_size)
@@ -69,22 +92,32 @@ class Trainer:
             torch.set_num_threads(threads)
         self.resume_from = resume_checkpoint(cfg, self.ckpt_root)
 
-        model, self.tokenizer = build_model(cfg, self.resume_from)
-        self.model_config = model.config
-        check_max_len(cfg, self.model_config)
-        self.loader = build_loader(cfg, self.model_config, self.tokenizer, info.rank, info.world_size)
-        self.sampler = self.loader.batch_sampler
-        steps_per_epoch = len(self.sampler) // self.accum
-        self.total_steps = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
+        self.bf16 = cfg.train.precision == "bf16"
+        if model is None:
+            self.model, self.tokenizer = build_training_model(cfg, info, self.resume_from)
+        else:
+            self.model, self.tokenizer = prepare_model(model.to(info.device), cfg), tokenizer
+        self.model_config = self.model.config
+        self.loader = self.sampler = None
+        if model is None or cfg.data.mix:
+            check_max_len(cfg, self.model_config)
+            self.loader = build_loader(cfg, self.model_config, self.tokenizer, info.rank, info.world_size)
+            self.sampler = self.loader.batch_sampler
+            steps_per_epoch = len(self.sampler) // self.accum
+            self.total_steps = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
+        else:
+            self.total_steps = cfg.train.max_steps or 1
         self.planned_steps = self.total_steps  # the cap when train.max_minutes re-plans total_steps
 
-        self.bf16 = cfg.train.precision == "bf16"
-        self.model = self._prepare(model)
         self.named_params = trainable_parameters(self.model)
         self.params = [p for _, p in self.named_params]
         o = cfg.optim
+        # The fused kernel (CPU and CUDA) updates every tensor in one pass; torch's default on CPU loops over
+        # the parameters in Python, 3-4x slower (benchmarks/bench_train_step.py).
+        fused = True if o.fused and info.device.type in ("cpu", "cuda") else None
         self.optimizer = torch.optim.AdamW(param_groups(self.named_params, o.lr, o.vision_lr_scale),
-                                           lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+                                           lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
+                                           fused=fused)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, o.warmup_ratio)
         self.step = 0
         self.consumed = 0  # micro-batches of this rank consumed in the current epoch
@@ -97,18 +130,6 @@ class Trainer:
         self._budget = None  # (seconds, loop start, logger) under train.max_minutes; set by run()
 
     # ---- setup -----------------------------------------------------------------------------------
-    def _prepare(self, model: torch.nn.Module) -> torch.nn.Module:
-        if not self.info.distributed:
-            model.to(self.info.device)  # (fully_shard moves each unit to the device as it shards it)
-        if self.cfg.train.activation_checkpointing:
-            model.llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        if self.cfg.train.compile:
-            for layer in model.llm.get_decoder().layers:
-                layer.compile(dynamic=True)
-        if self.info.distributed:
-            D.apply_fsdp(model, self.info, self.bf16)
-        return model
-
     def _autocast(self):
         if not self.bf16 or (self.info.distributed and self.info.device.type == "cuda"):
             return contextlib.nullcontext()  # fp32, or bf16 handled by FSDP's MixedPrecisionPolicy
@@ -215,7 +236,17 @@ class Trainer:
 
     def _train_step(self, stream: Iterator[dict[str, Any]]) -> dict[str, Any]:
         t0 = time.perf_counter()
-        stats = self._forward_backward([next(stream) for _ in range(self.accum)])
+        micro = [next(stream) for _ in range(self.accum)]
+        return self.train_step(micro, started=t0)
+
+    def train_step(self, micro_batches: list[dict[str, Any]], started: float | None = None) -> dict[str, Any]:
+        """One optimizer step on this rank's micro-batches (gradient accumulation over them): forward,
+        backward, clipping, AdamW, schedule. Returns the step's metrics (what `run()` logs); the timing
+        runs from `started` (default: now), so `run()` counts the wait for data in its step time."""
+        if self.peak_flops is None:
+            self.peak_flops = self.measure_peak()
+        t0 = time.perf_counter() if started is None else started
+        stats = self._forward_backward(list(micro_batches))
         grad_norm = self._clip()
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
@@ -242,11 +273,14 @@ class Trainer:
             record["aux_loss"] = stats["aux_loss"]
         if self.peak_flops:
             record["mfu"] = stats["flops"] / dt / (self.peak_flops * self.info.world_size)
+            record["model_tflops"] = stats["flops"] / 1e12
         return record
 
     def _clip(self) -> float:
         max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        # One norm kernel over all gradients instead of one per tensor (torch only defaults to it on GPU).
+        foreach = True if not self.info.distributed else None
+        norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=foreach)
         if hasattr(norm, "full_tensor"):  # a DTensor under FSDP
             norm = norm.full_tensor()
         return float(norm)
@@ -263,7 +297,8 @@ class Trainer:
                 "step": self.step,
                 "optimizer": optim,
                 "scheduler": self.scheduler.state_dict(),
-                "sampler": {**self.sampler.state_dict(consumed_micro_batches=self.consumed), "epoch": self.epoch},
+                "sampler": ({**self.sampler.state_dict(consumed_micro_batches=self.consumed), "epoch": self.epoch}
+                            if self.sampler is not None else None),
                 "rng": rngs,
                 "world_size": info.world_size,
                 "config": self.cfg.to_dict(),
@@ -300,13 +335,23 @@ class Trainer:
             shape.warmup = min(warmup_steps(total, self.cfg.optim.warmup_ratio), total)
             logger.set_total(total)
 
+    def measure_peak(self) -> float:
+        """The device's matmul peak FLOP/s in the training precision (the denominator of the logged MFU)."""
+        dtype = torch.bfloat16 if self.bf16 else torch.float32
+        return measure_matmul_peak(self.info.device, dtype, seconds=0.3)
+
     def run(self) -> Path:
         cfg, info = self.cfg, self.info
-        if self.peak_flops is None:
-            dtype = torch.bfloat16 if self.bf16 else torch.float32
-            self.peak_flops = measure_matmul_peak(info.device, dtype, seconds=0.3)
+        if self.loader is None:
+            raise ConfigError("Trainer.run() needs data: set data.mix (a Trainer built around a model without "
+                              "one can only take train_step() calls)")
+        measured = self.peak_flops is None
+        if measured:
+            self.peak_flops = self.measure_peak()
         logger = RunLogger(self.out, self.total_steps, self.step, info.is_main,
                            cfg.output.tensorboard, cfg.output.progress)
+        logger.write(f"MFU is against a matmul peak of {self.peak_flops / 1e12:.4f} TFLOP/s per rank "
+                     f"({'measured now' if measured else 'train.peak_flops'})")
         if self.resume_from is not None:
             logger.write(f"resumed from {self.resume_from} at step {self.step}")
         if self.step >= self.total_steps:
