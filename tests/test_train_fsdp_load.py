@@ -66,6 +66,17 @@ def test_sharded_load_from_a_model_directory(tmp_path):
     _expect_equal(got, model)
 
 
+def test_frozen_experts_are_sharded_in_bf16(tmp_path):
+    torch.manual_seed(3)
+    model = SphinxX(SphinxXConfig.from_name("nano"))
+    model.save_pretrained(tmp_path / "m")
+    got = _run(tmp_path, f"--model.path={tmp_path / 'm'}", "--model.frozen_experts=true", "--train.precision=bf16")
+    for expert in model.visual.experts.values():
+        expert.trunk.to(torch.bfloat16)
+    _expect_equal(got, model)
+    assert got["visual.experts.dinov2.trunk.blocks.0.attn.qkv.weight"].dtype == torch.bfloat16
+
+
 def test_sharded_build_from_a_preset_equals_one_process(tmp_path):
     torch.manual_seed(5)  # what build_model does with train.seed=5
     model = SphinxX(SphinxXConfig.from_name("nano"))

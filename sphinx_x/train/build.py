@@ -149,6 +149,10 @@ def _train_mode(model: nn.Module, cfg: TrainConfig) -> nn.Module:
     model.train()
     if cfg.model.frozen_experts is not None:
         set_experts_frozen(model, cfg.model.frozen_experts)
+    if cfg.train.precision == "bf16" and cfg.train.frozen_experts_bf16:
+        for expert in model.visual.experts.values():
+            if expert.cfg.frozen:
+                expert.trunk.to(torch.bfloat16)
     return model
 
 

@@ -86,6 +86,9 @@ class TrainSection:
     precision: str = "bf16"  # "fp32" | "bf16" (autocast on CPU; FSDP mixed precision on GPU)
     activation_checkpointing: bool = False  # recompute each decoder layer in the backward pass
     compile: bool = False  # torch.compile every decoder layer
+    # With precision bf16, frozen vision-expert trunks are stored in bf16 (half the memory; their matmuls
+    # and convolutions ran in bf16 under autocast / FSDP mixed precision anyway). Checkpoints keep them bf16.
+    frozen_experts_bf16: bool = True
     seed: int = 0  # model init and data order
     deterministic: bool = False  # torch.use_deterministic_algorithms (exact CPU resume tests)
     device: str = "auto"  # "auto" (cuda when available), "cpu" or "cuda"

@@ -123,6 +123,9 @@ def apply_fsdp(model: nn.Module, info: DistInfo, bf16: bool) -> nn.Module:
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     for unit in shard_units(model):
         fully_shard(unit, **kwargs)
+    for expert in model.visual.experts.values():
+        if expert.cfg.frozen:  # its own unit: the rest of a frozen trunk (stem, norms) may be bf16, the root fp32
+            fully_shard(expert.trunk, **kwargs)
     fully_shard(model, **kwargs)
     return model
 
