@@ -109,7 +109,11 @@ class SphinxX(nn.Module):
         use_cache: bool = False,
         inputs_embeds: torch.Tensor | None = None,
         loss_reduction: str = "token",
+        logits_to_keep: int = 0,
     ) -> SphinxXOutput:
+        """`logits_to_keep=k` (no labels) computes logits at the last k positions only (0 = all): generation
+        needs the last position's, and the LM head over the whole prompt would cost a vocabulary projection
+        per prompt token."""
         if inputs_embeds is None:
             inputs_embeds = self.embed_inputs(input_ids, images)
         moe = self.config.llm.arch == "mixtral"
@@ -123,7 +127,7 @@ class SphinxX(nn.Module):
         if moe and labels is not None:
             kwargs["output_router_logits"] = True
         if labels is None:
-            out = self.llm(**kwargs)
+            out = self.llm(**kwargs, logits_to_keep=logits_to_keep)
             return SphinxXOutput(logits=out.logits, cache=out.cache)
 
         # Training: run the decoder, then the LM head only where a label exists (most positions are
@@ -197,6 +201,13 @@ class SphinxX(nn.Module):
         from sphinx_x.infer.chat import stream_chat
 
         return stream_chat(self, images, question, history, **gen)
+
+    def stream_generate(self, prompts: Any, config: Any = None, **gen: Any):
+        """Like `generate`, streaming: yields (prompt index, text piece, Generation on its last item or None)
+        per token; `config` may be one GenerationConfig per prompt."""
+        from sphinx_x.infer.chat import stream_generate
+
+        return stream_generate(self, prompts, config, **gen)
 
     def generate(self, prompts: Any, **gen: Any) -> list:
         """Answer a batch of prompts (strings, {"question", "images", "history"} dicts or turn lists)."""

@@ -6,8 +6,10 @@
     for piece in model.stream_chat(["a.png", "b.png"], "Compare the two images."):
         print(piece, end="", flush=True)
     results = model.generate(["a text-only question", {"images": "cat.jpg", "question": "Describe it."}])
+    for row, piece, done in model.stream_generate(["question one", "question two"]):   # batched streaming
+        print(row, piece, done.finish_reason if done else "")
 
-Generation options are keyword arguments (`max_new_tokens`, `temperature`, `top_p`, `top_k`,
+Generation options are keyword arguments (`max_new_tokens`, `min_new_tokens`, `temperature`, `top_p`, `top_k`,
 `repetition_penalty`, `stop_strings`, `seed`, `eos_token_id`) or a `config=GenerationConfig(...)`.
 History is a list of turns `{"role", "content", "images"}` (see `sphinx_x.infer.prompts`).
 """
@@ -53,6 +55,24 @@ def generate(model: Any, prompts: Sequence[PromptLike], config: GenerationConfig
         raise PromptError("generate takes a list of prompts; wrap a single prompt in a list")
     cfg = _config(config, gen)
     return generate_batch(model, [encode(model, p) for p in prompts], cfg)
+
+
+def stream_generate(model: Any, prompts: Sequence[PromptLike],
+                    config: GenerationConfig | Sequence[GenerationConfig] | None = None, **gen: Any
+                    ) -> Iterator[tuple[int, str, Generation | None]]:
+    """Answer every prompt in one batch, streaming: yields `(row, piece, done)` for every token of every
+    row, `row` the prompt's index, `piece` the text it makes safe to show (may be ""), `done` the row's
+    `Generation` on its last item, else None. Each row's pieces join to its `generate` text; a row's first
+    item marks its first token. `config` may be one config per prompt."""
+    if isinstance(prompts, (str, dict)):
+        raise PromptError("stream_generate takes a list of prompts; wrap a single prompt in a list")
+    if isinstance(config, Sequence):
+        configs: Any = [_config(c, gen) for c in config]
+    else:
+        configs = _config(config, gen)
+    for events in decode_batch(model, [encode(model, p) for p in prompts], configs):
+        for ev in events:
+            yield ev.index, ev.piece, ev.done
 
 
 def _turns(images: ImageInput | Sequence[ImageInput] | None, question: str, history: Sequence[Turn] | None

@@ -26,6 +26,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int = 256) -> None:
     g = p.add_argument_group("generation")
     g.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    g.add_argument("--min-new-tokens", type=int, default=0, help="EOS cannot end the answer before this many tokens")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--top-k", type=int, default=0, help="0 = off")
@@ -35,7 +36,8 @@ def add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int = 256) -
 
 def generation_config(args: argparse.Namespace) -> GenerationConfig:
     try:
-        return GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+        return GenerationConfig(max_new_tokens=args.max_new_tokens, min_new_tokens=getattr(args, "min_new_tokens", 0),
+                                temperature=args.temperature, top_p=args.top_p,
                                 top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed)
     except ValueError as e:
         raise CommandError(str(e)) from e

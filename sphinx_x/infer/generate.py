@@ -12,6 +12,7 @@ else shares its batch: batched greedy decoding equals one-at-a-time greedy decod
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ import torch
 
 from sphinx_x.canvas import collate_images
 from sphinx_x.constants import IMAGE_TOKEN_ID
+from sphinx_x.infer.detok import text_stream
 from sphinx_x.infer.options import GenerationConfig
 from sphinx_x.infer.prompts import EncodedPrompt, PromptEncoder
 from sphinx_x.infer.stopping import StopRule, stop_rule
@@ -37,7 +39,7 @@ class Generation:
 
 @dataclass
 class RowEvent:
-    """What changed for one sample after a decode step: new streamable text, and the result once done."""
+    """One sample's decode step: its new streamable text (may be ""), and the result once done."""
 
     index: int
     piece: str
@@ -50,17 +52,23 @@ class _Row:
     The answer is the decoding of the ids before the stop (`sphinx_x.tokenizer.TextDecoder`: SentencePiece's
     own rules for SentencePiece models, so the dummy-prefix space of the first piece is dropped and nothing
     else is stripped, as in the official chat path). Other tokenizers keep the template cue's space in the
-    answer's first token, so their answers are lstripped."""
+    answer's first token, so their answers are lstripped. The text grows one id at a time
+    (`sphinx_x.infer.detok`), equal at every step to decoding all ids, and text stop strings are searched
+    only where the text changed (plus the length of a stop string minus one before it)."""
 
-    def __init__(self, decoder: TextDecoder, prompt_tokens: int, config: GenerationConfig, rule: StopRule):
+    def __init__(self, decoder: TextDecoder, prompt_tokens: int, config: GenerationConfig, rule: StopRule,
+                 eos: int | None = None):
         self.decoder = decoder
+        self.eos = eos
         self.prompt_tokens = prompt_tokens
         self.config = config
         self.rule = rule
-        self.tokens: list[int] = []
+        self.stream = text_stream(decoder)
+        self.tokens = self.stream.ids
         self.text = ""  # decoded ids so far (before the stop once finished), not yet post-processed
         self.finish_reason: str | None = None
         self._emitted = 0
+        self._longest_text_stop = max((len(t) for t in rule.texts), default=0)
 
     @property
     def finished(self) -> bool:
@@ -70,19 +78,26 @@ class _Row:
         return text if self.decoder.sentencepiece else text.lstrip()
 
     def push(self, token: int) -> None:
-        self.tokens.append(token)
+        searched = self.stream.stable  # text before this index cannot change: it was searched already
+        self.stream.push(token)
         end = self.rule.match(self.tokens)
         if end is not None:
-            self.text = self.decoder.decode(self.tokens[:end])
+            self.text = self.stream.prefix_text(end)
             self.finish_reason = "stop"
             return
-        self.text = self.decoder.decode(self.tokens)
-        cut = self.rule.text_cut(self.text)
+        self.text = self.stream.text
+        cut = self.rule.text_cut(self.text, max(0, searched - self._longest_text_stop + 1))
         if cut >= 0:
             self.text = self.text[:cut]
             self.finish_reason = "stop"
         elif len(self.tokens) >= self.config.max_new_tokens:
             self.finish_reason = "length"
+
+    def min_new_tokens_eos(self) -> int | None:
+        """The EOS id to mask out of this step's logits while fewer than `min_new_tokens` ids exist."""
+        if self.finished or self.eos is None or self.eos < 0 or len(self.tokens) >= self.config.min_new_tokens:
+            return None
+        return self.eos
 
     def answer(self) -> str:
         return self._post_process(self.text)
@@ -95,12 +110,16 @@ class _Row:
         if not self.finished:
             held = self.rule.pending_tokens(self.tokens)
             if held:
-                text = self.decoder.decode(self.tokens[:-held])
+                text = self.stream.prefix_text(len(self.tokens) - held)
             safe = len(text)
             while safe and text[safe - 1] == "\ufffd":
                 safe -= 1
             text = text[: safe - self.rule.pending_chars(text[:safe])]
-        shown = self._post_process(text)
+        if self.decoder.sentencepiece:
+            piece = text[self._emitted:]
+            self._emitted = max(self._emitted, len(text))
+            return piece
+        shown = text.lstrip()
         piece = shown[self._emitted:]
         self._emitted = max(self._emitted, len(shown))
         return piece
@@ -143,11 +162,45 @@ def _generators(configs: Sequence[GenerationConfig], device: torch.device) -> li
     return gens
 
 
+def _last_logits_kwargs(model: Any) -> dict[str, int]:
+    """`logits_to_keep=1` where the model's forward takes it (SphinxX does): the loop only reads the last
+    position's logits, so the LM head over the rest of the prompt would be wasted work."""
+    forward = getattr(type(model), "forward", None)
+    try:
+        return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(forward).parameters else {}
+    except (TypeError, ValueError):
+        return {}
+
+
+def _pick_tokens(scores: torch.Tensor, rows: list[_Row], history: torch.Tensor | None, processors: list,
+                 generators: list, pad_id: int) -> list[int]:
+    """One next token per row (pad for finished rows): greedy rows without processors share one argmax."""
+    for i, row in enumerate(rows):
+        eos = row.min_new_tokens_eos()
+        if eos is not None:
+            scores[i, eos] = float("-inf")
+    greedy = scores.argmax(-1).tolist()
+    tokens = []
+    for i, row in enumerate(rows):
+        if row.finished:
+            tokens.append(pad_id)
+        elif not processors[i] and generators[i] is None:
+            tokens.append(greedy[i])
+        else:
+            s = processors[i](history[i : i + 1], scores[i : i + 1]) if processors[i] else scores[i : i + 1]
+            if generators[i] is None:
+                tokens.append(int(s.argmax(-1)))
+            else:
+                tokens.append(int(torch.multinomial(torch.softmax(s, dim=-1), 1, generator=generators[i])))
+    return tokens
+
+
 def decode_batch(
     model: Any, prompts: Sequence[EncodedPrompt], configs: GenerationConfig | Sequence[GenerationConfig]
 ) -> Iterator[list[RowEvent]]:
-    """Generate for every prompt at once; after each step yield the events of the rows that changed.
-    Every row ends with exactly one event whose `done` holds its `Generation`."""
+    """Generate for every prompt at once; after each step yield one event per row that took a token (its
+    piece may be "": text held back, or none). A row's first event marks its first token; every row ends
+    with exactly one event whose `done` holds its `Generation`."""
     if not prompts:
         return
     if isinstance(configs, GenerationConfig):
@@ -164,56 +217,61 @@ def decode_batch(
                 f"model's context of {limit} positions"
             )
     decoder = text_decoder(tokenizer)
-    rows = [
-        _Row(decoder, len(p.input_ids), cfg, stop_rule(
-            tokenizer, cfg.stop_strings if cfg.stop_strings is not None else template_stops, template_stops,
-            cfg.eos_token_id if cfg.eos_token_id is not None else tokenizer.eos_token_id))
-        for p, cfg in zip(prompts, configs)
-    ]
+    rows = []
+    for p, cfg in zip(prompts, configs):
+        eos = cfg.eos_token_id if cfg.eos_token_id is not None else tokenizer.eos_token_id
+        stops = cfg.stop_strings if cfg.stop_strings is not None else template_stops
+        rows.append(_Row(decoder, len(p.input_ids), cfg, stop_rule(tokenizer, stops, template_stops, eos), eos))
     device = _model_device(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ids, mask = _left_pad(prompts, pad_id)
+    width = ids.shape[1]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    history = _penalty_history(ids, mask).to(device)
-    ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
-    images = collate_images([v for p in prompts for v in p.images], model.config.vision)
     processors = [cfg.logits_processors() for cfg in configs]
+    # the ids a repetition penalty looks at; kept only when some row has a processor
+    history = _penalty_history(ids, mask).to(device) if any(processors) else None
+    # the attention mask of every step, written as the steps go (a view of its first columns is passed)
+    full_mask = torch.ones((len(prompts), width + max(c.max_new_tokens for c in configs)), dtype=torch.long)
+    full_mask[:, :width] = mask
+    ids, full_mask, positions = ids.to(device), full_mask.to(device), positions.to(device)
+    images = collate_images([v for p in prompts for v in p.images], model.config.vision)
     generators = _generators(configs, device)
+    last_only = _last_logits_kwargs(model)
 
     with torch.inference_mode():
         embeds = model.embed_inputs(ids, images.to(device) if images is not None else None)
-        out = model(ids, attention_mask=mask, position_ids=positions, inputs_embeds=embeds, use_cache=True)
+        out = model(ids, attention_mask=full_mask[:, :width], position_ids=positions, inputs_embeds=embeds,
+                    use_cache=True, **last_only)
         next_pos = positions[:, -1:] + 1
+        step_no = 0
         while True:
-            scores = out.logits[:, -1].float()
-            tokens = []
-            for i, row in enumerate(rows):
-                if row.finished:
-                    tokens.append(pad_id)
-                    continue
-                s = processors[i](history[i : i + 1], scores[i : i + 1]) if processors[i] else scores[i : i + 1]
-                if generators[i] is None:
-                    tokens.append(int(s.argmax(-1)))
-                else:
-                    probs = torch.softmax(s, dim=-1)
-                    tokens.append(int(torch.multinomial(probs, 1, generator=generators[i])))
+            tokens = _pick_tokens(out.logits[:, -1].float(), rows, history, processors, generators, pad_id)
             events = []
             for i, (row, tok) in enumerate(zip(rows, tokens)):
                 if row.finished:
                     continue
                 row.push(tok)
                 piece = row.take_piece()
-                done = row.result() if row.finished else None
-                if piece or done:
-                    events.append(RowEvent(i, piece, done))
+                events.append(RowEvent(i, piece, row.result() if row.finished else None))
             yield events
             if all(r.finished for r in rows):
                 return
             step = torch.tensor(tokens, dtype=torch.long, device=device)[:, None]
-            history = torch.cat([history, step], dim=1)
-            mask = torch.cat([mask, torch.ones_like(step)], dim=1)
-            out = model(step, attention_mask=mask, position_ids=next_pos, cache=out.cache, use_cache=True)
+            if history is not None:
+                history = torch.cat([history, step], dim=1)
+            step_no += 1
+            out = model(step, attention_mask=full_mask[:, : width + step_no], position_ids=next_pos,
+                        cache=out.cache, use_cache=True, **last_only)
             next_pos = next_pos + 1
+
+
+def compile_for_generation(model: Any, **compile_kwargs: Any) -> Any:
+    """`torch.compile` the LLM's forward (dynamic shapes: one graph serves every prompt length) for the
+    decode loop; fuses the many small ops of each step. The first calls compile (minutes on a CPU), so it
+    pays off for a server or a long batch job, not for one answer; benchmarks/bench_vs_llava_next.py
+    --compile measures it."""
+    model.llm.forward = torch.compile(model.llm.forward, dynamic=True, **compile_kwargs)
+    return model
 
 
 def generate_batch(

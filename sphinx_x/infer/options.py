@@ -23,11 +23,14 @@ class GenerationConfig:
     when the ids end with EOS or with a stop string's tokens (as a segment, or after other text), and the
     answer is the decoding of the ids before them, the official SPHINX rule; stop strings are also searched
     in the text, except a SentencePiece model's template strings (see `sphinx_x.infer.stopping`).
-    `eos_token_id=None` uses the tokenizer's EOS. `seed` makes sampling
+    `eos_token_id=None` uses the tokenizer's EOS. `min_new_tokens` keeps EOS from being picked before that
+    many tokens (as transformers' option does; stop strings still apply: pass `stop_strings=()` as well
+    for answers of a fixed length). `seed` makes sampling
     reproducible per sample (each sample draws from its own generator, whatever else shares the batch).
     """
 
     max_new_tokens: int = 256
+    min_new_tokens: int = 0  # EOS is masked out of the logits until this many tokens exist
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = 0  # 0 = no top-k filter
@@ -39,6 +42,7 @@ class GenerationConfig:
     def __post_init__(self) -> None:
         checks = [
             (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1, "max_new_tokens must be an int >= 1"),
+            (isinstance(self.min_new_tokens, int) and self.min_new_tokens >= 0, "min_new_tokens must be an int >= 0"),
             (self.temperature >= 0, "temperature must be >= 0 (0 = greedy)"),
             (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
             (isinstance(self.top_k, int) and self.top_k >= 0, "top_k must be an int >= 0 (0 = off)"),

@@ -17,6 +17,7 @@ or close the first user turn are dropped and those images go right after BOS as 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,6 +106,7 @@ class PromptEncoder:
         self.vision = vision
         self.dialogue = DialogueEncoder(tokenizer, template)
         self.stop_strings = tuple(self.dialogue.template.stop_strings)
+        self._views: dict[int, tuple[weakref.ref, ImageViews]] = {}
 
     @classmethod
     def for_model(cls, model: Any) -> PromptEncoder:
@@ -123,5 +125,17 @@ class PromptEncoder:
             ids = self.dialogue.encode_prompt(messages, counts)
         except ValueError as e:
             raise PromptError(str(e)) from e
-        views = [prepare_image(im, self.vision) for im in images]
+        views = [self.views(im) for im in images]
         return EncodedPrompt(ids, views, [im.size for im in images])
+
+    def views(self, image: Image.Image) -> ImageViews:
+        """`prepare_image`, remembered per image object while it lives: a chat's history carries the same
+        images turn after turn, so later turns do not prepare them again."""
+        key = id(image)
+        hit = self._views.get(key)
+        if hit is not None and hit[0]() is image:
+            return hit[1]
+        views = prepare_image(image, self.vision)
+        self._views[key] = (weakref.ref(image), views)
+        weakref.finalize(image, self._views.pop, key, None)
+        return views

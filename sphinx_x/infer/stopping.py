@@ -89,9 +89,9 @@ class StopRule:
                     break
         return best
 
-    def text_cut(self, text: str) -> int:
-        """Index of the first text stop string in `text`, or -1."""
-        return min((i for i in (text.find(s) for s in self.texts) if i >= 0), default=-1)
+    def text_cut(self, text: str, start: int = 0) -> int:
+        """Index of the first text stop string in `text` (searched from `start`), or -1."""
+        return min((i for i in (text.find(s, start) for s in self.texts) if i >= 0), default=-1)
 
     def pending_chars(self, text: str) -> int:
         """How many trailing characters may still grow into a text stop string."""
