@@ -3,8 +3,11 @@
 Under `torchrun` (WORLD_SIZE > 1) the process group is initialised with NCCL on GPUs and gloo on CPU,
 and the model is sharded with FSDP2 (`fully_shard`): one unit per LLM decoder layer, one per block of
 each vision expert (ConvNeXt stages, ViT blocks), and the root for the rest (embeddings, head,
-projector, image tags). On GPU with `precision: bf16` parameters are cast to bf16 for compute and
-gradients are reduced in fp32 (`MixedPrecisionPolicy`). A single process trains the plain module.
+projector, image tags); a frozen expert's trunk is a unit of its own. On GPU with `precision: bf16`
+parameters are cast to bf16 for compute and gradients are reduced in fp32 (`MixedPrecisionPolicy`).
+The model is sharded while still on the meta device and then filled (`load_sharded_from_dir`,
+`load_sharded_from_rank0`), so no rank holds more than its shards plus one tensor (rank 0 also holds
+the full model when it builds a preset). A single process trains the plain module.
 """
 
 from __future__ import annotations
