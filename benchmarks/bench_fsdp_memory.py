@@ -8,8 +8,10 @@
 and a Llama of about 1B parameters by default, stored in bf16 as converted models are). `load` measures
 `SphinxX.from_pretrained` alone. `fsdp` runs what the trainer does before its first step under
 torchrun (gloo on CPU): build the model from `model.path=DIR`, then shard it with FSDP2; each rank
-prints its peak RSS (getrusage ru_maxrss, which includes the interpreter and torch, ~0.4 GB), the
-bytes of its own parameter shards, and the whole model's bytes for scale.
+prints its peak RSS (getrusage ru_maxrss, which includes the interpreter and torch, ~0.5 GB), the
+bytes of its own parameter shards, and the whole model's bytes for scale. `fsdp --preset` starts from
+DIR/preset.json (written by `make`) as a preset instead (random init: rank 0 builds the model, the
+others receive their shards).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 import resource
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -58,6 +61,7 @@ def make(args) -> None:
     _rebuild_non_persistent_buffers(model, "cpu")
     model.to({"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype])
     model.save_pretrained(args.dir, max_shard_bytes=args.shard_mb * 2**20)
+    (Path(args.dir) / "preset.json").write_text(json.dumps(config.to_dict(), indent=2))  # for `fsdp --preset`
     n = sum(p.numel() for p in model.parameters())
     print(f"{args.dir}: {n / 1e9:.3f}B parameters, {args.dtype}")
 
@@ -82,7 +86,8 @@ def fsdp(args) -> None:
     from sphinx_x.train import distributed as D
     from sphinx_x.train.config import load_train_config
 
-    cfg = load_train_config(None, [f"--model.path={args.dir}", f"--train.precision={args.precision}",
+    source = f"--model.preset={args.dir}/preset.json" if args.preset else f"--model.path={args.dir}"
+    cfg = load_train_config(None, [source, f"--train.precision={args.precision}",
                                    "--train.device=cpu", "--train.cpu_threads=1"])
     info = D.init_distributed("cpu")
     torch.set_num_threads(1)
@@ -129,6 +134,8 @@ def main() -> None:
     f = sub.add_parser("fsdp")
     f.add_argument("dir")
     f.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
+    f.add_argument("--preset", action="store_true",
+                   help="random init from DIR/preset.json (rank 0 builds and broadcasts)")
     args = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     {"make": make, "load": load, "fsdp": fsdp}[args.cmd](args)
