@@ -234,6 +234,8 @@ def compare(size: str, dtype_name: str, reps: int, n: int, compile_llm: bool = F
     ours = build_ours(size, dtype)
     theirs, proc = build_theirs(ours, dtype)
     if compile_llm:  # both LLMs, the same way; the warm-up repetitions absorb the compilation
+        # both models' forwards share transformers' decorator code: room for every shape variant of both
+        torch._dynamo.config.recompile_limit = 64
         compile_for_generation(ours)
         lm = theirs.model.language_model
         lm.forward = torch.compile(lm.forward, dynamic=True)
