@@ -2,20 +2,27 @@
 
 Generates the synthetic corpus, pretrains nano's two vision experts on synthetic scenes (the stand-in for
 the paper's pretrained CLIP and DINOv2, `sphinx-x pretrain-experts`), trains the `nano` preset on the CPU
-within the time budget with those experts frozen, evaluates it on synth-bench (per-task table), and
-answers one grounding question about a generated image, drawing the boxes of the answer. Everything is
-written under --out:
+with those experts frozen, evaluates it on synth-bench twice, with its images and blind (the question
+alone), prints the two per-task columns side by side, answers a question of the task it scored best on
+about a synth-bench image it answered right, and ends with what each phase ran and how long it took.
+Everything is written under --out:
 
     OUT/data/              the corpus (`sphinx-x data synth`) and synth-bench (OUT/data/bench.jsonl)
     OUT/experts/           the pretrained experts and the model config that uses them (model.yaml)
     OUT/train/final/       the trained model directory (`sphinx-x chat --model OUT/train/final`)
     OUT/train/...          checkpoints, metrics.jsonl, loss_lr.png
-    OUT/eval/              predictions, scores.json, scores.md
-    OUT/answer.png         the demo answer's boxes drawn on its image
+    OUT/eval/              predictions (synth-bench/ and synth-bench-blind/), scores.json, scores.md
+    OUT/answer.png         the demo answer drawn on its image (its box, for a grounding answer)
 
---minutes bounds the whole command: corpus generation and evaluation are timed or reserved, the experts
-get EXPERTS_SHARE of the rest and the training loop the remainder (`train.max_minutes`, whose schedule
-spans it). The training recipe is configs/nano.yaml's (`RECIPE` below; a test keeps the two equal).
+--minutes plans the work, it does not cut it: the step counts are planned from the budget at the rates
+measured on 2 idle CPU cores (the *_PER_MIN constants below), then run in full, and the wall time of
+every phase is reported next to its plan, with a warning when the machine was busy enough to overrun it.
+Fixed steps rather than a wall-clock cap, because a cap moves the scores with the machine's load (on a
+busier machine the 10-minute run trained fewer steps and scored 20.8 overall against 32.7 on idle cores).
+With fixed steps the same seed and --minutes train the same recipe on any machine, so runs and seeds stay
+comparable, and a busy machine costs time, which is reported, instead of quality, which could only be
+warned about. The experts get EXPERTS_SHARE of the training time, the one-stage run the rest. The
+training recipe is configs/nano.yaml's (`RECIPE` below; a test keeps the two equal).
 
 Exit codes: 0 done; 2 bad arguments or an output directory that cannot be used.
 """
@@ -23,8 +30,12 @@ Exit codes: 0 done; 2 bad arguments or an output directory that cannot be used.
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import os
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +49,24 @@ RECIPE: dict[str, Any] = {
     "train": {"max_steps": 5000, "global_batch": 8, "micro_batch": 8, "precision": "fp32", "seed": 0,
               "device": "cpu", "cpu_threads": 2},
 }
-TRAIN_SAMPLES = 8000  # distinct training samples (more than the budget can see twice)
+TRAIN_SAMPLES = 8000  # distinct training samples (more than the run sees twice)
 BENCH_ROWS = 260  # synth-bench: 20 rows per task
-EVAL_SECONDS_PER_ROW = 0.1  # reserved for evaluation (260 rows took ~6 s on 2 idle cores)
-SAVE_RESERVE_S = 10.0  # final checkpoint + model directory + the demo answer
-DEMO_QUESTION = "Describe the image concisely. Include the bounding box for each mentioned object."
+# Rates on 2 idle CPU cores (README "Training nano": 545 expert steps of 64 scenes in 2.5 minutes; 900
+# one-stage steps of 8 samples in 5.0 minutes; the corpus and the rest of a 9.6-minute run in 0.5 minutes).
+EXPERT_STEPS_PER_MIN = 218.0
+TRAIN_STEPS_PER_MIN = 180.0
+CORPUS_SECONDS_PER_SAMPLE = 0.0025  # 8260 samples in about 20 s
+EVAL_SECONDS_PER_ROW = 0.1  # reserved for the evaluation with images (260 rows took ~6 s on 2 idle cores)
+BLIND_SECONDS_PER_ROW = 0.05  # reserved for the blind evaluation (no vision towers, one token per image less)
+SAVE_RESERVE_S = 10.0  # building and saving the model, the demo answer (its planned time in the summary)
+OVERRUN_WARNING = 1.1  # warn when the run took more than this times its planned time
 # Share of the training time spent pretraining the experts, capped at EXPERTS_MAX_STEPS steps of 64 scenes.
 # README "Training nano": 4.1 of 9.1 minutes read colours better than 2.5 (57.5 vs 52.5 on 40 rows).
 EXPERTS_SHARE = 0.45
 EXPERTS_MAX_STEPS = 2000
+BLIND = "synth-bench-blind"  # the blind evaluation's benchmark name (OUT/eval/synth-bench-blind/)
+
+clock = time.perf_counter  # every phase's wall time (a test slows it down to see the overrun warning)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -54,56 +74,180 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/quickstart", help="output directory (default runs/quickstart)")
     p.add_argument("--minutes", type=positive_float, default=10.0,
-                   help="wall-clock budget of the whole command (default 10)")
+                   help="plans the steps: what the whole command takes on 2 idle CPU cores (default 10)")
     p.add_argument("--seed", type=int, default=0, help="corpus and training seed (default 0)")
     p.add_argument("--train-samples", type=positive_int, default=TRAIN_SAMPLES,
                    help=f"training samples to generate (default {TRAIN_SAMPLES})")
     p.add_argument("--bench-rows", type=positive_int, default=BENCH_ROWS,
                    help=f"synth-bench rows (default {BENCH_ROWS} = 20 per task)")
     p.add_argument("--max-steps", type=positive_int, default=None,
-                   help=f"cap on optimizer steps (default {RECIPE['train']['max_steps']}; the budget ends first)")
+                   help=f"cap on one-stage optimizer steps (default {RECIPE['train']['max_steps']})")
     p.add_argument("--expert-steps", type=positive_int, default=EXPERTS_MAX_STEPS,
-                   help=f"cap on expert pretraining steps (default {EXPERTS_MAX_STEPS}; the budget ends first)")
+                   help=f"cap on expert pretraining steps (default {EXPERTS_MAX_STEPS})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
-def train_config(out: Path, mix: Path, train_minutes: float, seed: int, max_steps: int | None, progress: bool,
-                 model_config: Path | None = None):
-    """The TrainConfig of the quickstart: RECIPE plus this run's paths, seed and time budget; `model_config`
+# ---- the plan ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Plan:
+    """What --minutes buys on 2 idle CPU cores: the steps of each training phase and the other phases' time."""
+
+    corpus_s: float
+    expert_steps: int
+    train_steps: int
+    eval_s: float
+    reserve_s: float
+    starved: bool  # the budget left no training time: one step each (or the caps)
+
+    @property
+    def expert_s(self) -> float:
+        return 60 * self.expert_steps / EXPERT_STEPS_PER_MIN
+
+    @property
+    def train_s(self) -> float:
+        return 60 * self.train_steps / TRAIN_STEPS_PER_MIN
+
+    @property
+    def total_s(self) -> float:
+        return self.corpus_s + self.expert_s + self.train_s + self.eval_s + self.reserve_s
+
+
+def plan_run(minutes: float, train_samples: int, bench_rows: int, expert_cap: int = EXPERTS_MAX_STEPS,
+             train_cap: int | None = None) -> Plan:
+    corpus_s = (train_samples + bench_rows) * CORPUS_SECONDS_PER_SAMPLE
+    eval_s = bench_rows * (EVAL_SECONDS_PER_ROW + BLIND_SECONDS_PER_ROW)
+    train_s = minutes * 60 - corpus_s - eval_s - SAVE_RESERVE_S
+    experts = math.floor(EXPERTS_SHARE * train_s / 60 * EXPERT_STEPS_PER_MIN)
+    one_stage = math.floor((1 - EXPERTS_SHARE) * train_s / 60 * TRAIN_STEPS_PER_MIN)
+    cap = train_cap or RECIPE["train"]["max_steps"]
+    return Plan(corpus_s, min(expert_cap, max(experts, 1)), min(cap, max(one_stage, 1)), eval_s, SAVE_RESERVE_S,
+                starved=experts < 1 or one_stage < 1)
+
+
+@dataclass
+class Phase:
+    name: str
+    work: str  # what it did, e.g. "8000 samples"
+    planned_s: float
+    wall_s: float
+    steps: int | None = None  # training phases: the optimizer steps run, of planned_steps at idle_rate per minute
+    planned_steps: int | None = None
+    idle_rate: float | None = None
+
+
+def summary(phases: list[Phase], plan: Plan, minutes: float) -> tuple[str, list[str]]:
+    """The run summary (markdown: phase, work, planned and wall minutes, total) and its warnings: a training
+    phase that ran fewer steps than planned, and a run that overran its plan by more than OVERRUN_WARNING."""
+    lines = ["| phase | work | planned on 2 idle cores | wall |", "|---|---|---:|---:|"]
+    lines += [f"| {p.name} | {p.work} | {p.planned_s / 60:.1f} min | {p.wall_s / 60:.1f} min |" for p in phases]
+    wall = sum(p.wall_s for p in phases)
+    lines.append(f"| **total** | --minutes {minutes:g} | {plan.total_s / 60:.1f} min | **{wall / 60:.1f} min** |")
+    trained = [p for p in phases if p.steps is not None]
+    warnings = [f"warning: {p.name} ran {p.steps} of its {p.planned_steps} planned steps" for p in trained
+                if p.steps < p.planned_steps]
+    if wall > OVERRUN_WARNING * plan.total_s:
+        rates = ", ".join(f"{p.name} {p.steps / max(p.wall_s / 60, 1e-9):.0f} steps/min against {p.idle_rate:.0f}"
+                          for p in trained)
+        warnings.append(
+            f"warning: this machine was too busy (or slower) for the plan: the run took {wall / 60:.1f} min, "
+            f"{100 * (wall / plan.total_s - 1):.0f}% over the {plan.total_s / 60:.1f} min it takes on 2 idle CPU "
+            f"cores ({rates}). Every planned step ran, so the model and its scores are the planned ones; only the "
+            "time grew.")
+    return "\n".join(lines) + "\n", warnings
+
+
+def train_config(out: Path, mix: Path, steps: int, seed: int, progress: bool, model_config: Path | None = None):
+    """The TrainConfig of the quickstart: RECIPE plus this run's paths, seed and planned steps; `model_config`
     (the pretrained experts' model.yaml) replaces the bare preset."""
     from sphinx_x.train.config import TrainConfig, deep_merge
 
     data = deep_merge(RECIPE, {
         **({"model": {"preset": str(model_config)}} if model_config is not None else {}),
         "data": {"mix": str(mix)},
-        "train": {"seed": seed, "max_minutes": train_minutes,
-                  **({"max_steps": max_steps} if max_steps is not None else {})},
+        "train": {"seed": seed, "max_steps": steps},
         "output": {"dir": str(out), "save_every": 0, "keep_last": 1, "resume": False, "tensorboard": False,
                    "progress": progress, "log_every": 10},
     })
     return TrainConfig.from_dict(data)
 
 
-def demo_answer(model: Any, corpus: Path, bench_rows: list[dict[str, Any]], out_png: Path) -> tuple[str, str, str]:
-    """Ask DEMO_QUESTION about the image of the first REC row of synth-bench (a held-out scene), draw the
-    answer's boxes onto it; returns (image path, question, answer)."""
+def steps_run(metrics: Path) -> int:
+    """The last optimizer step the trainer logged (it always logs its final step) in metrics.jsonl."""
+    steps = [json.loads(line)["step"] for line in metrics.read_text(encoding="utf-8").splitlines()
+             if line.strip() and '"step"' in line]
+    return int(steps[-1]) if steps else 0
+
+
+# ---- the blind baseline --------------------------------------------------------------------------
+def blind_benchmark(bench: Any) -> Any:
+    """synth-bench with its images removed: every row's question alone (no image tokens), the same prompt,
+    metric and answers; evaluated as the benchmark BLIND."""
+    rows = [{k: v for k, v in r.items() if k not in ("image", "images")} for r in bench.rows]
+    return replace(bench, spec=replace(bench.spec, name=BLIND), rows=rows, linenos=list(bench.linenos))
+
+
+def scores_side_by_side(result: dict[str, Any], blind: dict[str, Any]) -> str:
+    """Per-task markdown table: the score with images, the blind score and the difference (what the images add)."""
+    lines = ["| benchmark | task | metric | n | score | blind (question only, no image) | images add |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for task, t in result["tasks"].items():
+        b = blind["tasks"][task]["score"]
+        lines.append(f"| synth-bench | {task} | {t['metric']} | {t['n']} | {t['score']:.2f} | {b:.2f} | "
+                     f"{t['score'] - b:+.2f} |")
+    lines.append(f"| synth-bench | **overall** (mean over tasks) | | {result['n']} | **{result['score']:.2f}** | "
+                 f"**{blind['score']:.2f}** | **{result['score'] - blind['score']:+.2f}** |")
+    return "\n".join(lines) + "\n"
+
+
+# ---- the demo ------------------------------------------------------------------------------------
+def row_right(record: dict[str, Any], anchor: str) -> bool:
+    """Whether one prediction record earned full marks under its row's metric."""
+    from sphinx_x.eval.metrics import score_rows
+
+    return score_rows(record["metric"], [record], **({"anchor": anchor} if record["metric"] == "rec" else {})
+                      ).per_row[0] == 1.0
+
+
+def pick_demo(records: list[dict[str, Any]], blind_records: list[dict[str, Any]], result: dict[str, Any],
+              anchor: str) -> dict[str, Any] | None:
+    """The demo's synth-bench row: from the image task with the best score that has a row answered right,
+    a right row whose blind answer was wrong (the image made the difference) if there is one, else its first
+    right row; None when no row with an image was answered right."""
+    blind_right = {r["id"] for r in blind_records if row_right(r, anchor)}
+    right = [r for r in records if r.get("image") and row_right(r, anchor)]
+    if not right:
+        return None
+    best = max({r["task"] for r in right}, key=lambda task: result["tasks"][task]["score"])
+    rows = [r for r in right if r["task"] == best]
+    return next((r for r in rows if r["id"] not in blind_right), rows[0])
+
+
+def expected_answer(record: dict[str, Any]) -> str:
+    if "gt_box" in record:
+        return f"the box {record['gt_box']} (pixels; right when the boxes overlap by IoU >= 0.5)"
+    return json.dumps(record["answer"] if "answer" in record else record["answers"][0])
+
+
+def demo_answer(model: Any, bench: Any, record: dict[str, Any], out_png: Path) -> tuple[str, str, bool]:
+    """Ask `record`'s question again, exactly as synth-bench asked it (same prompt, greedy), about its image;
+    draw the answer (its boxes, if any) onto the image. Returns (image path, answer, whether it is right)."""
     from PIL import Image
 
+    from sphinx_x.eval.harness import generate_answers, model_anchor
     from sphinx_x.infer.draw import draw_answer
 
-    row = next((r for r in bench_rows if r.get("task") == "rec"), None) or next(r for r in bench_rows if "image" in r)
-    image_path = corpus / row["image"]
-    image = Image.open(image_path).convert("RGB")
-    answer, _ = model.chat(image, DEMO_QUESTION, temperature=0.0, max_new_tokens=96)
-    drawing, _ = draw_answer(image, answer, anchor=model.config.vision.canvas.pad_anchor)
+    image_path = bench.image_root / record["image"]
+    [(answer, _)] = generate_answers(model, [{"question": record["prompt"], "images": [str(image_path)]}],
+                                     bench.spec.max_new_tokens)
+    with Image.open(image_path) as im:
+        drawing, _ = draw_answer(im.convert("RGB"), answer, anchor=model_anchor(model))
     drawing.save(out_png)
-    return str(image_path), DEMO_QUESTION, answer
+    return str(image_path), answer, row_right({**record, "prediction": answer}, model_anchor(model))
 
 
+# ---- the command ---------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
-    started = time.perf_counter()
-    budget_s = args.minutes * 60
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         print(f"sphinx-x quickstart: error: {out}: exists and is not a directory", file=sys.stderr)
@@ -120,52 +264,95 @@ def run(args: argparse.Namespace) -> int:
     from sphinx_x.config import SphinxXConfig
     from sphinx_x.data.synth import generate_corpus
     from sphinx_x.eval.benchmarks import load_rows, resolve_benchmark
-    from sphinx_x.eval.harness import evaluate, scores_markdown
+    from sphinx_x.eval.harness import model_anchor, read_predictions, run_benchmark, write_scores
     from sphinx_x.model import SphinxX
     from sphinx_x.train.loop import train
 
     progress = not args.quiet
+    plan = plan_run(args.minutes, args.train_samples, args.bench_rows, args.expert_steps, args.max_steps)
+    print(f"plan for --minutes {args.minutes:g} on 2 idle CPU cores: {plan.expert_steps} expert pretraining steps, "
+          f"{plan.train_steps} one-stage steps (fixed: a busier machine takes longer, it does not train less)",
+          flush=True)
+    if plan.starved:
+        print(f"note: --minutes {args.minutes:g} leaves no time to train after data generation and the evaluation "
+              "reserve; training one step (or the --expert-steps / --max-steps caps)", file=sys.stderr)
+    phases: list[Phase] = []
     corpus = out / "data"
     print(f"[1/5] generating the synthetic corpus ({args.train_samples} training samples, "
           f"{args.bench_rows} synth-bench rows) into {corpus}", flush=True)
+    t = clock()
     try:
         generate_corpus(corpus, args.train_samples, 0, args.bench_rows, seed=args.seed, progress=progress)
     except (FileExistsError, ValueError) as e:
         print(f"sphinx-x quickstart: error: {e}", file=sys.stderr)
         return 2
+    phases.append(Phase("corpus", f"{args.train_samples} samples + {args.bench_rows} bench rows", plan.corpus_s,
+                        clock() - t))
 
-    reserve_s = args.bench_rows * EVAL_SECONDS_PER_ROW + SAVE_RESERVE_S
-    train_s = budget_s - (time.perf_counter() - started) - reserve_s
-    if train_s < 2:
-        print(f"note: --minutes {args.minutes} leaves no time to train after data generation and the evaluation "
-              "reserve; training 2 seconds", file=sys.stderr)
-        train_s = 2.0
-    shutil.rmtree(out / "train", ignore_errors=True)  # a fresh model every time (resume would mix budgets)
-    preset = SphinxXConfig.from_name("nano")
-    print(f"[2/5] pretraining nano's vision experts on synthetic scenes for {EXPERTS_SHARE * train_s / 60:.1f} min",
+    shutil.rmtree(out / "train", ignore_errors=True)  # a fresh model every time
+    print(f"[2/5] pretraining nano's vision experts on synthetic scenes: {plan.expert_steps} steps of 64 scenes",
           flush=True)
-    experts, model_yaml = write_pretrained(preset, out / "experts", steps=args.expert_steps,
-                                           max_seconds=EXPERTS_SHARE * train_s, seed=args.seed, progress=progress)
+    t = clock()
+    experts, model_yaml = write_pretrained(SphinxXConfig.from_name("nano"), out / "experts", steps=plan.expert_steps,
+                                           seed=args.seed, progress=progress)
+    phases.append(Phase("expert pretraining", f"{experts.steps} of {plan.expert_steps} planned steps", plan.expert_s,
+                        clock() - t, experts.steps, plan.expert_steps, EXPERT_STEPS_PER_MIN))
     print("      held-out: " + ", ".join(f"{n} names {100 * a:.0f}% of the objects' shapes"
                                          for n, a in experts.accuracy.items()) + " (chance 20%)", flush=True)
-    train_s = budget_s - (time.perf_counter() - started) - reserve_s
-    cfg = train_config(out / "train", corpus / "train.yaml", max(train_s, 1.0) / 60, args.seed, args.max_steps,
-                       progress, model_yaml)
-    print(f"[3/5] training nano (experts frozen) for {max(train_s, 1.0) / 60:.1f} min on CPU", flush=True)
-    final = train(cfg)
 
-    print("[4/5] evaluating on synth-bench", flush=True)
+    cfg = train_config(out / "train", corpus / "train.yaml", plan.train_steps, args.seed, progress, model_yaml)
+    print(f"[3/5] training nano (experts frozen) on CPU: {plan.train_steps} steps of "
+          f"{cfg.train.global_batch} samples", flush=True)
+    t = clock()
+    final = train(cfg)
+    ran = steps_run(out / "train" / "metrics.jsonl")
+    phases.append(Phase("one-stage training", f"{ran} of {plan.train_steps} planned steps", plan.train_s,
+                        clock() - t, ran, plan.train_steps, TRAIN_STEPS_PER_MIN))
+
+    print("[4/5] evaluating on synth-bench, with the images and blind (the questions alone)", flush=True)
+    t = clock()
     torch.set_num_threads(cfg.train.cpu_threads or torch.get_num_threads())
     model = SphinxX.from_pretrained(final).eval()
     bench = load_rows(resolve_benchmark("synth-bench", synth_dir=str(corpus)))
-    scores = evaluate(model, [bench], out / "eval", batch_size=16, overwrite=True, model_id=str(final.resolve()),
-                      progress=progress)
-    result = scores["benchmarks"][bench.name]
-    print(scores_markdown({bench.name: result}), end="", flush=True)
+    blind_bench = blind_benchmark(bench)
+    kwargs = {"batch_size": 16, "overwrite": True, "model_id": str(final.resolve()), "progress": progress}
+    results = {b.name: run_benchmark(model, b, out / "eval", **kwargs) for b in (bench, blind_bench)}
+    results[BLIND]["images"] = "none: each row's question alone, without image tokens"
+    write_scores(out / "eval", results)
+    table = scores_side_by_side(results[bench.name], results[BLIND])
+    tmp = out / "eval" / "scores.md.tmp"
+    tmp.write_text(table, encoding="utf-8")
+    os.replace(tmp, out / "eval" / "scores.md")  # the side-by-side table replaces the harness's
+    print(table, end="", flush=True)
+    phases.append(Phase("evaluation", f"{args.bench_rows} rows with images + {args.bench_rows} blind", plan.eval_s,
+                        clock() - t))
 
-    print("[5/5] a demo answer", flush=True)
-    image, question, answer = demo_answer(model, corpus, bench.rows, out / "answer.png")
-    print(f"image:    {image}\nquestion: {question}\nanswer:   {answer}\nboxes drawn to {out / 'answer.png'}")
+    t = clock()
+    anchor = model_anchor(model)
+    records = read_predictions(out / "eval" / bench.name / "predictions.jsonl")
+    record = pick_demo(records, read_predictions(out / "eval" / BLIND / "predictions.jsonl"), results[bench.name],
+                       anchor)
+    if record is not None:
+        task = record["task"]
+        print(f"[5/5] a demo answer: a {task} question (the task it scored best on among those it answered right, "
+              f"{results[bench.name]['tasks'][task]['score']:.0f}%), on a synth-bench image it answered right",
+              flush=True)
+    else:
+        record = next((r for r in records if r.get("task") == "rec"), None) or next(r for r in records
+                                                                                   if r.get("image"))
+        print("[5/5] a demo answer: no synth-bench question with an image was answered right in this run, so "
+              f"there is no right answer to show; asking a {record['task']} question anyway", flush=True)
+    image, answer, right = demo_answer(model, bench, record, out / "answer.png")
+    verdict = "right" if right else "wrong"
+    print(f"image:    {image}\nquestion: {record['question']}\nanswer:   {answer}\n"
+          f"          {verdict}: synth-bench's answer is {expected_answer(record)}")
+    print(f"drawn to {out / 'answer.png'}")
     print(f"model: {final}  (try: sphinx-x chat --model {final} --image {image})")
-    print(f"done in {(time.perf_counter() - started) / 60:.1f} min; scores in {out / 'eval' / 'scores.md'}", flush=True)
+    phases.append(Phase("demo answer", "1 question", plan.reserve_s, clock() - t))
+
+    table, warnings = summary(phases, plan, args.minutes)
+    print("run summary:\n" + table, end="", flush=True)
+    for w in warnings:
+        print(w, file=sys.stderr, flush=True)
+    print(f"scores in {out / 'eval' / 'scores.md'}", flush=True)
     return 0
