@@ -94,7 +94,7 @@ def build_training_model(cfg: TrainConfig, info, start_from: Path | None = None)
         model = prepare_model(_meta_like(cfg), cfg)
         D.apply_fsdp(model, info, cfg.train.precision == "bf16")
         model.to_empty(device=info.device)
-        D.load_sharded_from_rank0(model, full.state_dict() if full is not None else {})
+        D.load_sharded_from_rank0(model, full, info)
         del full
         tokenizer = D.broadcast_object(tokenizer, info)
     from sphinx_x.model_io import _rebuild_non_persistent_buffers

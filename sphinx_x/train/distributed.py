@@ -6,8 +6,8 @@ each vision expert (ConvNeXt stages, ViT blocks), and the root for the rest (emb
 projector, image tags); a frozen expert's trunk is a unit of its own. On GPU with `precision: bf16`
 parameters are cast to bf16 for compute and gradients are reduced in fp32 (`MixedPrecisionPolicy`).
 The model is sharded while still on the meta device and then filled (`load_sharded_from_dir`,
-`load_sharded_from_rank0`), so no rank holds more than its shards plus one tensor (rank 0 also holds
-the full model when it builds a preset). A single process trains the plain module.
+`load_sharded_from_rank0`), so no rank holds more than its shards plus one tensor (rank 0 holds about
+one full model when it builds a preset). A single process trains the plain module.
 """
 
 from __future__ import annotations
@@ -142,9 +142,7 @@ def load_sharded_from_dir(model: nn.Module, directory) -> None:
     from sphinx_x.model_io import _tied_names, weight_index
 
     where = weight_index(directory)
-    targets = dict(model.named_parameters())  # tied parameters appear once
-    targets.update((n, b) for n, b in model.named_buffers() if n.rpartition(".")[2] not in
-                   model.get_submodule(n.rpartition(".")[0])._non_persistent_buffers_set)
+    targets = _state_tensors(model)
     missing = [n for n in targets if n not in where and n not in _tied_names(model)]
     if missing:
         raise ValueError(f"{directory}: weights do not match the config: missing {missing[:5]}")
@@ -167,13 +165,43 @@ def load_sharded_from_dir(model: nn.Module, directory) -> None:
             del full
 
 
-def load_sharded_from_rank0(model: nn.Module, full_state: dict[str, torch.Tensor]) -> None:
-    """Fill a sharded model (after `to_empty`) from rank 0's full state dict, broadcast tensor by tensor;
-    the other ranks pass {} and keep only their shards."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+def load_sharded_from_rank0(model: nn.Module, full: nn.Module | None, info: DistInfo) -> None:
+    """Fill a sharded model (after `to_empty`) from rank 0's full model (`None` on the other ranks),
+    broadcast tensor by tensor. Rank 0 frees each full tensor once sent, so its memory stays about one
+    full model; the other ranks hold their shards plus one tensor."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
 
-    set_model_state_dict(model, full_state, options=StateDictOptions(full_state_dict=True,
-                                                                     broadcast_from_rank0=True))
+    targets = _state_tensors(model)
+    source = _state_tensors(full) if full is not None else None
+    if source is not None and list(source) != list(targets):
+        raise RuntimeError("the full model and the sharded one name different tensors")
+    comm = _comm_device(info)
+    with torch.no_grad():
+        for name, target in targets.items():
+            if source is not None:
+                buf = source[name].detach().to(comm, target.dtype).contiguous()
+                source[name].data = torch.empty(0, dtype=source[name].dtype)  # (tied aliases see it too)
+            else:
+                buf = torch.empty(tuple(target.shape), dtype=target.dtype, device=comm)
+            dist.broadcast(buf, src=0)
+            if isinstance(target, DTensor):  # this rank's slice of the broadcast tensor
+                local = distribute_tensor(buf.to(info.device), target.device_mesh, target.placements,
+                                          src_data_rank=None)
+                target.to_local().copy_(local.to_local())
+                del local
+            else:
+                target.copy_(buf)
+            del buf
+
+
+def _state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters (a tied one once, under its first name) and persistent buffers, in module order."""
+    out: dict[str, torch.Tensor] = dict(model.named_parameters())
+    for name, buf in model.named_buffers():
+        owner, _, attr = name.rpartition(".")
+        if attr not in model.get_submodule(owner)._non_persistent_buffers_set:
+            out[name] = buf
+    return out
 
 
 def set_gradient_sync(model: nn.Module, sync: bool) -> None:
