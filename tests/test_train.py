@@ -235,7 +235,12 @@ def test_every_preset_has_a_config_that_loads():
     from sphinx_x.config import PRESETS
     from sphinx_x.train.build import check_max_len, model_config
 
-    for name in PRESETS:
+    # The released SPHINX presets have no from-components recipe: they are fine-tuned from a converted
+    # directory (README "Run the released SPHINX models"), so only the SPHINX-X family needs a config here.
+    released = {p for p in PRESETS if p.startswith("sphinx")}
+    assert released == {"sphinx", "sphinx-1k", "sphinx-v2-1k", "sphinx-tiny", "sphinx-tiny-1k", "sphinx-moe",
+                        "sphinx-moe-1k"}
+    for name in sorted(set(PRESETS) - released):
         cfg = load_train_config(REPO / "configs" / f"{name}.yaml")
         model = model_config(cfg)
         check_max_len(cfg, model)
