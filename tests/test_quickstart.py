@@ -67,6 +67,10 @@ def test_summary_warns_only_when_the_machine_overran_the_plan():
     assert "too busy" in warning and "Every planned step ran" in warning
     half = f"one-stage training {qs.TRAIN_STEPS_PER_MIN / 2:.0f} steps/min against {qs.TRAIN_STEPS_PER_MIN:.0f}"
     assert half in warning
+    # the early note after expert pretraining: the whole run's time at the measured pace
+    assert qs.pace_note(_phases(plan, 0.9)[1], plan, 0.9 * (plan.corpus_s + plan.expert_s)) is None
+    note = qs.pace_note(_phases(plan, 2.0)[1], plan, 2.0 * (plan.corpus_s + plan.expert_s))
+    assert f"takes about {2 * plan.total_s / 60:.0f} min instead of 10.0" in note
     short = _phases(plan, 1.0)
     short[2].steps = 7
     _, warnings = qs.summary(short, plan, 10)
@@ -133,6 +137,7 @@ def test_quickstart_end_to_end(tmp_path, capsys, monkeypatch):
     assert "| expert pretraining | 3 of 3 planned steps |" in "\n".join(summary)
     assert "| one-stage training | 2 of 2 planned steps |" in "\n".join(summary)
     assert "warning: this machine was too busy (or slower) for the plan" in err
+    assert "note: expert pretraining ran" in err  # the early note, before the one-stage training
 
     # both evaluations: with images and blind; the blind one sent no image at all
     scores = json.loads((out / "eval" / "scores.json").read_text())["benchmarks"]

@@ -157,6 +157,19 @@ def summary(phases: list[Phase], plan: Plan, minutes: float) -> tuple[str, list[
     return "\n".join(lines) + "\n", warnings
 
 
+def pace_note(experts: Phase, plan: Plan, elapsed_s: float) -> str | None:
+    """After expert pretraining: a note when it ran slower than planned, with the time the whole run will
+    take at that pace (the user learns it now, not at the end)."""
+    slowdown = experts.wall_s / max(plan.expert_s, 1e-9)
+    if slowdown <= OVERRUN_WARNING:
+        return None
+    eta = elapsed_s + (plan.train_s + plan.eval_s + plan.reserve_s) * slowdown
+    return (f"note: expert pretraining ran {experts.steps / max(experts.wall_s / 60, 1e-9):.0f} steps/min against "
+            f"{experts.idle_rate:.0f} on 2 idle CPU cores: this machine is busy (or slower), so at this pace the "
+            f"run takes about {eta / 60:.0f} min instead of {plan.total_s / 60:.1f}. It still runs every planned "
+            "step; a smaller --minutes plans fewer.")
+
+
 def train_config(out: Path, mix: Path, steps: int, seed: int, progress: bool, model_config: Path | None = None):
     """The TrainConfig of the quickstart: RECIPE plus this run's paths, seed and planned steps; `model_config`
     (the pretrained experts' model.yaml) replaces the bare preset."""
@@ -299,6 +312,9 @@ def run(args: argparse.Namespace) -> int:
                         clock() - t, experts.steps, plan.expert_steps, EXPERT_STEPS_PER_MIN))
     print("      held-out: " + ", ".join(f"{n} names {100 * a:.0f}% of the objects' shapes"
                                          for n, a in experts.accuracy.items()) + " (chance 20%)", flush=True)
+    note = pace_note(phases[-1], plan, sum(p.wall_s for p in phases))
+    if note:
+        print(note, file=sys.stderr, flush=True)
 
     cfg = train_config(out / "train", corpus / "train.yaml", plan.train_steps, args.seed, progress, model_yaml)
     print(f"[3/5] training nano (experts frozen) on CPU: {plan.train_steps} steps of "
