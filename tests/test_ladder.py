@@ -169,3 +169,17 @@ def test_quick_mode_runs_one_rung_end_to_end(tmp_path, capsys):
     assert (tmp_path / "ladder.png").stat().st_size > 1000
     assert "| 3 | bind-color | base | 1 | 12 x 2 |" in (tmp_path / "table.md").read_text()
     assert "| 3 | bind-color | base |" in capsys.readouterr().out
+
+
+def test_patch_hook_loads_a_function_and_names_bad_specs(tmp_path):
+    from ladder.train import load_patch
+
+    f = tmp_path / "lever.py"
+    f.write_text("def bump(model):\n    model['n'] += 1\n")
+    model = {"n": 1}
+    load_patch(f"{f}:bump")(model)
+    assert model["n"] == 2
+    with pytest.raises(AttributeError, match="no function 'nope'"):
+        load_patch(f"{f}:nope")
+    with pytest.raises(FileNotFoundError, match="FILE.py:FUNC"):
+        load_patch(str(tmp_path / "missing.py") + ":bump")

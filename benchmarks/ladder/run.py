@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--init-llm", default=None,
                     help="LLM weights (safetensors) to start from, e.g. a text-pretrained stand-in")
     ap.add_argument("--optim", default="adamw", choices=["adamw", "muon"], help="optimizer (muon: hidden LLM matrices)")
+    ap.add_argument("--patch", action="append", default=[], metavar="FILE.py:FUNC",
+                    help="call FUNC(model) on every built model (an experimental lever); repeatable")
     ap.add_argument("--experts", default=None, help="model.yaml of `sphinx-x pretrain-experts` (frozen-pre control)")
     ap.add_argument("--force", action="store_true", help="rerun runs whose JSON already exists")
     ap.add_argument("--quick", action="store_true", help="smoke run: 12 steps, batch 2, 8 held-out samples, seed 0")
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     recipe_note = {"recipe": args.recipe, "overrides": args.overrides, "init_llm": args.init_llm,
-                   "optim": args.optim, "experts": args.experts}
+                   "optim": args.optim, "experts": args.experts, "patches": args.patch}
     jobs = plan(args)
     print(f"ladder: {len(jobs)} runs, {args.steps} steps x batch {args.batch}, out {out}")
     for task, control, seed in jobs:
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rung {task.rung} {task.name} / {control.name} / seed {seed}", flush=True)
         spec = RunSpec(task, control, seed, args.steps, args.batch, args.eval_every, args.eval_n, args.binding_n,
                        load_train_config(args.recipe, args.overrides), args.init_llm, args.optim, args.experts,
-                       log=lambda s: print(s, flush=True))
+                       args.patch, log=lambda s: print(s, flush=True))
         t0 = time.time()
         result = run_one(spec)
         write_json(path, {"rung": task.rung, "task": task.name, "control": control.name, "seed": seed,
