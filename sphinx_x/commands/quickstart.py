@@ -151,9 +151,9 @@ def summary(phases: list[Phase], plan: Plan, minutes: float) -> tuple[str, list[
                           for p in trained)
         warnings.append(
             f"warning: this machine was too busy (or slower) for the plan: the run took {wall / 60:.1f} min, "
-            f"{100 * (wall / plan.total_s - 1):.0f}% over the {plan.total_s / 60:.1f} min it takes on 2 idle CPU "
-            f"cores ({rates}). Every planned step ran, so the model and its scores are the planned ones; only the "
-            "time grew.")
+            f"{wall / plan.total_s:.1f} times the {plan.total_s / 60:.1f} min it takes on 2 idle CPU cores "
+            f"({rates}). Every planned step ran, so the model and its scores are the planned ones; only the time "
+            "grew.")
     return "\n".join(lines) + "\n", warnings
 
 
