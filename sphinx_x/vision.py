@@ -1,4 +1,4 @@
-"""Mixture of visual experts (SPEC sections 1-2): per-view tokens of every expert, blocks, projectors.
+"""Mixture of visual experts (README "How an image becomes tokens"): per-view tokens, blocks, projectors.
 
 The experts themselves are registered kinds in sphinx_x.experts (ConvNeXt, DINOv2, CLIP ViT, BLIP-2
 Q-Former). Per view, experts without `own_projector` give `1 + G*G` tokens each; their tokens are

@@ -148,7 +148,7 @@ class VisionExpert(nn.Module):
         return next(self.trunk.parameters()).dtype
 
     def train(self, mode: bool = True) -> VisionExpert:
-        # A frozen encoder must never see train-mode behaviour (dropout, drop-path), SPEC section 5.
+        # A frozen encoder must never see train-mode behaviour (dropout, drop-path): the experts stay in eval mode.
         return super().train(mode and not self.cfg.frozen)
 
     def normalize(self, views: torch.Tensor) -> torch.Tensor:
