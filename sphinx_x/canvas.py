@@ -1,4 +1,4 @@
-"""Canvas and tiling: the one place that turns an image into SPHINX-X views (SPEC section 2).
+"""Canvas and tiling: the one place that turns an image into SPHINX-X views (README "How an image becomes tokens").
 
 An image is resized (aspect kept) so its longer side fills a square canvas, pasted at the top-left
 corner or centred, and padded with the pad colour. Each expert sees the canvas as one global view
@@ -13,7 +13,7 @@ normalised canvas on the model's device (`accessory_views`, `renormalize`) with 
 interpolation.
 
 This module also owns the mapping between original-image pixels and canvas-normalised coordinates
-(SPEC section 3) in both directions, for both anchors.
+(README "How an image becomes tokens") in both directions, for both anchors.
 """
 
 from __future__ import annotations

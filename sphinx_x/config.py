@@ -20,7 +20,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# The canvas is padded with the CLIP mean colour (SPEC section 2).
+# The canvas is padded with the CLIP mean colour (README "How an image becomes tokens").
 CLIP_MEAN_RGB = tuple(round(255 * m) for m in CLIP_MEAN)
 
 

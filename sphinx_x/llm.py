@@ -1,6 +1,6 @@
 """The language-model backbone of SPHINX-X, built through transformers.
 
-Three families (SPEC section 6): Llama (TinyLlama, LLaMA2) as `LlamaForCausalLM`, Mixtral as
+Three families (README "The family"): Llama (TinyLlama, LLaMA2) as `LlamaForCausalLM`, Mixtral as
 `MixtralForCausalLM`, and InternLM2, which is run on the Llama architecture: its native checkpoint
 (packed `wqkv`, `w1/w2/w3`, `tok_embeddings`, `output`) is converted onto `LlamaForCausalLM` at load time.
 

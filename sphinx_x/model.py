@@ -48,7 +48,7 @@ class SphinxX(nn.Module):
         self.llm = build_llm(config.llm, device=_current_device())
         d = self.llm.config.hidden_size
         self.visual = MixtureOfVisualExperts(config.vision, d)
-        # Learnable image tags shared by every view (SPEC section 2).
+        # Learnable image tags shared by every view (README "How an image becomes tokens").
         self.image_start = nn.Parameter(torch.empty(d))
         self.image_end = nn.Parameter(torch.empty(d))
         self.skip_token = nn.Parameter(torch.empty(d))

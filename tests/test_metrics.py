@@ -1,4 +1,4 @@
-"""Metrics on hand-worked examples (SPEC section 8), each expected value computed by hand in the comments."""
+"""Metrics on hand-worked examples (README "Evaluation"), each expected value computed by hand in the comments."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@
     spotting        every kept line as a grounded phrase "<p>text</p> [x1, y1, x2, y2]"
     layout          every layout block as "<p>kind</p> [box]" (kinds: title, text, image)
 
-Boxes are canvas-normalised (SPEC section 3) through `CanvasGeometry` of the rendered page.
+Boxes are canvas-normalised (README "How an image becomes tokens") through `CanvasGeometry` of the rendered page.
 
 Output directory:
     images/<doc>/page-0001.png          rendered pages
@@ -39,7 +39,7 @@ from sphinx_x.curate.files import write_atomic
 from sphinx_x.curate.pdf_pages import PageContent, PdfOpenError, extract_page, open_pdf, page_rejection
 from sphinx_x.curate.text_quality import QualityConfig, dehyphenate
 from sphinx_x.data.geometry import format_phrase
-from sphinx_x.data.synth.ocr import LAYOUT_PROMPT, SPOTTING_PROMPT  # the SPEC's prompts, one definition
+from sphinx_x.data.synth.ocr import LAYOUT_PROMPT, SPOTTING_PROMPT  # SPHINX's prompts, one definition
 
 TRANSCRIBE_PROMPT = "Transcribe all the text in the image in reading order."
 TASKS = ("transcription", "spotting", "layout")

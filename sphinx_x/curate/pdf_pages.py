@@ -3,7 +3,7 @@
 PyMuPDF returns text coordinates in the *unrotated* page space while `get_pixmap` renders the page
 as displayed (its /Rotate applied). Every box therefore goes through `page.rotation_matrix` and then
 the render scale, so boxes land on the pixels of the rendered image for rotated pages too.
-Boxes here are in rendered-image pixels; the canvas mapping (SPEC section 3) is the builder's job.
+Boxes here are in rendered-image pixels; the canvas mapping (README "How an image becomes tokens") is the builder's job.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Everything between files on disk and a training batch (SPEC sections 3-4).
+"""Everything between files on disk and a training batch (README "Data").
 
 Modules (import them directly; this package imports nothing heavy so `sphinx_x.data.geometry` stays cheap):
   readers       JSON / lazy JSONL record readers, the mix YAML (`load_mix`), `DataError`

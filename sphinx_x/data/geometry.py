@@ -1,4 +1,4 @@
-"""Geometry in text (SPEC section 3): format and parse boxes, points, grounded phrases and marks.
+"""Geometry in text (README "How an image becomes tokens"): format and parse boxes, points, grounded phrases and marks.
 
 Coordinates here are already canvas-normalised to [0, 1]; mapping to and from image pixels is
 `sphinx_x.canvas.CanvasGeometry.to_canvas` / `to_pixels` and is deliberately not repeated here.

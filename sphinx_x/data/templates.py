@@ -5,7 +5,7 @@ character span per assistant message (in order), covering the answer and the tem
 marker; the encoder labels tokens by these spans. With `add_generation_prompt=True` the text ends
 with the cue for the next assistant answer (inference prompts).
 
-Registry: `get_template("accessory")` (SPEC section 4, the default) or `get_template("chat", tokenizer)`
+Registry: `get_template("accessory")` (README "Data", the default) or `get_template("chat", tokenizer)`
 (the backbone's own `chat_template`, rendered by transformers).
 """
 

@@ -32,7 +32,7 @@ from sphinx_x.eval.metrics import METRICS, RowError, check_row
 from sphinx_x.eval.rows_io import iter_checked_rows
 
 SHORT_ANSWER = "{question}\nAnswer the question using a single word or phrase."
-# SPEC section 3: SPHINX's REC prompt.
+# SPHINX's REC prompt.
 REC_PROMPT = "Please provide the bounding box coordinate of the region this sentence describes: {question}"
 SYNTH_BENCH = "synth-bench"
 DEFAULT_BENCHMARK = SYNTH_BENCH

@@ -7,7 +7,7 @@ Output layout of `evaluate(..., out_dir)`:
     out_dir/scores.json                     {"benchmarks": {name: per-benchmark scores}} (merged across runs)
     out_dir/scores.md                       markdown table: benchmark | task | metric | n | score
 
-Decoding is greedy, always (SPEC section 9: the public SPHINX evaluation sampled at temperature 0.1).
+Decoding is greedy, always (README "Evaluation": the public SPHINX evaluation sampled at temperature 0.1).
 Resuming: ids already in predictions.jsonl are not generated again; each batch is appended and flushed as
 soon as it is done, and a last line cut short by a crash is dropped, so an interrupted run continues
 where it stopped. Scores are computed from predictions.jsonl, so they equal `score_rows` over that file.
@@ -47,7 +47,7 @@ def generate_answers(model: Any, requests: list[dict[str, Any]], max_new_tokens:
 
 
 def model_anchor(model: Any) -> str:
-    """The pad anchor REC answers are read with: the model's canvas convention (SPEC section 3)."""
+    """The pad anchor REC answers are read with: the model's canvas convention (README)."""
     try:
         return model.config.vision.canvas.pad_anchor
     except AttributeError:

@@ -12,7 +12,7 @@ Requests follow lmms-eval's `Instance.args` contract:
 where `doc_to_visual(self.task_dict[task][split][doc_id])` returns the document's images (PIL) and
 `doc_to_target` is the continuation or a function of the document giving it.
 
-Decoding is greedy whatever `gen_kwargs` ask (SPEC section 9: evaluation never samples); `until` strings
+Decoding is greedy whatever `gen_kwargs` ask (README "Evaluation": evaluation never samples); `until` strings
 are honoured on top of the template's own stop strings and `max_new_tokens` is the answer budget.
 `loglikelihood` scores the continuation as the assistant's answer to `context` (the template's
 rendering decides the text between cue and answer, e.g. the accessory template's leading space).

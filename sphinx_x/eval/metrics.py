@@ -1,4 +1,4 @@
-"""Standard evaluation metrics (SPEC section 8), each a plain function over rows of predictions and ground truth.
+"""Standard evaluation metrics (README "Evaluation"), each a plain function over rows of predictions and ground truth.
 
 Row shapes (the same as `sphinx-x score` reads from JSONL, see `ROW_FIELDS`):
     vqa, anls                  {"prediction": str, "answers": [str, ...]}
@@ -163,7 +163,7 @@ def _to_number(text: str) -> float | None:
 
 def relaxed_match(prediction: str, answer: str, tolerance: float = 0.05) -> bool:
     """ChartQA relaxed correctness. `answer` is the ground truth: the 5% is relative to it (the public
-    SPHINX code swaps the arguments, measuring relative to the prediction; SPEC section 9)."""
+    SPHINX code swaps the arguments, measuring relative to the prediction; README "Evaluation")."""
     pred, gt = _to_number(prediction), _to_number(answer)
     if pred is not None and gt is not None:
         if gt == 0:
@@ -349,7 +349,7 @@ def predicted_box_pixels(
 ) -> list[float] | None:
     """The first box of the answer in original-image pixels, or None when the answer holds none.
 
-    coords="canvas": the box is canvas-normalised (SPEC section 3) and mapped with the model's pad anchor;
+    coords="canvas": the box is canvas-normalised (README) and mapped with the model's pad anchor;
     coords="pixels": the answer already gives original-image pixels."""
     if coords == "canvas":
         box = parse_box(prediction)

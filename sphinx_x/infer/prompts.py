@@ -4,7 +4,7 @@ A conversation is a list of turns `{"role": "system" | "user" | "assistant", "co
 "images": [...]}` where `images` (user turns only, optional) are the images attached to that turn, in
 order. Images may be paths, bytes or PIL images; they are loaded with `sphinx_x.canvas.load_image`.
 
-Where image tokens go (SPEC section 2, same contract as training via `DialogueEncoder.encode_prompt`):
+Where image tokens go (README, same contract as training via `DialogueEncoder.encode_prompt`):
 - text that already holds `<image>` placeholders keeps them (each user turn must hold exactly one per
   attached image);
 - otherwise, when only the first user turn carries images, they go right after BOS (the public

@@ -4,8 +4,8 @@ A training config has five sections:
 
     model:     what to train (a model directory to start from, or a preset / model config file to
                initialise randomly, with optional overrides such as local backbone weights)
-    data:      the data mix (SPEC section 4) and how samples are encoded
-    optim:     AdamW and the schedule (SPEC section 5: betas 0.9/0.95, no weight decay, warm-up + cosine)
+    data:      the data mix (README "Data") and how samples are encoded
+    optim:     AdamW and the schedule (README "Training": betas 0.9/0.95, no weight decay, warm-up + cosine)
     train:     steps, batch sizes, precision, activation checkpointing, compile, seeds
     output:    output directory, logging, checkpoints and resume
 

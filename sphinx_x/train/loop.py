@@ -1,4 +1,4 @@
-"""The one-stage SPHINX-X training loop (SPEC section 5), written out explicitly.
+"""The one-stage SPHINX-X training loop (README "Training"), written out explicitly.
 
 One optimizer step = one global batch = `accum` micro-batches on each of `world` ranks. The loss of
 a step is the summed token cross-entropy of the whole global batch divided by its number of

@@ -1,4 +1,4 @@
-"""The SPHINX-X learning-rate schedule: linear warm-up, then cosine decay to zero (SPEC section 5)."""
+"""The SPHINX-X learning-rate schedule: linear warm-up, then cosine decay to zero (README "Training")."""
 
 from __future__ import annotations
 

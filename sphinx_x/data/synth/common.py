@@ -65,7 +65,7 @@ def image_size(rng: random.Random, long_side: tuple[int, int] = (256, 384)) -> t
 
 
 def canvas_box(size: tuple[int, int], box: tuple[float, float, float, float]) -> list[float]:
-    """A pixel box of an image of `size` -> canvas-normalised (top-left anchor, SPEC section 3)."""
+    """A pixel box of an image of `size` -> canvas-normalised (top-left anchor, README)."""
     return CanvasGeometry(size[0], size[1], "top-left").to_canvas(box)
 
 

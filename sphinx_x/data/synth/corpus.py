@@ -107,7 +107,7 @@ def encode_png(img) -> bytes:
 
 
 def _conversation_row(sample: Sample, sid: str, image: str | None) -> dict[str, Any]:
-    # No `<image>` placeholder: the image goes right after BOS (SPEC section 2's rule for a sample
+    # No `<image>` placeholder: the image goes right after BOS (README's rule for a sample
     # without one), the same layout inference uses for "an image + a question" (`model.chat`, the
     # harness, synth-bench rows), so training and evaluation see identical prompts.
     conv = []

@@ -1,5 +1,5 @@
 """OCR-intensive samples: rendered words, lines and small pages (DejaVu fonts, several sizes) with
-transcription, text spotting with boxes (SPEC prompt) and layout blocks (SPEC prompt).
+transcription, text spotting with boxes (SPHINX's prompt) and layout blocks (SPHINX's prompt).
 
 Text stays learnable for the nano model: words from a small vocabulary, and fonts sized in *canvas*
 pixels (the image's longer side maps to 256), at least 28 px for words, so glyphs are ~20 px tall.

@@ -28,7 +28,7 @@ from sphinx_x.data.synth.common import (
 
 SHAPES = ["circle", "square", "triangle", "star"]
 
-# SPEC section 3 task prompts.
+# SPHINX's task prompts.
 REC_PROMPT = "Please provide the bounding box coordinate of the region this sentence describes: {}"
 GROUNDED_CAPTION_PROMPT = "Describe the image concisely. Include the bounding box for each mentioned object."
 DETECTION_PROMPT = "Detect all {} shown in the image."

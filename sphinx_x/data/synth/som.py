@@ -1,5 +1,5 @@
 """Set-of-Mark: numbered marks drawn on the objects of a scene, and the unmarked variant where the
-question names each mark by its point, "<Mark i> [x, y]" (SPEC section 3)."""
+question names each mark by its point, "<Mark i> [x, y]" (README "How an image becomes tokens")."""
 
 from __future__ import annotations
 
