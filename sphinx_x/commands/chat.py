@@ -17,7 +17,7 @@ from typing import Any
 from PIL import Image
 
 from sphinx_x.canvas import ImageError, load_image
-from sphinx_x.infer.cli_args import CommandError, add_generation_args, add_model_args, generation_config, load_model
+from sphinx_x.commands.cli_args import CommandError, add_generation_args, add_model_args, generation_config, load_model
 from sphinx_x.infer.prompts import PromptError, Turn, user_turn
 
 HELP = "commands: /image PATH (attach to the next question), /reset (new conversation), /quit"

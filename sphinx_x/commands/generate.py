@@ -20,7 +20,7 @@ from typing import Any
 from tqdm import tqdm
 
 from sphinx_x.canvas import ImageError, load_image
-from sphinx_x.infer.cli_args import CommandError, add_generation_args, add_model_args, generation_config, load_model
+from sphinx_x.commands.cli_args import CommandError, add_generation_args, add_model_args, generation_config, load_model
 from sphinx_x.infer.prompts import EncodedPrompt, PromptEncoder, PromptError, user_turn
 
 

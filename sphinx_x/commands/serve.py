@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from sphinx_x.infer.cli_args import CommandError, add_model_args, load_model
+from sphinx_x.commands.cli_args import CommandError, add_model_args, load_model
 
 
 def run(args: argparse.Namespace) -> int:

@@ -74,12 +74,9 @@ class SphinxXLmms(_LmmsBase):
         if model is None:
             if pretrained is None:
                 raise ValueError("sphinx_x: model_args needs pretrained=MODEL_DIR")
-            from sphinx_x.model import SphinxX
+            from sphinx_x.infer.loading import load_for_inference
 
-            if device in (None, "auto"):
-                device = "cuda" if torch.cuda.is_available() else "cpu"
-            torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-            model = SphinxX.from_pretrained(pretrained, device=device, dtype=torch_dtype)
+            model = load_for_inference(pretrained, device=None if device == "auto" else device, dtype=dtype)
         self.model = model.eval()
         self.batch_size = int(batch_size)
         self.max_new_tokens = int(max_new_tokens)

@@ -5,11 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import torch
-
+from sphinx_x.infer.loading import DTYPES, load_for_inference
 from sphinx_x.infer.options import GenerationConfig
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class CommandError(Exception):
@@ -44,14 +41,8 @@ def generation_config(args: argparse.Namespace) -> GenerationConfig:
 
 
 def load_model(args: argparse.Namespace) -> Any:
-    from sphinx_x.model import SphinxX
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.startswith("cuda") else None)
+    """The model of `--model/--device/--dtype` (sphinx_x/infer/loading.py); a bad directory is a CommandError."""
     try:
-        model = SphinxX.from_pretrained(args.model, device=device, dtype=dtype)
+        return load_for_inference(args.model, device=args.device, dtype=args.dtype)
     except (FileNotFoundError, ValueError) as e:
         raise CommandError(f"cannot load model {args.model}: {e}") from e
-    if model.tokenizer is None:
-        raise CommandError(f"{args.model}: the model directory holds no tokenizer files")
-    return model
