@@ -35,6 +35,27 @@ def test_vqa_normalisation(raw, expected):
     assert normalize_vqa_answer(raw) == expected
 
 
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("10%", "10%"),  # '%' is not one of the official marks: it stays
+        ("1.5.", "1.5"),  # the final period goes, the decimal point stays
+        ("$1,000", "$1000"),
+        ("1,000.50", "1000.50"),
+        ("three dogs", "3 dogs"),
+        ("twenty", "twenty"),  # only zero..ten (and "none") become digits
+        ("Eleven", "eleven"),
+        ("no one", "no 1"),
+        ("2:30", "2:30"),  # ':' is not an official mark either
+        ("3-4", "3 4"),
+        ("-5", "5"),  # a leading minus is a hyphen to the official script
+    ],
+)
+def test_vqa_number_normalisation_as_the_official_script(raw, expected):
+    # Expected values are what GT-Vision-Lab's vqaEval.py (processPunctuation + processDigitArticle) returns.
+    assert normalize_vqa_answer(raw) == expected
+
+
 def test_vqa_normalisation_matches_across_forms():
     assert M.vqa_accuracy("two", ["2"]) == 1.0
     assert M.vqa_accuracy("a dog", ["dog"]) == 1.0
@@ -83,16 +104,19 @@ def test_anls_threshold():
     gt = "abcdefghij"  # 10 characters
     assert M.anls_score("abcdefghij", [gt]) == 1.0
     assert M.anls_score("XYZdefghij", [gt]) == pytest.approx(0.7)  # distance 3/10
-    assert M.anls_score("XYZWefghij", [gt]) == pytest.approx(0.6)  # distance 4/10 < 0.5: kept
-    assert M.anls_score("XYZWVfghij", [gt]) == 0.0  # distance 5/10 = 0.5: not below the threshold -> 0
-    assert M.anls_score("XYZWVUghij", [gt]) == 0.0  # distance 0.6
+    assert M.anls_score("XYZWefghij", [gt]) == pytest.approx(0.6)  # distance 4/10: kept
+    # distance 5/10: similarity 0.5 is not below the threshold, so the official script keeps it
+    assert M.anls_score("XYZWVfghij", [gt]) == pytest.approx(0.5)
+    assert M.anls_score("XYZWVUghij", [gt]) == 0.0  # distance 0.6: similarity 0.4 < 0.5 -> 0
     long_gt = "a" * 100
-    assert M.anls_score("b" * 49 + "a" * 51, [long_gt]) == pytest.approx(0.51)  # distance 0.49: just below
-    assert M.anls_score("b" * 50 + "a" * 50, [long_gt]) == 0.0  # distance 0.50: at the threshold
+    assert M.anls_score("b" * 49 + "a" * 51, [long_gt]) == pytest.approx(0.51)
+    assert M.anls_score("b" * 50 + "a" * 50, [long_gt]) == pytest.approx(0.50)  # at the threshold: kept
+    assert M.anls_score("b" * 51 + "a" * 49, [long_gt]) == 0.0  # just past it
 
 
 def test_anls_case_whitespace_and_best_answer():
     assert M.anls_score("  Hello World ", ["hello world"]) == 1.0
+    assert M.anls_score("hello   world", ["Hello World"]) == 1.0  # runs of whitespace collapse
     # closest of several answers wins: "invoice" vs "invoices" is 1/8 away
     assert M.anls_score("invoice", ["receipt", "invoices"]) == pytest.approx(1 - 1 / 8)
     result = M.score_rows("anls", [{"prediction": "abc", "answers": ["abd"]}, {"prediction": "x", "answers": ["y"]}])
@@ -100,13 +124,21 @@ def test_anls_case_whitespace_and_best_answer():
     assert result.score == pytest.approx(100 / 3)
 
 
+def test_anls_divides_by_the_unstripped_length_like_the_official_script():
+    # The DocVQA script measures the distance on stripped text but divides by the longer text as given:
+    # "abd" vs "abc  " (5 characters with its spaces) is 1 edit / 5 -> 0.8, not 1/3 -> 0.667.
+    assert M.anls_score("abc  ", ["abd"]) == pytest.approx(0.8)
+    assert M.anls_score("abc", ["abd"]) == pytest.approx(2 / 3)
+
+
 # ---- relaxed accuracy (ChartQA) ----------------------------------------------------------------
 def test_relaxed_within_five_percent_of_ground_truth():
     assert M.relaxed_match("104.9", "100")
     assert M.relaxed_match("95", "100")  # exactly 5% below
-    assert M.relaxed_match("0.95", "1.0")  # 5% boundary despite binary rounding
     assert not M.relaxed_match("106", "100")
     assert not M.relaxed_match("94.9", "100")
+    # the reference compares in binary floating point without slack: |0.95 - 1.0| / 1.0 = 0.05000000000000004
+    assert not M.relaxed_match("0.95", "1.0")
 
 
 def test_relaxed_is_relative_to_ground_truth_not_prediction():
@@ -117,14 +149,50 @@ def test_relaxed_is_relative_to_ground_truth_not_prediction():
     assert M.score_rows("relaxed", rows).per_row == [1.0, 0.0]
 
 
-def test_relaxed_percent_zero_and_text():
-    assert M.relaxed_match("45%", "45")
-    assert M.relaxed_match("45", "46%")  # 1/46 = 2.2%
-    assert M.relaxed_match("1,000", "1000")
-    assert M.relaxed_match("0", "0.0")  # gt 0: exact numeric equality
+@pytest.mark.parametrize(
+    "prediction, answer, right",
+    [
+        ("25%", "0.25", True),  # a trailing '%' is a fraction: 25% = 0.25
+        ("0.25", "25%", True),
+        ("12", "12%", False),  # 12 vs 0.12
+        ("12%", "12", False),
+        ("45%", "45", False),
+        ("45", "46%", False),  # 45 vs 0.46
+        ("45%", "46%", True),  # 0.45 vs 0.46: 2.2%
+        ("45 %", "45%", True),  # float() ignores the space before the '%'
+        ("1,000", "1000", False),  # no thousands separators: "1,000" is text, compared as text
+        ("1,000", "1,000", True),
+        ("1e3", "1000", True),  # whatever float() reads
+        (" 7 ", "7", True),  # surrounding whitespace ignored
+    ],
+)
+def test_relaxed_percent_is_a_fraction(prediction, answer, right):
+    assert M.relaxed_match(prediction, answer) is right
+
+
+def test_relaxed_zero_ground_truth_and_text():
+    # a ground truth of 0 has no relative error: the reference compares the texts
+    assert M.relaxed_match("0", "0")
+    assert not M.relaxed_match("0.0", "0")
     assert not M.relaxed_match("0.001", "0")
+    assert not M.relaxed_match("0%", "0")
     assert M.relaxed_match("Yes", "yes")  # not numbers: case-insensitive exact
     assert not M.relaxed_match("yes.", "yes")
+
+
+def test_reference_examples_pix2struct():
+    # pix2struct/metrics_test.py (test_pix2struct_metrics): its relaxed accuracy is 62.5 and its ANLS 47.5.
+    predictions = ["abc", "abc", "Abc", "100%", "100%", "100%", "100%", "Don't"]
+    targets = ["abc", "Abc", "abc", "96%", "94%", "0.96", "0.94", "Won't"]
+    relaxed_rows = [{"prediction": p, "answer": t} for p, t in zip(predictions, targets)]
+    relaxed_result = M.score_rows("relaxed", relaxed_rows)
+    # 100% vs 0.96: 1.0 against 0.96 is 4.2% off -> right; 100% vs 0.94 (6.4%) and 94% -> wrong
+    assert relaxed_result.per_row == [1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0]
+    assert relaxed_result.score == pytest.approx(62.5)
+    anls_rows = [{"prediction": p, "answers": [t]} for p, t in zip(predictions, targets)]
+    anls_result = M.score_rows("anls", anls_rows)
+    assert anls_result.per_row == pytest.approx([1, 1, 1, 0, 0, 0, 0, 0.8])  # Don't/Won't: 1 edit in 5
+    assert anls_result.score == pytest.approx(47.5)
 
 
 # ---- exact and multiple choice -----------------------------------------------------------------
@@ -263,12 +331,18 @@ def test_rec_threshold_first_box_and_unparsable():
         M.score_rows("rec", rows, anchor="bottom")
 
 
-@pytest.mark.xfail(
-    not M._PARSE_BOXES_CAN_SKIP_CLAMP,
-    reason="sphinx_x.data.geometry.parse_boxes always clamps to [0, 1]: pixel answers need clamp=False",
-    strict=True,
-    raises=NotImplementedError,
-)
+def test_rec_iou_of_exactly_one_half_counts():
+    # Acc@0.5 counts IoU >= 0.5 (lmms-eval's refcoco compute_accuracy): [0, 0, 100, 50] in [0, 0, 100, 100]
+    # is 5000 / 10000 = 0.5 exactly -> right; [0, 0, 100, 49] -> 0.49 -> wrong.
+    def row(pred):
+        return {"prediction": pred, "gt_box": [0, 0, 100, 100], "width": 100, "height": 100}
+
+    result = M.score_rows("rec", [row("[0.00, 0.00, 1.00, 0.50]"), row("[0.00, 0.00, 1.00, 0.49]")])
+    assert result.per_row == [1.0, 0.0]
+    assert M.box_iou([0, 0, 10, 10], [10, 0, 20, 10]) == 0.0  # touching edges: no overlap
+    assert M.box_iou([0, 0, 10, 10], [5, 5, 5, 9]) == 0.0  # a box with no area
+
+
 def test_rec_pixel_coordinates_option():
     rows = [{"prediction": "[50, 15, 150, 45]", "gt_box": [50, 15, 150, 45], "width": 200, "height": 100}]
     assert M.score_rows("rec", rows, coords="pixels").score == 100.0

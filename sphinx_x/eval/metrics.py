@@ -12,7 +12,6 @@ MME score (perception + cognition, up to 2800); `per_row` in [0, 1]; `details` w
 
 from __future__ import annotations
 
-import inspect
 import re
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -24,7 +23,7 @@ from rapidfuzz.distance import Levenshtein
 from torchvision.ops import box_iou as _tv_box_iou
 
 from sphinx_x.canvas import CanvasGeometry
-from sphinx_x.data.geometry import parse_box, parse_boxes
+from sphinx_x.data.geometry import parse_box
 from sphinx_x.eval.vqa_normalize import normalize_vqa_answer
 
 
@@ -128,52 +127,63 @@ def vqa(rows: Sequence[Mapping]) -> MetricResult:
 
 
 # ---- ANLS --------------------------------------------------------------------------------------
+def _anls_text(text: str) -> str:
+    """Strip, lower-case and collapse runs of whitespace, as the DocVQA evaluation script does."""
+    return " ".join(text.strip().lower().split())
+
+
 def anls_score(prediction: str, answers: Sequence[str], threshold: float = 0.5) -> float:
-    """1 - normalised Levenshtein distance to the closest answer; 0 when that distance is >= threshold."""
-    pred = prediction.strip().lower()
+    """Average Normalized Levenshtein Similarity of one answer, as the official DocVQA / InfographicVQA
+    evaluation script (and lmms-eval's `anls`) computes it.
+
+    The edit distance is taken between the normalised texts (`_anls_text`) but divided by the longer of
+    the two texts *as given* (before stripping), a quirk of the official script kept so that scores
+    match it. The best answer wins; a similarity `1 - distance / length` below `threshold` scores 0,
+    so a distance of exactly half the length still scores 0.5."""
     best = 0.0
     for answer in answers:
-        dist = Levenshtein.normalized_distance(pred, answer.strip().lower())  # distance / longer length
-        best = max(best, 1.0 - dist if dist < threshold else 0.0)
+        distance = Levenshtein.distance(_anls_text(prediction), _anls_text(answer))
+        length = max(len(answer.upper()), len(prediction.upper()))
+        similarity = 1.0 - (distance / length if length else 0.0)
+        best = max(best, similarity if similarity >= threshold else 0.0)
     return best
 
 
 def anls(rows: Sequence[Mapping], threshold: float = 0.5) -> MetricResult:
+    """ANLS over rows {"prediction", "answers"} (DocVQA); `score` in percent."""
     per_row = [anls_score(r["prediction"], r["answers"], threshold) for r in rows]
     return _percent_result(per_row, threshold=threshold)
 
 
 # ---- relaxed accuracy (ChartQA) ----------------------------------------------------------------
-_THOUSANDS = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d*)?")
-
-
 def _to_number(text: str) -> float | None:
-    """A number written as '12', '-3.5', '45%', '1,234.5' -> float (the '%' is dropped, not divided)."""
-    t = text.strip()
-    if t.endswith("%"):
-        t = t[:-1].strip()
-    if _THOUSANDS.fullmatch(t):
-        t = t.replace(",", "")
+    """A number as the ChartQA reference reads it: Python's float(), and a trailing '%' divides by 100
+    ('25%' -> 0.25). Thousands separators are not read ('1,000' is text), as in the reference."""
     try:
-        value = float(t)
+        if text.endswith("%"):
+            return float(text.rstrip("%")) / 100.0
+        return float(text)
     except ValueError:
         return None
-    return value if value == value and abs(value) != float("inf") else None
 
 
 def relaxed_match(prediction: str, answer: str, tolerance: float = 0.05) -> bool:
-    """ChartQA relaxed correctness. `answer` is the ground truth: the 5% is relative to it (the public
-    SPHINX code swaps the arguments, measuring relative to the prediction; README "Evaluation")."""
+    """ChartQA relaxed correctness, as pix2struct's `relaxed_correctness` (used by lmms-eval) decides it.
+
+    When both texts read as numbers (`_to_number`) and the ground truth `answer` is not 0, the prediction
+    is right within `tolerance` relative to the ground truth (the public SPHINX code swaps the arguments,
+    measuring relative to the prediction). Otherwise the texts must match exactly, ignoring case; so a
+    ground truth of 0 needs the same text. Surrounding whitespace is ignored, as in Qwen-VL's evaluator,
+    which strips the prediction before this comparison."""
+    prediction, answer = prediction.strip(), answer.strip()
     pred, gt = _to_number(prediction), _to_number(answer)
-    if pred is not None and gt is not None:
-        if gt == 0:
-            return pred == 0
-        # The 1e-9 keeps boundary cases such as 0.95 vs 1.0 from failing on binary rounding.
-        return abs(pred - gt) / abs(gt) <= tolerance + 1e-9
-    return prediction.strip().lower() == answer.strip().lower()
+    if pred is not None and gt:  # gt of 0 (or not a number) falls through to the text comparison
+        return abs(pred - gt) / abs(gt) <= tolerance
+    return prediction.lower() == answer.lower()
 
 
 def relaxed(rows: Sequence[Mapping], tolerance: float = 0.05) -> MetricResult:
+    """ChartQA relaxed accuracy over rows {"prediction", "answer"}; `score` in percent."""
     per_row = [float(relaxed_match(r["prediction"], r["answer"], tolerance)) for r in rows]
     return _percent_result(per_row, tolerance=tolerance)
 
@@ -334,7 +344,6 @@ def pope(rows: Sequence[Mapping]) -> MetricResult:
 
 # ---- REC ---------------------------------------------------------------------------------------
 ANCHORS = ("top-left", "center")
-_PARSE_BOXES_CAN_SKIP_CLAMP = "clamp" in inspect.signature(parse_boxes).parameters
 
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -362,13 +371,7 @@ def predicted_box_pixels(
 
 def parse_box_pixels(text: str) -> list[float] | None:
     """The first box of `text` read as pixels: the geometry parser without its clamp to [0, 1]."""
-    if not _PARSE_BOXES_CAN_SKIP_CLAMP:
-        raise NotImplementedError(
-            "coords='pixels' needs sphinx_x.data.geometry.parse_boxes(text, clamp=False), which clamps to [0, 1] "
-            "in this version; score canvas-normalised answers with coords='canvas'"
-        )
-    boxes = parse_boxes(text, clamp=False)
-    return boxes[0] if boxes else None
+    return parse_box(text, clamp=False)
 
 
 def rec(
