@@ -11,8 +11,8 @@ same samples shuffled in with the rest, the control). Train on it with bench_nan
 A basics sample is the simplest question that can only be answered by reading the image: one object on
 the canvas asked its colour or its shape, or one word on a page to transcribe (a quarter of them). One
 question each: a second would name the object ("What color is the circle?" - "red", then "What shape is
-the red object?") and could be answered from the text. README "Training nano: what was measured" has
-the sweep that used it (no gain after the full budget, so the quickstart does not).
+the red object?") and could be answered from the text. docs/experiments.md (2026-11-26, "A fixed step count on
+an H100") has the sweep that used it (no gain after the full budget, so the quickstart does not).
 """
 
 from __future__ import annotations
