@@ -36,6 +36,8 @@ class Sample:
 
 
 def parse_sample(raw: Any, location: Location, root: Path, type_: str = "") -> Sample:
+    """Validate one raw record (a LLaVA-style `{"image"?, "conversations"}` object) into a `Sample`, image
+    paths resolved under `root`; problems raise DataError naming `location` and the field."""
     if not isinstance(raw, dict):
         raise DataError(location, f"a record must be a JSON object, got {type(raw).__name__}", reason="not_object")
     images = _parse_images(raw.get("image"), location, root)

@@ -192,6 +192,7 @@ def _parse_json_array(text: str, name: str) -> tuple[list[Any], list[int]]:
 
 
 def open_records(path: str | Path) -> RecordReader:
+    """A reader of the records of a .json (one array) or .jsonl (one record per line) data file."""
     path = Path(path)
     if not path.is_file():
         raise DataError(str(path), "data file not found", reason="missing_file")
@@ -221,11 +222,14 @@ class Source:
 
 @dataclass
 class Mix:
+    """A data mix (`load_mix`): the mix YAML's path and its sources."""
+
     path: Path
     sources: list[Source]
 
     @property
     def types(self) -> list[str]:
+        """The sources' data types, sorted and without repeats."""
         return sorted({s.type for s in self.sources})
 
 

@@ -35,6 +35,15 @@ from torch.utils.data import Sampler
 
 
 class TypeGroupedBatchSampler(Sampler[list[int]]):
+    """A DataLoader `batch_sampler` yielding this rank's micro-batches (lists of dataset indices) in the
+    plan of the module docstring: each global batch of one data type and of similar lengths.
+
+    `lengths` and `types` (and optional curriculum `phases`) give one value per dataset index;
+    `global_batch_size` must be a multiple of `micro_batch_size * world_size` (the quotient is the
+    gradient-accumulation steps). `seed` and the epoch (`set_epoch`) fix the plan; `bucket_batches` is how
+    many global batches of a type are sorted by length together; `drop_last` drops or fills a type's
+    incomplete last global batch."""
+
     def __init__(
         self,
         lengths: Sequence[int] | np.ndarray,
@@ -118,6 +127,7 @@ class TypeGroupedBatchSampler(Sampler[list[int]]):
 
     # ---- Sampler protocol --------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
+        """Plan `epoch` next; moving to a new epoch forgets a resume position loaded for another."""
         if epoch != self.epoch:
             self._start = 0
         self.epoch = epoch
@@ -140,6 +150,9 @@ class TypeGroupedBatchSampler(Sampler[list[int]]):
 
     # ---- resume ------------------------------------------------------------------------------
     def state_dict(self, consumed_micro_batches: int | None = None) -> dict[str, Any]:
+        """The resume position: the epoch and the global batches (plus micro-steps) done, counted from
+        `consumed_micro_batches` (what training used; default: what this sampler yielded), with the seed,
+        batch size and dataset size that `load_state_dict` checks."""
         done = self._yielded if consumed_micro_batches is None else consumed_micro_batches
         return {
             "epoch": self.epoch,
@@ -151,6 +164,8 @@ class TypeGroupedBatchSampler(Sampler[list[int]]):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a `state_dict()`: the next iteration starts at the recorded position. A state from a
+        different seed, global batch size or dataset size is a ValueError (the plan would differ)."""
         for key in ("seed", "global_batch_size", "num_samples"):
             mine = self.seed if key == "seed" else self.global_batch_size if key == "global_batch_size" \
                 else len(self.lengths)

@@ -28,12 +28,16 @@ class TemplateError(ValueError):
 
 
 class Template:
+    """A dialogue template: renders chat messages to text plus the character spans the loss covers."""
+
     name: str = ""
     stop_strings: tuple[str, ...] = ()
     # True when the rendered text already starts with the BOS token's text (chat templates usually do).
     includes_bos: bool = False
 
     def render(self, messages: Messages, add_generation_prompt: bool = False) -> tuple[str, list[Span]]:
+        """The text of `messages` ({"role", "content"} dicts) and the (start, end) character spans of the
+        assistant answers that carry loss; `add_generation_prompt` ends the text with the assistant cue."""
         raise NotImplementedError
 
 
@@ -138,10 +142,12 @@ def register_template(name: str, factory: Callable[[Any], Template]) -> None:
 
 
 def template_names() -> list[str]:
+    """The registered template names (what a config's `template` may be)."""
     return list(_REGISTRY)
 
 
 def get_template(name: str, tokenizer: Any = None) -> Template:
+    """The template registered as `name`, built for `tokenizer` (chat templates read theirs from it)."""
     if name not in _REGISTRY:
         raise TemplateError(f"unknown template {name!r}; valid templates: {', '.join(_REGISTRY)}")
     return _REGISTRY[name](tokenizer)

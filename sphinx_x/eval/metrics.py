@@ -29,11 +29,14 @@ from sphinx_x.eval.vqa_normalize import normalize_vqa_answer
 
 @dataclass(frozen=True)
 class MetricResult:
+    """A metric's result: `score` (percent, or MME's summed score), one value in [0, 1] per row, `details`."""
+
     score: float
     per_row: list[float]
     details: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self, metric: str) -> dict[str, Any]:
+        """The JSON shape `sphinx-x score --json` prints: {"metric", "score", "per_row", "details"}."""
         return {"metric": metric, "score": self.score, "per_row": self.per_row, "details": self.details}
 
 
@@ -122,6 +125,7 @@ def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
 
 
 def vqa(rows: Sequence[Mapping]) -> MetricResult:
+    """VQA accuracy over rows {"prediction", "answers"} (VQAv2, OK-VQA, TextVQA, VizWiz); `score` in percent."""
     per_row = [vqa_accuracy(r["prediction"], r["answers"]) for r in rows]
     return _percent_result(per_row, single_answer_rows=sum(len(r["answers"]) == 1 for r in rows))
 
@@ -195,6 +199,7 @@ def normalize_exact(text: str) -> str:
 
 
 def exact(rows: Sequence[Mapping]) -> MetricResult:
+    """Exact match after `normalize_exact` over rows {"prediction", "answer"} (GQA); `score` in percent."""
     per_row = [float(normalize_exact(r["prediction"]) == normalize_exact(r["answer"])) for r in rows]
     return _percent_result(per_row)
 
@@ -219,6 +224,8 @@ def extract_choice(text: str) -> str | None:
 
 
 def mc(rows: Sequence[Mapping]) -> MetricResult:
+    """Multiple-choice accuracy: the option letter of the prediction (`extract_choice`) against the answer's;
+    an answer that names no letter is a RowError, a prediction that names none counts as wrong."""
     per_row, unparsed = [], 0
     for i, r in enumerate(rows):
         gt = extract_choice(r["answer"])

@@ -45,6 +45,7 @@ def as_turns(prompt: PromptLike) -> list[Turn]:
 
 
 def encode(model: Any, prompt: PromptLike) -> EncodedPrompt:
+    """One prompt (see `as_turns`) as the model's token ids and image views, ready for `generate_batch`."""
     return PromptEncoder.for_model(model).encode(as_turns(prompt))
 
 

@@ -24,6 +24,9 @@ from sphinx_x.tokenizer import SPM_SPACE, SPM_UNKNOWN_SURFACE, TextDecoder, spm_
 
 
 class SentencePieceStream:
+    """Incremental detokenisation for SentencePiece tokenizers: `push` one id at a time; `text` always equals
+    decoding all ids so far, and `stable` is how much of it later ids can no longer change."""
+
     def __init__(self, decoder: TextDecoder):
         self.d = decoder
         self.ids: list[int] = []
@@ -78,6 +81,9 @@ class SentencePieceStream:
 
 
 class WindowStream:
+    """Incremental detokenisation for other tokenizers: re-decodes a window of recent ids (with `LOOKBACK` ids
+    of context) as ids arrive; `text` and `stable` as in `SentencePieceStream`."""
+
     LOOKBACK = 6  # ids of context before the commit point
 
     def __init__(self, decoder: TextDecoder):
@@ -121,4 +127,5 @@ class WindowStream:
 
 
 def text_stream(decoder: TextDecoder) -> Any:
+    """The incremental detokeniser for `decoder`: SentencePiece's own rules, else a decode window."""
     return SentencePieceStream(decoder) if decoder.sentencepiece else WindowStream(decoder)

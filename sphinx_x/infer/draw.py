@@ -22,6 +22,8 @@ PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30
 
 @dataclass
 class Annotation:
+    """A box or point read from an answer, with its label, in canvas-normalised and in pixel coordinates."""
+
     kind: str  # "box" (x1, y1, x2, y2) or "point" (x, y)
     label: str
     canvas: list[float]  # canvas-normalised, as written in the answer

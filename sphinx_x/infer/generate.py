@@ -30,6 +30,8 @@ from sphinx_x.tokenizer import TextDecoder, text_decoder
 
 @dataclass
 class Generation:
+    """One answer: its text (stop string / EOS not included), why it ended, token counts, generated ids."""
+
     text: str
     finish_reason: str  # "stop" (EOS or a stop sequence / string) or "length" (max_new_tokens reached)
     prompt_tokens: int  # visual tokens included
@@ -277,6 +279,8 @@ def compile_for_generation(model: Any, **compile_kwargs: Any) -> Any:
 def generate_batch(
     model: Any, prompts: Sequence[EncodedPrompt], configs: GenerationConfig | Sequence[GenerationConfig]
 ) -> list[Generation]:
+    """Decode every encoded prompt (`sphinx_x.infer.chat.encode`) in one batch and return their answers in
+    prompt order; `configs` is one GenerationConfig for all or one per prompt."""
     results: list[Generation | None] = [None] * len(prompts)
     for events in decode_batch(model, prompts, configs):
         for ev in events:

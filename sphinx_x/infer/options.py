@@ -60,6 +60,7 @@ class GenerationConfig:
 
     @property
     def do_sample(self) -> bool:
+        """Sampling when temperature > 0; temperature 0 is greedy decoding."""
         return self.temperature > 0
 
     @classmethod
@@ -72,6 +73,8 @@ class GenerationConfig:
         return dataclasses.replace(base or cls(), **kwargs)
 
     def logits_processors(self) -> LogitsProcessorList:
+        """The transformers logits processors these options imply (repetition penalty, then, when sampling,
+        temperature, top-k and top-p), applied to each step's logits in that order."""
         procs = LogitsProcessorList()
         if self.repetition_penalty != 1.0:
             procs.append(RepetitionPenaltyLogitsProcessor(self.repetition_penalty))
