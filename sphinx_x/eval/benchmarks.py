@@ -113,10 +113,6 @@ class Benchmark:
         return self.spec.name
 
 
-def benchmark_names() -> list[str]:
-    return list(BENCHMARKS)
-
-
 def _unknown(ref: str) -> BenchmarkError:
     return BenchmarkError(
         f"unknown benchmark {ref!r}: not a registered name and not an existing .jsonl file. "

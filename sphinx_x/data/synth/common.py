@@ -16,7 +16,7 @@ from typing import Any
 from PIL import Image, ImageFont
 
 from sphinx_x.canvas import CanvasGeometry
-from sphinx_x.data.geometry import format_box, format_point
+from sphinx_x.data.geometry import format_box
 
 # Big, saturated, well separated colours (names are the answers the model must produce).
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -71,10 +71,6 @@ def canvas_box(size: tuple[int, int], box: tuple[float, float, float, float]) ->
 
 def box_text(size: tuple[int, int], box: tuple[float, float, float, float]) -> str:
     return format_box(canvas_box(size, box))
-
-
-def point_text(size: tuple[int, int], point: tuple[float, float]) -> str:
-    return format_point(CanvasGeometry(size[0], size[1], "top-left").to_canvas(point))
 
 
 def plural(word: str, n: int) -> str:

@@ -20,7 +20,7 @@ import json
 import multiprocessing as mp
 import shutil
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,12 +91,6 @@ def make_sample(seed: int, split: str, index: int) -> Sample:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     domain, task = domain_of(split, index)
     return DOMAINS[domain].generate(sample_rng(seed, split, index), task)
-
-
-def sample_text(sample: Sample) -> Iterator[str]:
-    for q, a in sample.turns:
-        yield q
-        yield a
 
 
 # ---- rows --------------------------------------------------------------------------------------
