@@ -29,6 +29,8 @@ from sphinx_x.vision import MixtureOfVisualExperts
 
 @dataclass
 class SphinxXOutput:
+    """What `SphinxX.forward` returns: the loss fields when `labels` were given, else `logits` (and `cache`)."""
+
     loss: torch.Tensor | None = None  # loss_sum / loss_norm (+ weighted router loss for MoE)
     loss_sum: torch.Tensor | None = None  # summed (weighted) token cross-entropy, for global-batch normalisation
     num_tokens: int = 0  # supervised tokens in this batch
@@ -39,6 +41,14 @@ class SphinxXOutput:
 
 
 class SphinxX(nn.Module):
+    """The SPHINX-X multimodal LLM: a mixture of visual experts (`self.visual`), the learnable image tags
+    `image_start` / `image_end` / `skip_token`, and a causal LLM (`self.llm`) that reads the visual tokens
+    spliced into its input embeddings.
+
+    Build one from a config (`SphinxX(SphinxXConfig.from_name("nano"))`, randomly initialised except for
+    component checkpoints the config names) or load a model directory with `from_pretrained`. Inference:
+    `generate`, `chat`, `stream_generate`, `stream_chat`; training: `forward` with `labels`."""
+
     def __init__(self, config: SphinxXConfig):
         super().__init__()
         if config.llm.path is not None:  # local weights decide the LLM's dims; keep the config truthful
@@ -56,6 +66,7 @@ class SphinxX(nn.Module):
         self.tokenizer = None  # attached by from_pretrained when the directory holds tokenizer files
 
     def reset_tag_parameters(self) -> None:
+        """Re-draw the image tags (start, end, skip) from N(0, 0.02)."""
         for p in (self.image_start, self.image_end, self.skip_token):
             nn.init.normal_(p, std=0.02)
 
@@ -111,9 +122,29 @@ class SphinxX(nn.Module):
         loss_reduction: str = "token",
         logits_to_keep: int = 0,
     ) -> SphinxXOutput:
-        """`logits_to_keep=k` (no labels) computes logits at the last k positions only (0 = all): generation
-        needs the last position's, and the LM head over the whole prompt would cost a vocabulary projection
-        per prompt token."""
+        """One pass of the LLM over text and image tokens.
+
+        Inputs (B = batch, T = sequence length):
+        - `input_ids` (B, T) long: token ids where each image occupies a run of `visual_token_count(w, h,
+          config.vision)` positions equal to IMAGE_TOKEN_ID (`sphinx_x.image_tokens`), in order of appearance;
+          `sphinx_x.data.encode.DialogueEncoder` and `sphinx_x.infer.prompts.PromptEncoder` build such ids.
+        - `images`: the batch's `ImageBatch` (`sphinx_x.canvas.collate_images`), its images in the same order
+          as their runs in `input_ids`; None for text-only batches. A mismatch in counts is a ValueError.
+        - `attention_mask` (B, T): 1 for real tokens, 0 for padding; `position_ids` (B, T) optional.
+        - `labels` (B, T) long: the target id at every position the loss covers, IGNORE_INDEX (-100)
+          elsewhere (prompts, images, padding). They are aligned with `input_ids` and shifted inside: the
+          logits at position t are scored against `labels[:, t + 1]`.
+        - `loss_reduction`: "token" averages over supervised tokens, "turn" gives each answer turn equal
+          weight (`sphinx_x.losses`).
+        - `cache`, `use_cache`: the LLM's KV cache for incremental decoding; `inputs_embeds` replaces the
+          embedding of `input_ids` (then `images` is not read).
+        - `logits_to_keep=k` (no labels) computes logits at the last k positions only (0 = all): generation
+          needs the last position's, and the LM head over the whole prompt would cost a vocabulary
+          projection per prompt token.
+
+        Returns a `SphinxXOutput`. With `labels`: `loss` (mean cross-entropy plus, for a Mixtral LLM, the
+        weighted router load-balancing loss), `loss_sum`, `num_tokens`, `loss_norm`, `aux_loss`; the LM head
+        runs only at supervised positions, so no logits. Without: `logits` (B, T or k, vocab) and `cache`."""
         if inputs_embeds is None:
             inputs_embeds = self.embed_inputs(input_ids, images)
         moe = self.config.llm.arch == "mixtral"
@@ -153,6 +184,8 @@ class SphinxX(nn.Module):
 
     # ---- parameters -----------------------------------------------------------------------------
     def parameter_counts(self) -> dict[str, Any]:
+        """Parameter counts by part: "llm", "vision_experts" (per expert), "projector", "image_tags", "total"."""
+
         def count(module: nn.Module) -> int:
             return sum(p.numel() for p in module.parameters())
 
@@ -170,6 +203,8 @@ class SphinxX(nn.Module):
 
     # ---- model directories ----------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, tokenizer: Any = None, max_shard_bytes: int = 5 * 2**30) -> None:
+        """Write a model directory (config.json, sharded safetensors of at most `max_shard_bytes` each,
+        tokenizer files when a tokenizer is given or attached) that `from_pretrained` reads back."""
         from sphinx_x.model_io import save_model_dir
 
         save_model_dir(self, directory, tokenizer=tokenizer or self.tokenizer, max_shard_bytes=max_shard_bytes)
@@ -178,6 +213,9 @@ class SphinxX(nn.Module):
     def from_pretrained(
         cls, directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
     ) -> SphinxX:
+        """Load a model directory written by `save_pretrained` (or `sphinx-x init` / training), one tensor at a
+        time onto `device`. `dtype`: None loads floating weights as float32, a torch dtype casts them to it,
+        "auto" keeps the stored dtypes. The directory's tokenizer, if any, is attached as `model.tokenizer`."""
         from sphinx_x.model_io import load_model_dir
 
         return load_model_dir(cls, directory, device=device, dtype=dtype)

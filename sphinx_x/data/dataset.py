@@ -41,6 +41,9 @@ _EXIF_ORIENTATION = 0x0112
 
 @dataclass
 class Item:
+    """One encoded training sample: ids and labels (IGNORE_INDEX where no loss), its images' views, the
+    mix type it came from, its dataset index, and whether truncation cut it."""
+
     input_ids: torch.Tensor  # (T,) long
     labels: torch.Tensor  # (T,) long
     images: list[ImageViews]
@@ -52,6 +55,9 @@ class Item:
 
 @dataclass
 class Skipped:
+    """A sample that cannot be trained on: the reason (a short key such as "image_missing"), a message
+    naming the file / line and field, and its dataset index."""
+
     reason: str
     message: str
     index: int
@@ -73,6 +79,15 @@ def max_image_tokens(vision: VisionConfig) -> int:
 
 
 class MixDataset(Dataset):
+    """The training samples of a data mix (a mix YAML path or a loaded `Mix`), each source repeated or
+    sub-sampled by its `ratio` (seeded by `seed`). Indexing returns an `Item` or a `Skipped` marker (see the
+    module docstring); `Collator` pads a list of them into a batch.
+
+    `tokenizer` and `template` encode the dialogues; `vision` (the model's VisionConfig) decides how many
+    image tokens each image takes and how it is cut into views; `max_len` truncates (it must hold one full
+    image); `lenient` skips bad samples instead of raising `DataError`; `cache_dir` caches the sample-length
+    estimates that `lengths()` computes for batching."""
+
     def __init__(
         self,
         mix: Mix | str | Path,
@@ -113,6 +128,7 @@ class MixDataset(Dataset):
         return len(self.record_of)
 
     def type_of(self, i: int) -> str:
+        """The mix type (the source's `type`) of index i."""
         return self.type_names[self.type_ids[i]]
 
     # ---- reading -----------------------------------------------------------------------------
@@ -123,6 +139,7 @@ class MixDataset(Dataset):
         return parse_sample(reader.read(r), reader.location(r), src.root, src.type)
 
     def load_images(self, sample: Sample) -> list[Image.Image]:
+        """The sample's images, decoded and EXIF-rotated; a missing or unreadable file is a DataError."""
         out = []
         for k, path in enumerate(sample.images):
             name = "image" if len(sample.images) == 1 else f"image[{k}]"
@@ -234,6 +251,8 @@ class Collator:
     vision: VisionConfig
 
     def __call__(self, items: Sequence[Item | Skipped]) -> dict[str, Any]:
+        """The batch: right-padded `input_ids`, `labels`, `attention_mask` (B, T), `images` (an ImageBatch),
+        and the counts the trainer logs (`type`, token counts, `skipped`, `truncated`, `indices`)."""
         kept = [it for it in items if isinstance(it, Item)]
         skipped = Counter(it.reason for it in items if isinstance(it, Skipped))
         width = max((len(it.input_ids) for it in kept), default=0)
@@ -279,11 +298,13 @@ class SkipReport:
     samples: int = 0
 
     def add(self, batch: dict[str, Any]) -> None:
+        """Count one collated batch's samples, skips and truncations."""
         self.skipped.update(batch["skipped"])
         self.truncated += batch["truncated"]
         self.samples += batch["input_ids"].shape[0]
 
     def summary(self) -> str:
+        """Samples used, truncated and skipped so far, then one line per skip reason."""
         parts = [f"{self.samples} samples used, {self.truncated} truncated, {sum(self.skipped.values())} skipped"]
         parts += [f"  {reason}: {n}" for reason, n in sorted(self.skipped.items())]
         return "\n".join(parts)

@@ -66,6 +66,9 @@ class SampleRejected(Exception):
 
 @dataclass
 class Encoded:
+    """A dialogue as model input: ids (each image a run of IMAGE_TOKEN_ID), labels (IGNORE_INDEX where no
+    loss), and what truncation did."""
+
     input_ids: list[int]
     labels: list[int]
     num_images: int  # images whose tokens are in input_ids (truncation may drop trailing ones)
@@ -97,6 +100,10 @@ class DialogueEncoder:
 
     # ---- public ------------------------------------------------------------------------------
     def encode(self, messages: Messages, image_token_counts: Sequence[int] = ()) -> Encoded:
+        """A training sample: BOS, the rendered dialogue with the i-th "<image>" placeholder replaced by
+        `image_token_counts[i]` image positions, and labels equal to the ids exactly on the answers the
+        template supervises. Beyond `max_len`, trailing turns are dropped (or the first turn cut); a sample
+        left with no supervised token raises SampleRejected."""
         text, spans = self.template.render(images_after_bos(messages, len(image_token_counts)))
         ids, starts, ends, runs = self._sequence(text, image_token_counts)
         labels = _labels(ids, starts, ends, spans)

@@ -58,6 +58,8 @@ def as_images(images: ImageInput | Sequence[ImageInput] | None, max_pixels: int 
 
 
 def user_turn(question: str, images: ImageInput | Sequence[ImageInput] | None = None) -> Turn:
+    """A user turn `{"role": "user", "content": question, "images": [...]}` with its images loaded (paths,
+    bytes or PIL images; None for none)."""
     if not isinstance(question, str):
         raise PromptError(f"the question must be a string, got {type(question).__name__}")
     return {"role": "user", "content": question, "images": as_images(images)}
@@ -110,6 +112,7 @@ class PromptEncoder:
 
     @classmethod
     def for_model(cls, model: Any) -> PromptEncoder:
+        """The encoder for `model`'s tokenizer, template and vision config, cached on the model."""
         cached = getattr(model, "_prompt_encoder", None)
         if cached is None or cached.tokenizer is not model.tokenizer:
             cached = cls(model.tokenizer, model.config.template, model.config.vision)
@@ -117,6 +120,8 @@ class PromptEncoder:
         return cached
 
     def encode(self, turns: Sequence[Turn]) -> EncodedPrompt:
+        """Turns ending with a user turn -> the prompt's ids (template, image-token runs, the assistant cue)
+        and its images' views; a malformed prompt is a PromptError."""
         messages, images = layout_messages(turns)
         if not messages or messages[-1]["role"] != "user":
             raise PromptError("a generation prompt must end with a user turn")
