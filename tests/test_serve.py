@@ -1,6 +1,8 @@
 """The OpenAI-compatible server, driven by the official `openai` client on 127.0.0.1, plus malformed requests."""
 
 import base64
+import json
+import socket
 import threading
 import time
 
@@ -11,7 +13,10 @@ import torch
 from helpers_infer import data_uri, make_model_dir, noise_image, png_bytes
 
 from sphinx_x.model import SphinxX
+from sphinx_x.serve.convert import generation_config
+from sphinx_x.serve.engine import BatchEngine
 from sphinx_x.serve.runner import BackgroundServer
+from sphinx_x.serve.schemas import ChatCompletionRequest
 from sphinx_x.serve.settings import ServerSettings
 
 KEY = "test-key"
@@ -153,29 +158,33 @@ def test_local_images_only_under_the_allowed_root(model, tmp_path):
 
 
 def _hold_worker(app):
-    """Make the batching worker wait on an event before each batch; returns (entered, release)."""
+    """Make the worker wait on an event before each batch (static engine) or admission (continuous engine);
+    returns (engine, entered, release)."""
     engine = app.state.engine
     entered, release = threading.Event(), threading.Event()
-    original = engine._generate
+    name = "_generate" if isinstance(engine, BatchEngine) else "_admit"
+    original = getattr(engine, name)
 
-    def held(batch):
+    def held(jobs):
         entered.set()
         release.wait(30)
-        original(batch)
+        original(jobs)
 
-    engine._generate = held
+    setattr(engine, name, held)
     return engine, entered, release
 
 
-def test_full_queue_answers_429_and_pending_requests_are_batched(model):
-    settings = ServerSettings(**{**SETTINGS, "api_key": None, "max_queue": 3, "batch_size": 4})
+@pytest.mark.parametrize("engine_kind", ["static", "continuous"])
+def test_full_queue_answers_429_and_pending_requests_are_batched(model, engine_kind):
+    settings = ServerSettings(**{**SETTINGS, "api_key": None, "max_queue": 3, "batch_size": 4, "engine": engine_kind})
     with BackgroundServer(model, settings) as srv:
         engine, entered, release = _hold_worker(srv.app)
         questions = ["first", "second", "third", "fourth"]
         answers = {}
 
         def ask(q):
-            answers[q] = post(srv, {"messages": [{"role": "user", "content": q}], "max_tokens": 4}, key=None)
+            answers[q] = post(srv, {"messages": [{"role": "user", "content": q}], "max_tokens": 4, "min_tokens": 4},
+                              key=None)
 
         threads = [threading.Thread(target=ask, args=(questions[0],))]
         threads[0].start()
@@ -192,9 +201,59 @@ def test_full_queue_answers_429_and_pending_requests_are_batched(model):
         release.set()
         for t in threads:
             t.join(60)
-        assert engine.largest_batch == 3  # the three waiting requests ran as one batch
+        # static: the three waiting requests ran as one batch after "first"; continuous: they joined "first"
+        assert engine.largest_batch == (3 if engine_kind == "static" else 4)
         for q in questions:
             assert answers[q].status_code == 200
-            expected = model.generate([q], max_new_tokens=4)[0].text
-            assert answers[q].json()["choices"][0]["message"]["content"] == expected
+            expected = model.generate([q], max_new_tokens=4, min_new_tokens=4)[0]
+            assert answers[q].json()["choices"][0]["message"]["content"] == expected.text
+            assert answers[q].json()["usage"]["completion_tokens"] == expected.completion_tokens
         assert post(srv, ok_body(), key=None).status_code == 200
+
+
+def _hang_up_after_submit(srv, engine, body):
+    """Send `body` on a raw connection, close it once the engine has the job; returns the job."""
+    submitted, jobs = threading.Event(), []
+    original = engine.submit
+
+    def submit(job):
+        original(job)
+        jobs.append(job)
+        submitted.set()
+
+    engine.submit = submit
+    data = json.dumps(body).encode()
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", srv.port)) as conn:
+        conn.sendall(head + data)
+        assert submitted.wait(30)
+    return jobs[0]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_a_client_that_hangs_up_cancels_its_request(model, stream):
+    settings = ServerSettings(**{**SETTINGS, "api_key": None, "batch_size": 1})
+    with BackgroundServer(model, settings) as srv:
+        engine, entered, release = _hold_worker(srv.app)
+        blocker = threading.Thread(target=post, args=(srv, ok_body()), kwargs={"key": None})
+        blocker.start()
+        assert entered.wait(30)  # the worker is busy with the blocker; the next request waits in the queue
+        job = _hang_up_after_submit(srv, engine, {**ok_body(max_tokens=16, min_tokens=16), "stream": stream})
+        assert job.cancelled.wait(30)  # the disconnect reached the job
+        release.set()
+        blocker.join(60)
+        assert post(srv, ok_body(), key=None).status_code == 200
+        assert engine.admitted == 2  # the blocker and the last request: the cancelled one never took a slot
+
+
+def test_min_tokens_is_passed_to_generation(model, client):
+    msgs = user(text("Say something."))
+    r = client.chat.completions.create(model="nano", messages=msgs, max_tokens=12, extra_body={"min_tokens": 12})
+    expected = model.generate(["Say something."], max_new_tokens=12, min_new_tokens=12)[0]
+    assert r.choices[0].message.content == expected.text
+    assert r.usage.completion_tokens == expected.completion_tokens
+    req = ChatCompletionRequest(messages=msgs, max_tokens=12, min_tokens=5)
+    assert generation_config(req, ServerSettings(**SETTINGS), ()).min_new_tokens == 5
+    with pytest.raises(openai.BadRequestError, match="min_tokens 13 exceeds max_tokens 12"):
+        client.chat.completions.create(model="nano", messages=msgs, max_tokens=12, extra_body={"min_tokens": 13})

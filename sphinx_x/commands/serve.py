@@ -29,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
             max_images=args.max_images,
             max_tokens_limit=args.max_tokens,
             default_max_tokens=min(args.default_max_tokens, args.max_tokens),
+            engine=args.engine,
             batch_size=args.batch_size,
             batch_wait_s=args.batch_wait_ms / 1000,
             max_queue=args.max_queue,
@@ -52,7 +53,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set SPHINX_X_API_KEY)")
     p.add_argument("--model-name", default=None, help="id reported by /v1/models (default: the directory name)")
     p.add_argument("--image-root", default=None, metavar="DIR", help="allow local image paths under DIR")
-    p.add_argument("--batch-size", type=int, default=8, help="requests generated together")
+    p.add_argument("--engine", choices=("continuous", "static"), default="continuous",
+                   help="continuous: requests join and leave the batch between decode steps (default); "
+                        "static: a batch runs until its longest request finishes")
+    p.add_argument("--batch-size", type=int, default=8, help="requests generated together (batch slots)")
     p.add_argument("--batch-wait-ms", type=float, default=10.0, help="wait for more requests before a batch")
     p.add_argument("--max-queue", type=int, default=64, help="waiting requests before answering 429")
     p.add_argument("--max-tokens", type=int, default=1024, help="largest max_tokens a request may ask for")

@@ -1,9 +1,15 @@
-"""The batching engine: a bounded queue of encoded requests and one worker thread that generates them in
-batches (up to `batch_size`, waiting at most `batch_wait_s` for more after the first arrives).
+"""The serving engines: a bounded queue of encoded requests and one worker thread that generates them.
+
+Two schedules share the queue, the job type and the life cycle (`EngineBase`):
+- `BatchEngine` ("static"): takes up to `batch_size` requests (waiting at most `batch_wait_s` for more after
+  the first arrives) and generates them together until the last one finishes; a finished request's slot
+  stays idle until then.
+- `ContinuousEngine` ("continuous", `sphinx_x/serve/continuous.py`): a finished or cancelled request frees
+  its slot at once and waiting requests join between decode steps.
 
 Only the worker thread touches the model. Each job reports to its own `sink(kind, value)` callback
 ("piece" -> str, "done" -> Generation, "error" -> Exception), called from the worker thread; the web
-layer forwards them into its event loop.
+layer forwards them into its event loop. Setting `job.cancelled` (a client went away) drops the job.
 """
 
 from __future__ import annotations
@@ -30,13 +36,23 @@ class QueueFull(Exception):
 
 @dataclass
 class Job:
+    """One request: its encoded prompt, generation options and where its results go."""
+
     prompt: EncodedPrompt
     config: GenerationConfig
     sink: Sink
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
-class BatchEngine:
+def shutting_down() -> RuntimeError:
+    return RuntimeError("server shutting down")
+
+
+class EngineBase:
+    """The waiting queue (bounded: `submit` raises `QueueFull`), the worker thread and shutdown; a subclass
+    implements `_work()`, one round of the worker (it must return within about 0.1 s when idle), and
+    `_fail_running(exc)`, which ends whatever the worker holds when it stops."""
+
     def __init__(self, model: Any, batch_size: int = 8, batch_wait_s: float = 0.01, max_queue: int = 64):
         self.model = model
         self.batch_size = batch_size
@@ -44,8 +60,7 @@ class BatchEngine:
         self._queue: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.batches_run = 0  # statistics, read by tests and benchmarks
-        self.largest_batch = 0
+        self.largest_batch = 0  # statistics, read by tests and benchmarks
 
     def start(self) -> None:
         if self._thread is None:
@@ -58,12 +73,13 @@ class BatchEngine:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        self._fail_running(shutting_down())
         while True:  # fail whatever was still waiting
             try:
                 job = self._queue.get_nowait()
             except queue.Empty:
                 break
-            job.sink("error", RuntimeError("server shutting down"))
+            job.sink("error", shutting_down())
 
     def submit(self, job: Job) -> None:
         try:
@@ -75,16 +91,18 @@ class BatchEngine:
     def queued(self) -> int:
         return self._queue.qsize()
 
-    # ---- worker ------------------------------------------------------------------------------
-    def _collect(self) -> list[Job]:
-        try:
-            first = self._queue.get(timeout=0.1)
-        except queue.Empty:
-            return []
-        batch = [first]
-        deadline = time.monotonic() + self.batch_wait_s
-        while len(batch) < self.batch_size:
-            remaining = deadline - time.monotonic()
+    def _take(self, limit: int, first_timeout: float | None) -> list[Job]:
+        """Up to `limit` waiting jobs that are not cancelled. With `first_timeout`, wait that long for the
+        first, then up to `batch_wait_s` for more; without, take only what is already waiting."""
+        batch: list[Job] = []
+        if first_timeout is not None:
+            try:
+                batch.append(self._queue.get(timeout=first_timeout))
+            except queue.Empty:
+                return []
+            deadline = time.monotonic() + self.batch_wait_s
+        while len(batch) < limit:
+            remaining = deadline - time.monotonic() if first_timeout is not None else 0
             try:
                 batch.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
             except queue.Empty:
@@ -93,9 +111,26 @@ class BatchEngine:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            batch = self._collect()
-            if batch:
-                self._generate(batch)
+            self._work()
+
+    def _work(self) -> None:
+        raise NotImplementedError
+
+    def _fail_running(self, exc: Exception) -> None:
+        pass
+
+
+class BatchEngine(EngineBase):
+    """The static schedule: one batch at a time, generated until its longest request finishes."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.batches_run = 0
+
+    def _work(self) -> None:
+        batch = self._take(self.batch_size, first_timeout=0.1)
+        if batch:
+            self._generate(batch)
 
     def _generate(self, batch: list[Job]) -> None:
         self.batches_run += 1
@@ -114,7 +149,7 @@ class BatchEngine:
                     break
             for f, job in zip(finished, batch):  # left unfinished only by a shutdown
                 if not f and not job.cancelled.is_set():
-                    job.sink("error", RuntimeError("server shutting down"))
+                    job.sink("error", shutting_down())
         except Exception as e:  # one bad batch must not kill the worker; its requests get a 500
             log.exception("generation failed for a batch of %d", len(batch))
             for f, job in zip(finished, batch):

@@ -1,8 +1,8 @@
 """OpenAI chat-completions request and response shapes (the subset this server implements).
 
 Requests are validated by pydantic; a wrong type anywhere answers 400 naming the field. Unknown
-top-level fields are ignored (clients send many optional ones); `top_k` and `repetition_penalty`
-are accepted as extensions (pass them with the openai client's `extra_body`).
+top-level fields are ignored (clients send many optional ones); `top_k`, `repetition_penalty` and
+`min_tokens` are accepted as extensions (pass them with the openai client's `extra_body`).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ class ChatCompletionRequest(BaseModel):
     messages: list[Message] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    min_tokens: int | None = Field(default=None, ge=0)  # extension (vLLM's name): EOS is held off until then
     temperature: float | None = Field(default=None, ge=0, le=2)  # omitted -> greedy (deterministic service)
     top_p: float | None = Field(default=None, gt=0, le=1)
     top_k: int | None = Field(default=None, ge=0)
