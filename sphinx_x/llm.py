@@ -20,21 +20,17 @@ already adds `config.router_aux_loss_coef` times its own pooled balance loss (k 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file as load_safetensors
 from transformers import LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM, PretrainedConfig
 from transformers.modeling_utils import PreTrainedModel
 
 from sphinx_x.config import ConfigError, LLMConfig
+from sphinx_x.errors import CheckpointError
+from sphinx_x.fileio import read_json_object, read_state_dict
 
 ATTN_IMPLEMENTATION = "sdpa"
-
-
-class CheckpointError(ValueError):
-    """A local LLM directory is missing, malformed or of an unsupported kind; the message names the file."""
 
 
 # ---- configs -------------------------------------------------------------------------------------
@@ -90,15 +86,7 @@ def _read_config_json(path: str | Path) -> tuple[Path, dict]:
     if not root.is_dir():
         raise CheckpointError(f"LLM path {root} is not a directory (expected a transformers or InternLM2 checkpoint)")
     file = root / "config.json"
-    if not file.is_file():
-        raise CheckpointError(f"{file}: missing; an LLM directory needs a config.json")
-    try:
-        data = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{file}: not valid JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{file}: expected a JSON object at the top level")
-    return file, data
+    return file, read_json_object(file, CheckpointError, "an LLM directory needs a config.json")
 
 
 def _arch_of(file: Path, data: dict) -> str:
@@ -182,46 +170,6 @@ def internlm2_llama_config(path: str | Path) -> LlamaConfig:
 
 
 # ---- InternLM2 native checkpoints -----------------------------------------------------------------
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a local checkpoint directory: model.safetensors, pytorch_model.bin, or either sharded
-    with an `*.index.json` (its `weight_map` names the shard files)."""
-    root = Path(path)
-    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        index = root / index_name
-        if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise CheckpointError(f"{index}: not a shard index with a 'weight_map': {e}") from e
-            state: dict[str, torch.Tensor] = {}
-            for shard in sorted(set(weight_map.values())):
-                state.update(_read_weights_file(root / shard))
-            missing = sorted(set(weight_map) - set(state))
-            if missing:
-                raise CheckpointError(f"{index}: tensor {missing[0]!r} is listed but not in its shard")
-            return state
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (root / name).is_file():
-            return _read_weights_file(root / name)
-    raise CheckpointError(
-        f"{root}: no weights found (expected model.safetensors, pytorch_model.bin or a sharded *.index.json)"
-    )
-
-
-def _read_weights_file(file: Path) -> dict[str, torch.Tensor]:
-    if not file.is_file():
-        raise CheckpointError(f"{file}: weights file missing")
-    try:
-        if file.suffix == ".safetensors":
-            return load_safetensors(str(file))
-        state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # corrupt or truncated files raise many different types
-        raise CheckpointError(f"{file}: cannot read weights: {e}") from e
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{file}: expected a dict of tensors, got {type(state).__name__}")
-    return state
-
-
 def split_internlm2_wqkv(
     wqkv: torch.Tensor, num_heads: int, num_kv_heads: int, head_dim: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

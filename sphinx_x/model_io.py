@@ -1,14 +1,15 @@
 """Model directories: `config.json` + safetensors (sharded with an index above a size) + tokenizer files.
 
-Writes go to a temporary sibling directory that is renamed into place, so a crash mid-save never
+One writer, `write_model_files`, lays a directory out for `save_pretrained` (`save_model_dir`), training
+checkpoints and the final model (sphinx_x/train/checkpoint.py, `write_model_dir`) alike: tied output
+embeddings are stored once and re-tied on load. Writes go to a temporary sibling directory that is
+flushed to disk and renamed into place (`sphinx_x.fileio.atomic_directory`), so a crash mid-save never
 leaves a half-written model where a complete one is expected.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from sphinx_x.config import SphinxXConfig
+from sphinx_x.fileio import atomic_directory
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -26,16 +28,32 @@ INDEX_NAME = "model.safetensors.index.json"
 FORMAT_VERSION = 1
 
 
-def unique_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict with tied duplicates dropped (safetensors refuses shared storage)."""
-    seen: dict[int, str] = {}
+DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
+TIED_OUTPUT_EMBEDDING = "llm.lm_head.weight"  # stored once, as the input embeddings, when tied
+
+
+def tied_names(config: SphinxXConfig) -> set[str]:
+    """State-dict names not stored because `load_model_dir` re-ties them to another tensor."""
+    return {TIED_OUTPUT_EMBEDDING} if config.llm.tie_word_embeddings else set()
+
+
+def storable_state(state: dict[str, torch.Tensor], config: SphinxXConfig) -> dict[str, torch.Tensor]:
+    """What a model directory stores of `state`: the tied names dropped, every tensor detached, contiguous and
+    on the CPU. Any other tensors sharing storage are stored as separate copies (safetensors refuses shared
+    storage, and the loader re-ties only `tied_names`)."""
+    drop = tied_names(config)
     out: dict[str, torch.Tensor] = {}
-    for name, tensor in model.state_dict().items():
-        key = tensor.data_ptr() if tensor.device.type != "meta" else id(tensor)
-        if tensor.numel() and key in seen:
+    seen: set[tuple[int, int]] = set()
+    for name, tensor in state.items():
+        if name in drop:
             continue
-        seen[key] = name
-        out[name] = tensor.detach().contiguous()
+        tensor = tensor.detach().contiguous().cpu()
+        if tensor.numel():
+            span = (tensor.untyped_storage().data_ptr(), tensor.untyped_storage().nbytes())
+            if span in seen:
+                tensor = tensor.clone()
+            seen.add(span)
+        out[name] = tensor
     return out
 
 
@@ -51,35 +69,36 @@ def save_state_dict(state: dict[str, torch.Tensor], directory: Path, max_shard_b
         (directory / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
-def save_model_dir(model: Any, directory: str | Path, tokenizer: Any = None, max_shard_bytes: int = 5 * 2**30) -> None:
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    config = model.config.to_dict()
-    config["format_version"] = FORMAT_VERSION
-    if tokenizer is not None:
-        config["tokenizer"] = None  # the tokenizer now lives in this directory
-    (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-    save_state_dict(unique_state_dict(model), tmp, max_shard_bytes)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(tmp))
-    _fsync_dir(tmp)
-    if directory.exists():  # replace: move the old one aside first so a crash keeps one complete copy
-        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-        os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, directory)
+def write_config_json(directory: Path, config: SphinxXConfig, tokenizer_inside: bool) -> None:
+    """config.json with the format version; `tokenizer_inside`: the tokenizer files are in this directory."""
+    data = config.to_dict()
+    data["format_version"] = FORMAT_VERSION
+    if tokenizer_inside:
+        data["tokenizer"] = None  # the tokenizer now lives in this directory
+    (directory / CONFIG_NAME).write_text(json.dumps(data, indent=2) + "\n")
 
 
-def _fsync_dir(directory: Path) -> None:
-    for f in directory.iterdir():
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+def write_model_files(directory: Path, config: SphinxXConfig, state: dict[str, torch.Tensor], tokenizer: Any = None,
+                      max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> None:
+    """config.json + safetensors (+ tokenizer) into an existing directory: the layout `load_model_dir` reads.
+    Not atomic by itself: callers write into `sphinx_x.fileio.atomic_directory`'s temporary directory."""
+    write_config_json(directory, config, tokenizer is not None)
+    save_state_dict(storable_state(state, config), directory, max_shard_bytes)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(directory))
+
+
+def write_model_dir(directory: str | Path, config: SphinxXConfig, state: dict[str, torch.Tensor], tokenizer: Any = None,
+                    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> None:
+    """A complete model directory at `directory`, atomically (an existing one is replaced)."""
+    with atomic_directory(directory) as tmp:
+        write_model_files(tmp, config, state, tokenizer, max_shard_bytes)
+
+
+def save_model_dir(model: Any, directory: str | Path, tokenizer: Any = None,
+                   max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> None:
+    """`model` (its `config` and state dict) as a model directory at `directory`, atomically."""
+    write_model_dir(directory, model.config, model.state_dict(), tokenizer, max_shard_bytes)
 
 
 def read_config(directory: str | Path) -> SphinxXConfig:
@@ -159,7 +178,7 @@ def load_model_dir(
             raise ValueError(f"{directory}: {name} is stored with shape {tuple(tensor.shape)}, the config "
                              f"builds {tuple(want.shape)}")
         assign_tensor(model, name, tensor)
-    missing = [k for k in expected if k not in _tied_names(model)]
+    missing = [k for k in expected if k not in tied_names(config)]
     if missing or unexpected:
         raise ValueError(
             f"{directory}: weights do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}"
@@ -185,12 +204,6 @@ def assign_tensor(model: torch.nn.Module, name: str, tensor: torch.Tensor) -> No
         module._buffers[attr] = tensor
     else:
         raise KeyError(f"{name}: neither a parameter nor a buffer of the model")
-
-
-def _tied_names(model: torch.nn.Module) -> set[str]:
-    if getattr(model.llm.config, "tie_word_embeddings", False):
-        return {"llm.lm_head.weight"}
-    return set()
 
 
 def _rebuild_non_persistent_buffers(model: torch.nn.Module, device: str | torch.device,

@@ -8,6 +8,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from sphinx_x.fileio import atomic_path
+
 THRESHOLD = 0.9
 
 
@@ -125,7 +127,6 @@ def plot(runs: list[dict[str, Any]], path: str | Path) -> None:
         ax.set_ylabel("held-out accuracy")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = Path(path).with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    tmp.replace(path)

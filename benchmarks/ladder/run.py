@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 from pathlib import Path
 
 import torch
 
+from sphinx_x.fileio import write_json_atomic
 from sphinx_x.train.config import load_train_config
 
 from . import report
@@ -81,9 +80,7 @@ def plan(args: argparse.Namespace) -> list[tuple]:
 
 
 def write_json(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, data, indent=1)
 
 
 def finish(out: Path) -> str:

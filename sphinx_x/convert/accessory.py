@@ -17,7 +17,6 @@ after a failure the destination does not exist (or keeps its previous content).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from collections import Counter
@@ -32,7 +31,8 @@ from sphinx_x.config import ConfigError, SphinxXConfig
 from sphinx_x.convert.llm_plan import Output, copied, is_llm_key, llm_config_from_checkpoint, llm_outputs, output_shape
 from sphinx_x.convert.shards import PREFIX, ConversionError, ShardSet, find_shards
 from sphinx_x.convert.writer import ShardedSafetensorsWriter
-from sphinx_x.model_io import CONFIG_NAME, FORMAT_VERSION
+from sphinx_x.fileio import atomic_directory, read_json_object
+from sphinx_x.model_io import tied_names, write_config_json
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 SOURCE_NOTE = "accessory_source.json"  # provenance: llama_type, shard count, replicas that differed
@@ -84,18 +84,6 @@ class ModuleKeyMap:
 
 
 # ---- reading the source directory ----------------------------------------------------------------
-def _read_json(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise ConversionError(f"{path}: missing ({what})")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConversionError(f"{path}: not valid JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise ConversionError(f"{path}: expected a JSON object")
-    return data
-
-
 def _tokenizer_source(src: Path) -> Path:
     if (src / "tokenizer.model").is_file():
         return src / "tokenizer.model"
@@ -106,7 +94,7 @@ def _tokenizer_source(src: Path) -> Path:
 
 def _llama_type(src: Path, keymap: KeyMap) -> str:
     meta_file = src / "meta.json"
-    llama_type = _read_json(meta_file, "the official model type").get("llama_type")
+    llama_type = read_json_object(meta_file, ConversionError, "the official model type").get("llama_type")
     valid = keymap.llama_types()
     if llama_type not in valid:
         raise ConversionError(f"{meta_file}: unknown llama_type {llama_type!r}; valid: {', '.join(valid)}")
@@ -199,7 +187,7 @@ def _expected_shapes(cfg: SphinxXConfig) -> dict[str, tuple[int, ...]]:
     from sphinx_x.model import SphinxX
 
     model = SphinxX.from_config_without_weights(cfg)  # meta device: shapes only
-    tied = {"llm.lm_head.weight"} if cfg.llm.tie_word_embeddings else set()
+    tied = tied_names(cfg)
     return {k: tuple(v.shape) for k, v in model.state_dict().items() if k not in tied}
 
 
@@ -259,7 +247,7 @@ def convert_accessory(
     if dst.exists() and not overwrite and (not dst.is_dir() or any(dst.iterdir())):
         raise ConversionError(f"{dst}: already exists and is not empty (pass overwrite to replace it)")
     llama_type = _llama_type(src, keymap)
-    params = _read_json(src / "config.json", "the official ModelArgs")
+    params = read_json_object(src / "config.json", ConversionError, "the official ModelArgs")
     tokenizer_src = _tokenizer_source(src)
     paths = find_shards(src)
     experts = None
@@ -273,26 +261,15 @@ def convert_accessory(
     plan = plan_conversion(src, shards, llama_type, params, keymap, config)
     tokenizer = _load_tokenizer(tokenizer_src, plan.config.llm.vocab_size)
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.converting-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_directory(dst) as tmp:  # after a failure dst is as it was
         _write(tmp, plan, shards, torch_dtype, max_shard_bytes, progress)
-        config_dict = plan.config.to_dict()
-        config_dict["format_version"] = FORMAT_VERSION
-        (tmp / CONFIG_NAME).write_text(json.dumps(config_dict, indent=2) + "\n")
+        write_config_json(tmp, plan.config, tokenizer_inside=True)
         tokenizer.save_pretrained(str(tmp))
         if tokenizer_src.is_file():
             shutil.copyfile(tokenizer_src, tmp / tokenizer_src.name)
         note = {"llama_type": llama_type, "shards": [p.name for p in paths], "dtype": str(torch_dtype),
                 "dropped_keys": plan.dropped, "unequal_replicas": shards.unequal_replicas}
         (tmp / SOURCE_NOTE).write_text(json.dumps(note, indent=2) + "\n")
-        _fsync_files(tmp)
-        _move_into_place(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if shards.unequal_replicas:
         print(f"warning: {len(shards.unequal_replicas)} replicated tensors differ between shards; shard 0's copy "
               f"was used, as the official loader does: {_listed(shards.unequal_replicas)}", file=sys.stderr)
@@ -337,22 +314,3 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
-def _fsync_files(directory: Path) -> None:
-    for f in directory.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-
-
-def _move_into_place(tmp: Path, dst: Path) -> None:
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-        os.replace(tmp, dst)
-        if old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink()
-    else:
-        if dst.is_dir():
-            dst.rmdir()
-        os.replace(tmp, dst)

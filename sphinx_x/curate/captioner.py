@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from sphinx_x.curate.files import write_atomic
+from sphinx_x.fileio import write_atomic
 
 RETRYABLE_STATUS = {408, 409, 429}
 

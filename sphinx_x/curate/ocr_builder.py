@@ -35,11 +35,11 @@ import yaml
 from tqdm import tqdm
 
 from sphinx_x.canvas import CanvasGeometry
-from sphinx_x.curate.files import write_atomic
 from sphinx_x.curate.pdf_pages import PageContent, PdfOpenError, extract_page, open_pdf, page_rejection
 from sphinx_x.curate.text_quality import QualityConfig, dehyphenate
 from sphinx_x.data.geometry import format_phrase
 from sphinx_x.data.synth.ocr import LAYOUT_PROMPT, SPOTTING_PROMPT  # SPHINX's prompts, one definition
+from sphinx_x.fileio import write_atomic
 
 TRANSCRIBE_PROMPT = "Transcribe all the text in the image in reading order."
 TASKS = ("transcription", "spotting", "layout")

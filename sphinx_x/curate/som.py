@@ -30,11 +30,11 @@ from tqdm import tqdm
 from sphinx_x.canvas import CanvasGeometry, ImageError, load_image
 from sphinx_x.curate.captioner import Captioner, CaptionError
 from sphinx_x.curate.coco import AnnotationError, CocoImage, CocoObject, decode_mask, load_coco, mark_point
-from sphinx_x.curate.files import write_atomic
 from sphinx_x.curate.marks import draw_marks, font_size_for, label_size, place_labels
 from sphinx_x.curate.ocr_builder import DATA_TYPE
 from sphinx_x.data.geometry import format_mark
 from sphinx_x.data.synth.som import SOM_PROMPT
+from sphinx_x.fileio import write_atomic
 
 CAPTION_INSTRUCTION = (
     "The image has {n} numbered marks, coloured labels placed on objects. For each mark, write one detailed "

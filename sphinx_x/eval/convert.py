@@ -44,6 +44,7 @@ from typing import Any
 
 from sphinx_x.eval.benchmarks import BENCHMARKS, BenchmarkError, BenchmarkSpec
 from sphinx_x.eval.metrics import RowError, check_row
+from sphinx_x.fileio import write_atomic
 
 Item = dict[str, Any]
 _HW = re.compile(r"height(\d+)_width(\d+)")
@@ -210,9 +211,7 @@ def convert(
             raise BenchmarkError(f"{where}: {e.message}") from None
         rows.append(row)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    os.replace(tmp, out_path)
+    write_atomic(out_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     missing = sum(not (out_dir / r["image"]).is_file() for r in rows)
     summary: dict[str, Any] = {"benchmark": bench_name, "rows": len(rows), "out": str(out_path),
                                "image_root": str(root), "missing_images": missing}

@@ -16,7 +16,6 @@ where it stopped. Scores are computed from predictions.jsonl, so they equal `sco
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 from sphinx_x.eval.benchmarks import Benchmark, BenchmarkError, image_paths, load_rows, row_metric
 from sphinx_x.eval.metrics import ROW_FIELDS, score_rows
+from sphinx_x.fileio import open_jsonl_append, read_jsonl_for_resume, write_atomic, write_json_atomic
 
 # (model, [{"question": prompt, "images": [path, ...]}, ...], max_new_tokens) -> [(answer, finish_reason), ...]
 GenerateFn = Callable[[Any, list[dict[str, Any]], int], list[tuple[str, str]]]
@@ -57,24 +57,15 @@ def model_anchor(model: Any) -> str:
 # ---- predictions file ---------------------------------------------------------------------------
 def read_predictions(path: Path) -> list[dict[str, Any]]:
     """Rows of a predictions file; a last line cut short (an interrupted write) is dropped from the file."""
-    if not path.exists():
-        return []
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
     rows = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
+    for lineno, line in read_jsonl_for_resume(path):
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as e:
-            if i == len(lines) - 1 and not line.endswith("\n"):
-                print(f"note: {path}:{i + 1}: dropping a line cut short by an interrupted run", file=sys.stderr)
-                path.write_text("".join(lines[:i]), encoding="utf-8")
-                break
-            raise HarnessError(f"{path}:{i + 1}: not valid JSON ({e.msg}); delete the file or use --overwrite"
+            raise HarnessError(f"{path}:{lineno}: not valid JSON ({e.msg}); delete the file or use --overwrite"
                                ) from None
         if not isinstance(rows[-1], dict) or "id" not in rows[-1] or "prediction" not in rows[-1]:
-            raise HarnessError(f"{path}:{i + 1}: a prediction needs 'id' and 'prediction'; delete the file or "
+            raise HarnessError(f"{path}:{lineno}: a prediction needs 'id' and 'prediction'; delete the file or "
                                "use --overwrite")
     return rows
 
@@ -97,9 +88,7 @@ def _check_run(run_path: Path, settings: dict[str, Any], overwrite: bool) -> Non
             diff = "; ".join(f"{k}: {old.get(k)!r} then, {settings.get(k)!r} now" for k in changed)
             raise HarnessError(f"{run_path.parent}: existing predictions were made with other settings ({diff}); "
                                "use another --output directory or --overwrite")
-    tmp = run_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, run_path)
+    write_json_atomic(run_path, settings, sort_keys=True)
 
 
 # ---- scoring ------------------------------------------------------------------------------------
@@ -142,12 +131,6 @@ def scores_markdown(benchmarks: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_scores(out_dir: Path, results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """Merge `results` into out_dir/scores.json (other benchmarks of earlier runs are kept) and rewrite
     scores.md from the merged scores."""
@@ -159,8 +142,8 @@ def write_scores(out_dir: Path, results: Mapping[str, Mapping[str, Any]]) -> dic
         except json.JSONDecodeError:
             merged = {"benchmarks": {}}
     merged.setdefault("benchmarks", {}).update(results)
-    _write_atomic(path, json.dumps(merged, indent=2, sort_keys=False) + "\n")
-    _write_atomic(out_dir / "scores.md", scores_markdown(merged["benchmarks"]))
+    write_json_atomic(path, merged)
+    write_atomic(out_dir / "scores.md", scores_markdown(merged["benchmarks"]))
     return merged
 
 
@@ -199,9 +182,7 @@ def run_benchmark(
     todo.sort(key=lambda rl: (rl[0].get("task") or "", rl[1]))
     generate = generate_fn or generate_answers
     bar = _progress(len(bench.rows), len(bench.rows) - len(todo), bench.name, progress)
-    with pred_path.open("a", encoding="utf-8") as f:
-        if f.tell() and not pred_path.read_bytes().endswith(b"\n"):
-            f.write("\n")  # a file whose last line lacks its newline: keep appended records on lines of their own
+    with open_jsonl_append(pred_path) as f:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
             prompts = [bench.spec.format_prompt(row["question"]) for row, _ in batch]

@@ -16,7 +16,7 @@ from sphinx_x.experts.base import (
     resample_grid,
 )
 from sphinx_x.experts.timm_experts import load_expert_checkpoint
-from sphinx_x.experts.weights import read_state_dict
+from sphinx_x.fileio import read_state_dict
 
 __all__ = [
     "CheckpointError",

@@ -22,12 +22,10 @@ from torch import nn
 
 from sphinx_x.canvas import resize_half
 from sphinx_x.config import ConfigError, VisionExpertConfig
+from sphinx_x.errors import CheckpointError
+from sphinx_x.fileio import read_state_dict
 
 _KINDS: dict[str, type[VisionExpert]] = {}
-
-
-class CheckpointError(ValueError):
-    """A vision-expert weights file cannot be used; the message names the file and the offending keys."""
 
 
 def register_expert(kind: str):
@@ -51,6 +49,11 @@ def expert_class(kind: str, name: str = "?") -> type[VisionExpert]:
     if kind not in _KINDS:
         raise ConfigError(f"vision expert {name!r}: kind must be one of {', '.join(map(repr, _KINDS))}, got {kind!r}")
     return _KINDS[kind]
+
+
+def read_expert_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a vision-expert weights file or transformers directory (`sphinx_x.fileio.read_state_dict`)."""
+    return read_state_dict(path, "vision expert checkpoint")
 
 
 def first_keys(keys, n: int = 5) -> str:
@@ -92,6 +95,8 @@ class VisionExpert(nn.Module):
     # ---- what a kind provides ------------------------------------------------------------------
     @classmethod
     def validate_config(cls, cfg: VisionExpertConfig) -> None:
+        if cfg.checkpoint_format == "timm" and "timm" not in cls.checkpoint_formats:
+            cfg.checkpoint_format = cls.checkpoint_formats[0]  # the dataclass default: this kind reads other files
         if cfg.checkpoint_format not in cls.checkpoint_formats:
             raise ConfigError(
                 f"vision expert {cfg.name!r}: checkpoint_format must be one of "
@@ -102,6 +107,15 @@ class VisionExpert(nn.Module):
                               "(its tokens are not a summary + grid and cannot join the shared block)")
         if cfg.pos_embed != "resampled" and cls.kind != "dinov2":
             raise ConfigError(f"vision expert {cfg.name!r}: pos_embed {cfg.pos_embed!r} is for kind 'dinov2' only")
+        size = cls.built_view_size(cfg)
+        if size is not None and cfg.view_size != size:
+            raise ConfigError(f"vision expert {cfg.name!r}: view_size {cfg.view_size} but {cfg.arch or cls.kind} is "
+                              f"built for {size} px (its position embeddings are not interpolated)")
+
+    @classmethod
+    def built_view_size(cls, cfg: VisionExpertConfig) -> int | None:
+        """The one view size the trunk is built for, when `view_size` must equal it (None: any size)."""
+        return None
 
     @classmethod
     def num_tokens(cls, cfg: VisionExpertConfig, feature_grid: int) -> int:

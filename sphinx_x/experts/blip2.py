@@ -20,8 +20,7 @@ import torch
 from torch import nn
 
 from sphinx_x.config import ConfigError, VisionExpertConfig
-from sphinx_x.experts.base import CheckpointError, VisionExpert, check_state_keys, register_expert
-from sphinx_x.experts.weights import read_state_dict, read_weights_dir
+from sphinx_x.experts.base import CheckpointError, VisionExpert, check_state_keys, read_expert_state, register_expert
 
 _ARCH_KEYS = {"vision_config", "qformer_config", "num_query_tokens"}
 # Saved by transformers 4.x: a text-side FFN per Q-Former layer that queries never use (gone in 5.x).
@@ -71,14 +70,8 @@ class Blip2QFormerExpert(VisionExpert):
     grid_tokens = False
 
     @classmethod
-    def validate_config(cls, cfg: VisionExpertConfig) -> None:
-        if cfg.checkpoint_format == "timm":  # the dataclass default: this kind reads transformers files
-            cfg.checkpoint_format = "hf"
-        super().validate_config(cfg)
-        vision, _, _ = _configs(cfg)
-        if cfg.view_size != vision.image_size:
-            raise ConfigError(f"vision expert {cfg.name!r}: view_size {cfg.view_size} but vision_config.image_size "
-                              f"is {vision.image_size}")
+    def built_view_size(cls, cfg: VisionExpertConfig) -> int:
+        return _configs(cfg)[0].image_size  # vision_config.image_size
 
     @classmethod
     def num_tokens(cls, cfg: VisionExpertConfig, feature_grid: int) -> int:
@@ -98,7 +91,7 @@ class Blip2QFormerExpert(VisionExpert):
         path = Path(path)
         if fmt != "hf":
             raise CheckpointError(f"{path}: kind 'blip2_qformer' reads checkpoint_format 'hf', got {fmt!r}")
-        state = read_weights_dir(path) if path.is_dir() else read_state_dict(path)
+        state = read_expert_state(path)  # a transformers directory or one weights file of it
 
         def ignored(key: str) -> bool:
             return key.startswith(("language_model.", "language_projection.")) or bool(_TEXT_FFN.match(key))

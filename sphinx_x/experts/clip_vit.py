@@ -18,8 +18,14 @@ import torch
 from torch import nn
 
 from sphinx_x.config import ConfigError, VisionExpertConfig
-from sphinx_x.experts.base import CheckpointError, VisionExpert, check_state_keys, register_expert, summary_and_grid
-from sphinx_x.experts.weights import read_state_dict
+from sphinx_x.experts.base import (
+    CheckpointError,
+    VisionExpert,
+    check_state_keys,
+    read_expert_state,
+    register_expert,
+    summary_and_grid,
+)
 
 _ARCH_KEYS = {"vision_cfg", "embed_dim", "quick_gelu"}
 
@@ -48,15 +54,8 @@ class ClipViTExpert(VisionExpert):
     checkpoint_formats = ("open_clip",)
 
     @classmethod
-    def validate_config(cls, cfg: VisionExpertConfig) -> None:
-        if cfg.checkpoint_format == "timm":  # the dataclass default: this kind reads OpenCLIP files
-            cfg.checkpoint_format = "open_clip"
-        super().validate_config(cfg)
-        _, vision_cfg, _ = _tower_config(cfg)
-        size = vision_cfg.get("image_size", 224)
-        if cfg.view_size != size:
-            raise ConfigError(f"vision expert {cfg.name!r}: view_size {cfg.view_size} but {cfg.arch} is built for "
-                              f"{size} px (its position embeddings are not interpolated)")
+    def built_view_size(cls, cfg: VisionExpertConfig) -> int:
+        return _tower_config(cfg)[1].get("image_size", 224)
 
     def build_trunk(self) -> tuple[nn.Module, int]:
         from open_clip.model import _build_vision_tower
@@ -89,7 +88,7 @@ class ClipViTExpert(VisionExpert):
         path = Path(path)
         if fmt != "open_clip":
             raise CheckpointError(f"{path}: kind 'clip_vit' reads checkpoint_format 'open_clip', got {fmt!r}")
-        state = read_state_dict(path)
+        state = read_expert_state(path)
         tower = {k[len("visual.") :]: v for k, v in state.items() if k.startswith("visual.")}
         if not tower:
             raise CheckpointError(f"{path}: no keys under 'visual.'; is this an OpenCLIP CLIP checkpoint? "

@@ -24,11 +24,11 @@ from sphinx_x.experts.base import (
     CheckpointError,
     VisionExpert,
     check_state_keys,
+    read_expert_state,
     register_expert,
     resample_grid,
     summary_and_grid,
 )
-from sphinx_x.experts.weights import read_state_dict
 
 DINOV2_INTERPOLATE_OFFSET = 0.1  # facebookresearch/dinov2 `interpolate_offset`
 
@@ -164,7 +164,7 @@ def load_expert_checkpoint(expert: VisionExpert, path: str | Path, fmt: str = "t
         expert.load_checkpoint(path, fmt)
         return
     path = Path(path)
-    state = read_state_dict(path)
+    state = read_expert_state(path)
     trunk = expert.trunk
     if fmt == "open_clip":
         prefix = "visual.trunk."

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
+
+from sphinx_x.fileio import atomic_path, open_jsonl_append, write_atomic
 
 METRICS_NAME = "metrics.jsonl"
 PLOT_NAME = "loss_lr.png"
@@ -38,9 +39,7 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 def truncate_metrics(path: Path, last_step: int) -> None:
     """Keep only records with step <= last_step (atomically rewritten)."""
     kept = [r for r in read_metrics(path) if r.get("step", 0) <= last_step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    os.replace(tmp, path)
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 class RunLogger:
@@ -59,7 +58,7 @@ class RunLogger:
             truncate_metrics(self.metrics_path, start_step)
         elif start_step == 0 and self.metrics_path.exists():
             self.metrics_path.unlink()  # a fresh run starts a fresh log
-        self._file = open(self.metrics_path, "a")  # noqa: SIM115 - kept open for the whole run
+        self._file = open_jsonl_append(self.metrics_path)  # kept open for the whole run
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -136,8 +135,7 @@ def plot_loss_lr(metrics_path: Path, out_png: Path) -> bool:
     ax.set_title("training loss and learning rate")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = out_png.with_name(out_png.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, out_png)
     return True
