@@ -290,5 +290,5 @@ def test_truncated_weights_file(tmp_path):
     config = internlm2_config_json()
     write_internlm2_checkpoint(tmp_path, config, random_internlm2_state(config))
     (tmp_path / "model.safetensors").write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="model.safetensors: cannot read weights"):
+    with pytest.raises(CheckpointError, match="model.safetensors: cannot read safetensors file"):
         build_llm(LLMConfig(path=str(tmp_path)))

@@ -15,7 +15,7 @@ import pytest
 import torch
 from test_train import NANO_YAML, fast_overrides, losses, make_corpus
 
-from sphinx_x.train.checkpoint import FAULT_ENV, list_checkpoints
+from sphinx_x.train.checkpoint import list_checkpoints
 
 pytestmark = pytest.mark.slow  # separate processes, about a minute each
 
@@ -30,6 +30,20 @@ def command(mix: Path, out: Path, *extra: str) -> list[str]:
             *fast_overrides(mix, out, **{"output.save_every": 2, "output.keep_last": 2,
                                          "train.deterministic": True}),
             "--max-steps", str(STEPS), *extra]
+
+
+# `sphinx-x train` in a process whose checkpoint writer is SIGKILLed once step 4's files are written and
+# flushed, just before the rename that would publish them (the seam `checkpoint.before_publish`).
+KILL_BEFORE_PUBLISHING_STEP_4 = """
+import os, signal, sys
+from sphinx_x.train import checkpoint
+def before_publish(tmp, final):
+    if final.name == "step-000004":
+        os.kill(os.getpid(), signal.SIGKILL)
+checkpoint.before_publish = before_publish
+from sphinx_x.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 def run(cmd: list[str], env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -94,17 +108,20 @@ def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(corpus, referenc
     from sphinx_x.model import SphinxX
 
     out = tmp_path / "crash"
-    proc = run(command(corpus, out), env={FAULT_ENV: "4"})  # SIGKILL after step 4's files, before the rename
+    cmd = command(corpus, out)
+    assert cmd[1:3] == ["-m", "sphinx_x.cli"]
+    proc = run([sys.executable, "-c", KILL_BEFORE_PUBLISHING_STEP_4, *cmd[3:]])
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert [s for s, _ in list_checkpoints(out / "ckpt")] == [2]
-    assert (out / "ckpt" / ".tmp-step-000004" / "trainer_state.pt").is_file()  # the half-published one
+    unpublished = list((out / "ckpt").glob(".tmp-step-000004.*"))
+    assert len(unpublished) == 1 and (unpublished[0] / "trainer_state.pt").is_file()  # the half-published one
     model = SphinxX.from_pretrained(out / "ckpt" / "step-000002")
     assert model.config.name == "nano"
 
     proc = run(command(corpus, out, "--resume"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert losses(out) == losses(reference)
-    assert not (out / "ckpt" / ".tmp-step-000004").exists()
+    assert not list((out / "ckpt").glob(".tmp-step-*"))
 
 
 def test_fsdp_two_ranks_match_one_process(corpus, reference, tmp_path):

@@ -26,6 +26,7 @@ from sphinx_x.config import ConfigError
 from sphinx_x.constants import IGNORE_INDEX, IMAGE_TOKEN_ID
 from sphinx_x.data.dataset import SkipReport
 from sphinx_x.losses import loss_weights
+from sphinx_x.model_io import write_model_dir
 from sphinx_x.train import checkpoint as ckpt
 from sphinx_x.train import distributed as D
 from sphinx_x.train.build import (
@@ -312,8 +313,7 @@ class Trainer:
         state = D.full_state_dict(self.model, self.info)
         final = self.out / "final"
         if self.info.is_main:
-            ckpt.atomic_directory_write(
-                final, lambda tmp: ckpt.write_model_files(tmp, self.model_config, state, self.tokenizer))
+            write_model_dir(final, self.model_config, state, self.tokenizer)
         D.barrier(self.info)
         return final
 
