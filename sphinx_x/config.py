@@ -188,7 +188,7 @@ class SphinxXConfig:
 
     # ---- (de)serialisation ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return _to_plain(dataclasses.asdict(self))
+        return to_plain(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SphinxXConfig:
@@ -201,7 +201,9 @@ class SphinxXConfig:
             if path.suffix in (".yaml", ".yml")
             else json.dumps(self.to_dict(), indent=2) + "\n"
         )
-        path.write_text(text)
+        from sphinx_x.fileio import write_atomic  # torch-importing module: loaded only when saving
+
+        write_atomic(path, text)
 
     @classmethod
     def load(cls, path: str | Path) -> SphinxXConfig:
@@ -223,11 +225,12 @@ class SphinxXConfig:
         return self.vision.tokens_per_view
 
 
-def _to_plain(obj: Any) -> Any:
+def to_plain(obj: Any) -> Any:
+    """`dataclasses.asdict` output as YAML/JSON-ready data: tuples become lists, recursively."""
     if isinstance(obj, dict):
-        return {k: _to_plain(v) for k, v in obj.items()}
+        return {k: to_plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_to_plain(v) for v in obj]
+        return [to_plain(v) for v in obj]
     return obj
 
 

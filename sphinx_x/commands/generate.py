@@ -21,27 +21,15 @@ from tqdm import tqdm
 
 from sphinx_x.canvas import ImageError, load_image
 from sphinx_x.commands.cli_args import CommandError, add_generation_args, add_model_args, generation_config, load_model
+from sphinx_x.errors import RowError
+from sphinx_x.fileio import open_jsonl_append, read_jsonl_for_resume
 from sphinx_x.infer.prompts import EncodedPrompt, PromptEncoder, PromptError, user_turn
 
 
-class RowError(ValueError):
-    """One input row cannot be answered; the message names the field."""
-
-
 def answered_ids(output: Path) -> set[str]:
-    """Ids in an existing output file. A trailing line without newline (a crash mid-write) is cut off."""
-    if not output.exists():
-        return set()
-    data = output.read_bytes()
-    if data and not data.endswith(b"\n"):
-        keep = data.rfind(b"\n") + 1
-        with open(output, "r+b") as f:
-            f.truncate(keep)
-        data = data[:keep]
+    """Ids in an existing output file. A last line cut short by a crash mid-write is cut off the file."""
     ids = set()
-    for lineno, line in enumerate(data.decode("utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for lineno, line in read_jsonl_for_resume(output):
         try:
             ids.add(_key(json.loads(line)["id"]))
         except (json.JSONDecodeError, KeyError, TypeError) as e:
@@ -132,8 +120,7 @@ def run(args: argparse.Namespace) -> int:
         done.add(_key(row["id"]))  # a repeated id later in the input is skipped too
         todo.append((lineno, row))
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with open(dst, "a", encoding="utf-8") as out, tqdm(total=len(todo), unit="q", file=sys.stderr) as bar:
+    with open_jsonl_append(dst) as out, tqdm(total=len(todo), unit="q", file=sys.stderr) as bar:
         for start in range(0, len(todo), args.batch_size):
             batch = []
             for lineno, row in todo[start : start + args.batch_size]:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from sphinx_x.commands.argtypes import positive_float, positive_int
+from sphinx_x.fileio import write_atomic
 
 # configs/nano.yaml without its paths (tests/test_quickstart.py checks that the two agree).
 RECIPE: dict[str, Any] = {
@@ -336,9 +336,7 @@ def run(args: argparse.Namespace) -> int:
     results[BLIND]["images"] = "none: each row's question alone, without image tokens"
     write_scores(out / "eval", results)
     table = scores_side_by_side(results[bench.name], results[BLIND])
-    tmp = out / "eval" / "scores.md.tmp"
-    tmp.write_text(table, encoding="utf-8")
-    os.replace(tmp, out / "eval" / "scores.md")  # the side-by-side table replaces the harness's
+    write_atomic(out / "eval" / "scores.md", table)  # the side-by-side table replaces the harness's
     print(table, end="", flush=True)
     phases.append(Phase("evaluation", f"{args.bench_rows} rows with images + {args.bench_rows} blind", plan.eval_s,
                         clock() - t))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from sphinx_x.data.encode import DialogueEncoder, SampleRejected
 from sphinx_x.data.readers import DataError, Mix, expand_ratio, load_mix
 from sphinx_x.data.sampler import TypeGroupedBatchSampler
 from sphinx_x.data.templates import Template, TemplateError
+from sphinx_x.fileio import atomic_path
 
 _EXIF_ORIENTATION = 0x0112
 
@@ -218,10 +218,8 @@ class MixDataset(Dataset):
         ratio = sum(self.encoder.count_text_tokens(texts)) / max(1, sum(len(t) for t in texts)) if texts else 0.3
         out = np.ceil(chars * ratio).astype(np.int64) + visual
         if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(f".tmp{os.getpid()}.npy")
-            np.save(tmp, out)
-            os.replace(tmp, cache)  # atomic: a concurrent reader never sees half a file
+            with atomic_path(cache) as tmp:  # a concurrent reader never sees half a file
+                np.save(tmp, out)
         return out
 
     def _header_tokens(self, path: Path) -> int:

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from sphinx_x.config import ConfigError, _build
+from sphinx_x.config import ConfigError, _build, to_plain
 from sphinx_x.losses import LOSS_REDUCTIONS
 
 PRECISIONS = ("fp32", "bf16")
@@ -118,7 +118,7 @@ class TrainConfig:
     output: OutputSection = field(default_factory=OutputSection)
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        return to_plain(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -168,14 +168,6 @@ class TrainConfig:
                 f"x world size ({world_size}) = {per_step}"
             )
         return t.global_batch // per_step
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
 
 
 # ---- loading and overrides -----------------------------------------------------------------------

@@ -30,9 +30,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from sphinx_x.canvas import make_canvas, to_uint8_tensor
 from sphinx_x.config import VisionConfig
-from sphinx_x.curate.files import write_atomic
 from sphinx_x.data.synth.common import COLORS
 from sphinx_x.data.synth.scenes import SHAPES, make_scene, render_scene
+from sphinx_x.fileio import write_atomic
 from sphinx_x.vision import VisionExpert
 
 NUM_COLORS, NUM_CLASSES = len(COLORS), 1 + len(SHAPES)  # per colour: none, or one of the shapes
