@@ -9,8 +9,7 @@ import time
 import httpx
 import openai
 import pytest
-import torch
-from helpers_infer import data_uri, make_model_dir, noise_image, png_bytes
+from _helpers.infer import data_uri, noise_image, png_bytes
 
 from sphinx_x.model import SphinxX
 from sphinx_x.serve.convert import generation_config
@@ -25,9 +24,8 @@ SETTINGS = dict(model_name="nano", api_key=KEY, max_image_pixels=100 * 100, max_
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    torch.manual_seed(0)
-    return SphinxX.from_pretrained(make_model_dir(tmp_path_factory.mktemp("serve") / "nano"))
+def model(nano_model_dir):
+    return SphinxX.from_pretrained(nano_model_dir)
 
 
 @pytest.fixture(scope="module")

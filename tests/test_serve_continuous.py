@@ -2,8 +2,7 @@
 one-at-a-time generation whatever joins or leaves the batch, and a cancelled request frees its slot."""
 
 import pytest
-import torch
-from helpers_infer import make_model_dir, noise_image
+from _helpers.infer import noise_image
 
 from sphinx_x.infer.chat import encode
 from sphinx_x.infer.generate import generate_batch
@@ -14,9 +13,8 @@ from sphinx_x.serve.engine import Job, QueueFull
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    torch.manual_seed(0)
-    return SphinxX.from_pretrained(make_model_dir(tmp_path_factory.mktemp("continuous") / "nano"))
+def model(nano_model_dir):
+    return SphinxX.from_pretrained(nano_model_dir)
 
 
 class Collected:

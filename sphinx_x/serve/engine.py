@@ -45,6 +45,7 @@ class Job:
 
 
 def shutting_down() -> RuntimeError:
+    """The error every unfinished job receives when the engine stops."""
     return RuntimeError("server shutting down")
 
 
@@ -63,12 +64,15 @@ class EngineBase:
         self.largest_batch = 0  # statistics, read by tests and benchmarks
 
     def start(self) -> None:
+        """Start the worker thread (no-op when it is running)."""
         if self._thread is None:
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="sphinx-x-batcher", daemon=True)
             self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop the worker (waiting up to `timeout` s for it), then fail the running and the waiting jobs
+        with `shutting_down()`."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -82,6 +86,7 @@ class EngineBase:
             job.sink("error", shutting_down())
 
     def submit(self, job: Job) -> None:
+        """Queue `job` for the worker; QueueFull when `max_queue` jobs already wait. Results go to `job.sink`."""
         try:
             self._queue.put_nowait(job)
         except queue.Full:
@@ -89,6 +94,7 @@ class EngineBase:
 
     @property
     def queued(self) -> int:
+        """Jobs waiting in the queue (not yet taken by the worker)."""
         return self._queue.qsize()
 
     def _take(self, limit: int, first_timeout: float | None) -> list[Job]:
@@ -121,7 +127,19 @@ class EngineBase:
 
 
 class BatchEngine(EngineBase):
-    """The static schedule: one batch at a time, generated until its longest request finishes."""
+    """The static schedule: one batch at a time, generated until its longest request finishes.
+
+    Usage (what `sphinx-x serve --engine static` does; `ContinuousEngine` is used the same way):
+
+        engine = BatchEngine(model, batch_size=8, batch_wait_s=0.01, max_queue=64)
+        engine.start()                        # the worker thread; only it touches the model
+        engine.submit(Job(PromptEncoder.for_model(model).encode(turns), GenerationConfig(), sink))
+        ...                                   # sink("piece", str) per streamed piece, then
+                                              # sink("done", Generation) or sink("error", exc)
+        engine.stop()                         # fails running and waiting jobs with "server shutting down"
+
+    `submit` raises QueueFull when `max_queue` requests already wait. Setting `job.cancelled` drops a
+    waiting job; a running batch stops early once every unfinished job in it is cancelled."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)

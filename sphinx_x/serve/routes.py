@@ -57,6 +57,7 @@ async def _result_unless_gone(request: Request, updates: Updates) -> tuple[str, 
 
 
 def build_router(engine: EngineBase, encoder: RequestEncoder, settings: ServerSettings) -> APIRouter:
+    """The endpoints, answering from `engine` (started and stopped by the app's lifespan)."""
     router = APIRouter()
     name = settings.model_name
 

@@ -44,6 +44,7 @@ Event = tuple[Job, str, Generation | None]  # (job, piece, result once the job i
 
 
 def check_fits(model: Any, job: Job) -> None:
+    """ValueError when the job's prompt plus `max_new_tokens` exceed the model's context."""
     limit = model.llm.config.max_position_embeddings
     n = len(job.prompt.input_ids)
     if n + job.config.max_new_tokens > limit:
