@@ -14,9 +14,10 @@ import time
 import torch
 from PIL import Image
 
-from sphinx_x.canvas import collate_images, prepare_image, visual_token_count
+from sphinx_x.canvas import collate_images, prepare_image
 from sphinx_x.config import SphinxXConfig
 from sphinx_x.constants import IMAGE_TOKEN_ID
+from sphinx_x.image_tokens import visual_token_count
 from sphinx_x.model import SphinxX
 
 

@@ -41,9 +41,8 @@ def current_rss_gib() -> float:
 
 
 def make(args) -> None:
-    from sphinx_x.config import PRESETS, SphinxXConfig
+    from sphinx_x.config import PRESETS, SphinxXConfig, deep_merge
     from sphinx_x.model import SphinxX
-    from sphinx_x.train.config import deep_merge
 
     llm = {"hidden_size": args.hidden, "num_layers": args.layers, "num_heads": args.hidden // 128,
            "num_kv_heads": args.hidden // 128, "intermediate_size": int(args.hidden * 2.6875) // 64 * 64,

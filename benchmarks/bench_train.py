@@ -33,9 +33,8 @@ MODELS = {
 
 
 def build(model_name: str, skip: bool, device: torch.device):
-    from sphinx_x.config import PRESETS, SphinxXConfig
+    from sphinx_x.config import PRESETS, SphinxXConfig, deep_merge
     from sphinx_x.model import SphinxX
-    from sphinx_x.train.config import deep_merge
 
     preset = "tiny" if model_name == "tiny" else "nano"
     data = deep_merge(PRESETS[preset], MODELS[model_name] or {})
@@ -51,8 +50,9 @@ def batch(model, micro_batch: int, text_tokens: int = 96):
     """`micro_batch` samples, each [BOS] 2:1 image, prompt, answer (the answer half supervised)."""
     from PIL import Image
 
-    from sphinx_x.canvas import collate_images, prepare_image, visual_token_count
+    from sphinx_x.canvas import collate_images, prepare_image
     from sphinx_x.constants import IGNORE_INDEX, IMAGE_TOKEN_ID
+    from sphinx_x.image_tokens import visual_token_count
 
     vision = model.config.vision
     side = 4 * vision.experts[0].view_size

@@ -38,9 +38,8 @@ SIZES = {
 
 
 def build(size: str):
-    from sphinx_x.config import PRESETS, SphinxXConfig
+    from sphinx_x.config import PRESETS, SphinxXConfig, deep_merge
     from sphinx_x.model import SphinxX
-    from sphinx_x.train.config import deep_merge
 
     config = SphinxXConfig.from_dict(deep_merge(PRESETS["nano"], SIZES[size]))
     torch.manual_seed(0)
@@ -51,8 +50,9 @@ def make_batch(model, kind: str, rows: int, text: int) -> dict:
     """A collated micro-batch (sphinx_x.data's format): [BOS] (2:1 image) text; the last half supervised."""
     from PIL import Image
 
-    from sphinx_x.canvas import collate_images, prepare_image, visual_token_count
+    from sphinx_x.canvas import collate_images, prepare_image
     from sphinx_x.constants import IGNORE_INDEX, IMAGE_TOKEN_ID
+    from sphinx_x.image_tokens import visual_token_count
 
     g = torch.Generator().manual_seed(0)
     vocab = model.config.llm.vocab_size

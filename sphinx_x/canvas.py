@@ -159,13 +159,6 @@ def skipped_cells(width: int, height: int, canvas: CanvasConfig) -> list[bool]:
     return CanvasGeometry(width, height, canvas.pad_anchor).skipped_cells(canvas.grid)
 
 
-def visual_token_count(width: int, height: int, vision: VisionConfig) -> int:
-    """Tokens one image occupies: [start] view [end] per encoded view, one skip token per skipped cell."""
-    skipped = sum(skipped_cells(width, height, vision.canvas))
-    cells = vision.canvas.grid * vision.canvas.grid
-    return (1 + cells - skipped) * (vision.tokens_per_view + 2) + skipped
-
-
 # ---- views -------------------------------------------------------------------------------------
 @dataclass
 class ImageViews:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -164,16 +165,10 @@ class LLMConfig:
 
 
 @dataclass
-class ProjectorConfig:
-    kind: str = "linear_ln"  # Linear(sum of expert channels -> d) then LayerNorm(d), as the public code
-
-
-@dataclass
 class SphinxXConfig:
     name: str
     vision: VisionConfig
     llm: LLMConfig
-    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
     template: str = "accessory"  # dialogue template name (sphinx_x.data.templates registry)
     tokenizer: str | None = None  # "nano" (shipped BPE), a local tokenizer dir, or None = llm.path
 
@@ -186,13 +181,38 @@ class SphinxXConfig:
         data.update(overrides)
         return cls.from_dict(data)
 
+    @classmethod
+    def resolve(cls, name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> SphinxXConfig:
+        """The config a user names: a preset (checked first; write `./nano` for a path of that name), a model
+        directory (its config.json), or a .yaml/.json config file; then `overrides` merged in (`with_overrides`).
+        Raises ConfigError for an unknown name, FileNotFoundError for a directory without config.json."""
+        name = str(name_or_path)
+        path = Path(name_or_path)
+        if name in PRESETS:
+            config = cls.from_name(name)
+        elif path.is_dir():
+            from sphinx_x.model_io import read_config  # the model-directory format lives there
+
+            config = read_config(path)
+        elif path.is_file():
+            config = cls.load(path)
+        else:
+            raise ConfigError(f"unknown preset {name!r} and no model directory or config file of that name; "
+                              f"valid presets: {', '.join(PRESETS)}")
+        return config.with_overrides(overrides) if overrides else config
+
+    def with_overrides(self, overrides: dict[str, Any]) -> SphinxXConfig:
+        """A copy with `overrides` (nested plain data, e.g. `{"vision": {"canvas": {"grid": 3}}}`) merged in by
+        `deep_merge`; checked as strictly as a config file."""
+        return type(self).from_dict(deep_merge(self.to_dict(), overrides))
+
     # ---- (de)serialisation ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return to_plain(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SphinxXConfig:
-        return _build(cls, data, "")
+        return _build(cls, _without_legacy_projector(data), "")
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
@@ -232,6 +252,40 @@ def to_plain(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [to_plain(v) for v in obj]
     return obj
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `extra` merged in recursively: mappings merge; a list of mappings as long as the base's
+    list merges item by item (so `vision: {experts: [{checkpoint: a}, {checkpoint: b}]}` sets both
+    experts' weights); everything else replaces."""
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        old = out.get(k)
+        if isinstance(v, dict) and isinstance(old, dict):
+            out[k] = deep_merge(old, v)
+        elif (isinstance(v, list) and isinstance(old, list) and len(v) == len(old)
+              and all(isinstance(x, dict) for x in v + old)):
+            out[k] = [deep_merge(a, b) for a, b in zip(old, v)]
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+# Config files written before the projector became fixed carry `projector: {kind: linear_ln}` (every model
+# directory's config.json did). The key never changed what was built: the projector is always Linear then
+# LayerNorm (sphinx_x/vision.py), the layout the released checkpoints' weights have (sphinx_x/accessory_keys.py).
+LEGACY_PROJECTOR = {"kind": "linear_ln"}
+
+
+def _without_legacy_projector(data: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(data, dict) or "projector" not in data:
+        return data
+    if data["projector"] not in ({}, LEGACY_PROJECTOR):
+        raise ConfigError(f"projector: {data['projector']!r} is not supported; the projector is always Linear + "
+                          "LayerNorm (projector.kind 'linear_ln'): remove the key")
+    warnings.warn("config key 'projector' is deprecated and ignored (the projector is always Linear + "
+                  "LayerNorm); saving the config again drops it", DeprecationWarning, stacklevel=3)
+    return {k: v for k, v in data.items() if k != "projector"}
 
 
 def _build(tp: Any, value: Any, where: str) -> Any:

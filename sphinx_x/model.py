@@ -2,8 +2,9 @@
 
 Inputs follow one contract (see sphinx_x.data): `input_ids` hold, for each image, a run of
 `visual_token_count(...)` positions equal to IMAGE_TOKEN_ID; `images` is the batch's ImageBatch in order
-of appearance. The model builds, per image, `[start] global [end]` then for every grid cell in raster
-order `[start] cell [end]` or `[skip]`, and scatters those embeddings into the image positions. A view's
+of appearance. The model builds, per image, the slots of sphinx_x/image_tokens.py (`[start] global [end]`
+then for every grid cell in raster order `[start] cell [end]` or `[skip]`), and scatters those embeddings
+into the image positions. A view's
 tokens are the vision module's blocks (sphinx_x.vision): the released SPHINX models' 32 Q-Former tokens
 then 257 ensemble tokens, SPHINX-X's 257.
 """
@@ -22,6 +23,7 @@ from torch import nn
 from sphinx_x.canvas import ImageBatch
 from sphinx_x.config import SphinxXConfig
 from sphinx_x.constants import IGNORE_INDEX, IMAGE_TOKEN_ID
+from sphinx_x.image_tokens import SKIP, image_slots
 from sphinx_x.llm import build_llm, router_aux_loss, with_path
 from sphinx_x.losses import loss_weights
 from sphinx_x.vision import MixtureOfVisualExperts
@@ -72,17 +74,16 @@ class SphinxX(nn.Module):
 
     # ---- images -> embeddings -------------------------------------------------------------------
     def image_embeddings(self, images: ImageBatch) -> torch.Tensor:
-        """All images' token sequences concatenated: (sum of visual_token_count, d)."""
+        """All images' token sequences concatenated, slot by slot (sphinx_x/image_tokens.py):
+        (sum of visual_token_count, d)."""
         views = self.visual(images)  # (total_views, tokens_per_view, d)
         dtype = views.dtype
         start, end, skip = (t.to(dtype)[None] for t in (self.image_start, self.image_end, self.skip_token))
         parts: list[torch.Tensor] = []
         v = 0
         for skipped in images.skipped.tolist():
-            parts += [start, views[v], end]
-            v += 1
-            for cell_skipped in skipped:
-                if cell_skipped:
+            for slot in image_slots(skipped):
+                if slot == SKIP:
                     parts.append(skip)
                 else:
                     parts += [start, views[v], end]

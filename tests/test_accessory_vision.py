@@ -18,10 +18,10 @@ from sphinx_x.canvas import (
     normalize_canvas,
     prepare_image,
     renormalize,
-    visual_token_count,
 )
 from sphinx_x.config import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, SphinxXConfig
 from sphinx_x.experts.timm_experts import dinov2_runtime_pos_embed
+from sphinx_x.image_tokens import visual_token_count
 from sphinx_x.model import SphinxX
 
 OFFICIAL_TOKENS = {  # image_words of each official model file

@@ -13,25 +13,8 @@ from sphinx_x.canvas import (
     make_canvas,
     prepare_image,
     skipped_cells,
-    visual_token_count,
 )
 from sphinx_x.config import CanvasConfig, SphinxXConfig
-
-TINY = SphinxXConfig.from_name("tiny").vision
-PLUS_2K = SphinxXConfig.from_name("plus-2k").vision
-
-
-@pytest.mark.parametrize(
-    "size,tokens",
-    [((1024, 1024), 1295), ((2048, 1024), 779), ((1024, 2048), 779), ((4096, 1024), 779), ((1000, 999), 1295)],
-)
-def test_visual_tokens_tiny(size, tokens):
-    assert visual_token_count(*size, TINY) == tokens
-
-
-def test_visual_tokens_plus_2k():
-    assert visual_token_count(800, 2400, PLUS_2K) == 1042  # 4 views x 259 + 6 skip tokens
-    assert visual_token_count(900, 900, PLUS_2K) == 10 * 259
 
 
 def test_content_edge_on_cell_border_and_one_pixel_either_side():

@@ -9,11 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from sphinx_x.canvas import skipped_cells, visual_token_count
+from sphinx_x.canvas import skipped_cells
 from sphinx_x.config import SphinxXConfig
 from sphinx_x.constants import IGNORE_INDEX, IMAGE_TOKEN_ID
 from sphinx_x.data.dataset import MixDataset, SkipReport, build_dataloader
 from sphinx_x.data.readers import DataError, JsonlReader, JsonReader, expand_ratio, load_mix
+from sphinx_x.image_tokens import visual_token_count
 from sphinx_x.tokenizer import load_tokenizer
 
 VISION = SphinxXConfig.from_name("nano").vision

@@ -45,7 +45,7 @@ def test_stream_workers_draw_consecutive_disjoint_batches():
 
 
 def test_pretrained_experts_learn_and_load_frozen(tmp_path):
-    from sphinx_x.commands.pretrain_experts import write_pretrained
+    from sphinx_x.train.expert_pretrain import write_pretrained
 
     torch.set_num_threads(2)
     config = SphinxXConfig.from_name("nano")

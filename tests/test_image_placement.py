@@ -18,7 +18,6 @@ import yaml
 from helpers_infer import data_uri
 from PIL import Image
 
-from sphinx_x.canvas import visual_token_count
 from sphinx_x.commands.init import init_model
 from sphinx_x.constants import IGNORE_INDEX, IMAGE_TOKEN_ID
 from sphinx_x.curate.ocr_builder import OcrOptions, build_ocr
@@ -28,6 +27,7 @@ from sphinx_x.data.encode import DialogueEncoder, images_after_bos
 from sphinx_x.data.synth import generate_corpus
 from sphinx_x.eval.harness import generate_answers
 from sphinx_x.eval.lmms_adapter import SphinxXLmms
+from sphinx_x.image_tokens import visual_token_count
 from sphinx_x.infer.prompts import PromptEncoder
 from sphinx_x.model import SphinxX
 from sphinx_x.serve.app import request_turns

@@ -4,8 +4,9 @@ import pytest
 import torch
 from helpers_infer import make_model_dir, noise_image
 
-from sphinx_x.canvas import collate_images, visual_token_count
+from sphinx_x.canvas import collate_images
 from sphinx_x.constants import IMAGE_TOKEN_ID
+from sphinx_x.image_tokens import visual_token_count
 from sphinx_x.infer.chat import encode
 from sphinx_x.infer.generate import _Row
 from sphinx_x.infer.options import GenerationConfig

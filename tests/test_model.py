@@ -6,10 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
-from sphinx_x.canvas import collate_images, prepare_image, visual_token_count
+from sphinx_x.canvas import collate_images, prepare_image
 from sphinx_x.cli import main as cli_main
 from sphinx_x.config import SphinxXConfig
 from sphinx_x.constants import IGNORE_INDEX, IMAGE_TOKEN_ID
+from sphinx_x.image_tokens import visual_token_count
 from sphinx_x.model import SphinxX
 from sphinx_x.model_io import INDEX_NAME
 

@@ -11,9 +11,10 @@ import torch
 from helpers_accessory import RELEASED, perturb_, tiny_accessory_config
 from PIL import Image
 
-from sphinx_x.canvas import collate_images, prepare_image, visual_token_count
+from sphinx_x.canvas import collate_images, prepare_image
 from sphinx_x.cli import main as cli_main
 from sphinx_x.constants import IMAGE_TOKEN_ID
+from sphinx_x.image_tokens import visual_token_count
 from sphinx_x.model import SphinxX
 
 # (LLM parameters, experts, visual tokens per image): LLaMA2-13B, TinyLlama-1.1B, Mixtral-8x7B.

@@ -93,7 +93,7 @@ def test_cli_errors_for_indivisible_batch_and_short_max_len(corpus, tmp_path, ca
     assert cli_main(base + ["--data.max_len=64"]) == 2
     err = capsys.readouterr().err
     # nano: (1 global + 4 cells) x (17 tokens + 2 tags) = 95 visual tokens for an image without skipped cells
-    assert "data.max_len (64) is shorter than one image's visual tokens" in err and "takes 95 tokens" in err
+    assert "data.max_len 64 is shorter than one image's visual tokens" in err and "takes 95 tokens" in err
     assert not (tmp_path / "o" / "metrics.jsonl").exists()
 
 

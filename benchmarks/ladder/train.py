@@ -21,12 +21,13 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from sphinx_x.canvas import collate_images, prepare_image, visual_token_count
+from sphinx_x.canvas import collate_images, prepare_image
 from sphinx_x.config import SphinxXConfig
 from sphinx_x.constants import IGNORE_INDEX
 from sphinx_x.data.encode import DialogueEncoder
 from sphinx_x.data.geometry import parse_box
 from sphinx_x.eval.metrics import box_iou
+from sphinx_x.image_tokens import visual_token_count
 from sphinx_x.infer.generate import generate_batch
 from sphinx_x.infer.options import GenerationConfig
 from sphinx_x.infer.prompts import EncodedPrompt

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sphinx_x.commands.info import resolve_config
+from sphinx_x.config import SphinxXConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from sphinx_x.data.check import check_mix
     from sphinx_x.tokenizer import load_tokenizer
 
-    config = resolve_config(args.model)
+    config = SphinxXConfig.resolve(args.model)
     spec = args.tokenizer or config.tokenizer or config.llm.path
     if spec is None:
         print(f"error: model {args.model!r} names no tokenizer; pass --tokenizer", file=sys.stderr)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from sphinx_x.canvas import visual_token_count
 from sphinx_x.config import PRESETS, SphinxXConfig
+from sphinx_x.image_tokens import visual_token_count
 
 DEFAULT_SIZES = ["1024x1024", "2048x1024", "1024x2048", "4096x1024"]
 
@@ -22,22 +21,10 @@ def parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
-def resolve_config(preset_or_dir: str) -> SphinxXConfig:
-    """A preset name, a model directory (config.json) or a config file (.yaml/.json)."""
-    path = Path(preset_or_dir)
-    if path.is_dir():
-        from sphinx_x.model_io import read_config
-
-        return read_config(path)
-    if path.is_file():
-        return SphinxXConfig.load(path)
-    return SphinxXConfig.from_name(preset_or_dir)
-
-
 def info(preset_or_dir: str, sizes: list[tuple[int, int]]) -> dict:
     from sphinx_x.model import SphinxX
 
-    config = resolve_config(preset_or_dir)
+    config = SphinxXConfig.resolve(preset_or_dir)
     model = SphinxX.from_config_without_weights(config)  # meta device: counts without memory
     counts = model.parameter_counts()
     return {
@@ -72,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    config = resolve_config(args.model)
+    config = SphinxXConfig.resolve(args.model)
     p = result["params"]
     print(f"SPHINX-X {result['preset']}  (LLM {config.llm.arch}; {describe_views(config)})")
     print(f"  {'llm':<24}{_human(p['llm']):>12}")

@@ -6,14 +6,14 @@ import argparse
 
 import torch
 
-from sphinx_x.commands.info import resolve_config
+from sphinx_x.config import SphinxXConfig
 
 
 def init_model(preset_or_config: str, out: str, seed: int = 0) -> None:
     from sphinx_x.model import SphinxX
     from sphinx_x.tokenizer import load_tokenizer
 
-    config = resolve_config(preset_or_config)
+    config = SphinxXConfig.resolve(preset_or_config)
     torch.manual_seed(seed)
     model = SphinxX(config)
     tokenizer = load_tokenizer(config.tokenizer or config.llm.path) if (config.tokenizer or config.llm.path) else None

@@ -36,26 +36,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def write_pretrained(config, out: Path, **kwargs):
-    """Pretrain `config`'s experts into `out`; write out/model.yaml (the config with them frozen).
-    Returns (PretrainResult, path of model.yaml)."""
-    from sphinx_x.config import SphinxXConfig
-    from sphinx_x.train.config import deep_merge
-    from sphinx_x.train.expert_pretrain import expert_overrides, pretrain_experts
-
-    result = pretrain_experts(config.vision, out, **kwargs)
-    model_yaml = out / "model.yaml"
-    frozen = deep_merge(config.to_dict(), expert_overrides(result.paths, config.vision))
-    SphinxXConfig.from_dict(frozen).save(model_yaml)
-    return result, model_yaml
-
-
 def run(args: argparse.Namespace) -> int:
-    from sphinx_x.commands.info import resolve_config
-    from sphinx_x.config import ConfigError
+    from sphinx_x.config import ConfigError, SphinxXConfig
+    from sphinx_x.train.expert_pretrain import write_pretrained
 
     try:
-        config = resolve_config(args.preset)
+        config = SphinxXConfig.resolve(args.preset)
     except (ConfigError, FileNotFoundError) as e:
         print(f"sphinx-x pretrain-experts: error: {e}", file=sys.stderr)
         return 2

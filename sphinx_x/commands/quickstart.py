@@ -173,7 +173,8 @@ def pace_note(experts: Phase, plan: Plan, elapsed_s: float) -> str | None:
 def train_config(out: Path, mix: Path, steps: int, seed: int, progress: bool, model_config: Path | None = None):
     """The TrainConfig of the quickstart: RECIPE plus this run's paths, seed and planned steps; `model_config`
     (the pretrained experts' model.yaml) replaces the bare preset."""
-    from sphinx_x.train.config import TrainConfig, deep_merge
+    from sphinx_x.config import deep_merge
+    from sphinx_x.train.config import TrainConfig
 
     data = deep_merge(RECIPE, {
         **({"model": {"preset": str(model_config)}} if model_config is not None else {}),
@@ -273,12 +274,12 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from sphinx_x.commands.pretrain_experts import write_pretrained
     from sphinx_x.config import SphinxXConfig
     from sphinx_x.data.synth import generate_corpus
     from sphinx_x.eval.benchmarks import load_rows, resolve_benchmark
     from sphinx_x.eval.harness import model_anchor, read_predictions, run_benchmark, write_scores
     from sphinx_x.model import SphinxX
+    from sphinx_x.train.expert_pretrain import write_pretrained
     from sphinx_x.train.loop import train
 
     progress = not args.quiet

@@ -14,13 +14,14 @@ from typing import Any
 
 from PIL import Image
 
-from sphinx_x.canvas import ImageError, load_image, visual_token_count
+from sphinx_x.canvas import ImageError, load_image
 from sphinx_x.config import VisionConfig
 from sphinx_x.data.conversation import parse_sample
-from sphinx_x.data.dataset import image_header_size, max_image_tokens
+from sphinx_x.data.dataset import image_header_size
 from sphinx_x.data.encode import DialogueEncoder, SampleRejected
 from sphinx_x.data.readers import DataError, Location, load_mix
 from sphinx_x.data.templates import Template, TemplateError
+from sphinx_x.image_tokens import check_max_len, visual_token_count
 
 
 @dataclass
@@ -73,8 +74,7 @@ def check_mix(
         if on_problem is not None:
             on_problem(line)
 
-    if max_len is not None and max_len < max_image_tokens(vision) + 2:
-        raise ValueError(f"max_len {max_len} is shorter than one image's visual tokens ({max_image_tokens(vision)})")
+    check_max_len(max_len, vision)
     try:
         mix = load_mix(mix_path)
     except DataError as e:

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from sphinx_x.canvas import ImageError, ImageViews, collate_images, load_image, prepare_image, visual_token_count
+from sphinx_x.canvas import ImageError, ImageViews, collate_images, load_image, prepare_image
 from sphinx_x.config import VisionConfig
 from sphinx_x.constants import IGNORE_INDEX
 from sphinx_x.data.conversation import Sample, parse_sample
@@ -35,6 +35,7 @@ from sphinx_x.data.readers import DataError, Mix, expand_ratio, load_mix
 from sphinx_x.data.sampler import TypeGroupedBatchSampler
 from sphinx_x.data.templates import Template, TemplateError
 from sphinx_x.fileio import atomic_path
+from sphinx_x.image_tokens import check_max_len, visual_token_count
 
 _EXIF_ORIENTATION = 0x0112
 
@@ -72,12 +73,6 @@ def image_header_size(path: str | Path) -> tuple[int, int]:
     return w, h
 
 
-def max_image_tokens(vision: VisionConfig) -> int:
-    """Visual tokens of an image with no skipped cell (the most one image can take)."""
-    cells = vision.canvas.grid ** 2
-    return (1 + cells) * (vision.tokens_per_view + 2)
-
-
 class MixDataset(Dataset):
     """The training samples of a data mix (a mix YAML path or a loaded `Mix`), each source repeated or
     sub-sampled by its `ratio` (seeded by `seed`). Indexing returns an `Item` or a `Skipped` marker (see the
@@ -104,11 +99,7 @@ class MixDataset(Dataset):
         self.vision = vision
         self.tokenizer = tokenizer
         self.encoder = DialogueEncoder(tokenizer, template, max_len)
-        if max_len is not None and max_len < max_image_tokens(vision) + 2:
-            raise ValueError(
-                f"max_len {max_len} is shorter than one image's visual tokens ({max_image_tokens(vision)}) "
-                "plus BOS and one text token; raise max_len"
-            )
+        check_max_len(max_len, vision)
         self.lenient = lenient
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.readers = [src.open() for src in self.mix.sources]

@@ -34,6 +34,7 @@ from tokenizers import AddedToken, Tokenizer
 
 from sphinx_x.constants import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_ID
 from sphinx_x.data.templates import Messages, Template, get_template
+from sphinx_x.image_tokens import check_image_fits
 
 _PH = re.escape(IMAGE_PLACEHOLDER)
 _EDGE_PLACEHOLDERS = re.compile(rf"^\s*(?:{_PH}\s*)+|(?:\s*{_PH})+\s*$")  # opening or closing a message
@@ -162,10 +163,7 @@ class DialogueEncoder:
         return ids, starts, ends, runs
 
     def _image_run(self, count: int) -> int:
-        if self.max_len is not None and count + 1 > self.max_len:
-            raise ValueError(
-                f"max_len {self.max_len} is shorter than one image's visual tokens ({count} + BOS); raise max_len"
-            )
+        check_image_fits(self.max_len, count)
         return count
 
     def _truncate(self, enc: Encoded, starts: list[int], spans: list[tuple[int, int]], runs: list[int],

@@ -25,10 +25,11 @@ from typing import Any
 
 from PIL import Image
 
-from sphinx_x.canvas import ImageViews, load_image, prepare_image, visual_token_count
+from sphinx_x.canvas import ImageViews, load_image, prepare_image
 from sphinx_x.config import CanvasConfig, VisionConfig
 from sphinx_x.constants import IMAGE_PLACEHOLDER
 from sphinx_x.data.encode import DialogueEncoder
+from sphinx_x.image_tokens import visual_token_count
 
 ImageInput = str | Path | bytes | Image.Image
 Turn = dict[str, Any]

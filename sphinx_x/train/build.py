@@ -2,28 +2,26 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from sphinx_x.config import PRESETS, ConfigError, SphinxXConfig
-from sphinx_x.train.config import TrainConfig, deep_merge
+from sphinx_x import image_tokens
+from sphinx_x.config import ConfigError, SphinxXConfig
+from sphinx_x.train.config import TrainConfig
 
 
 def model_config(cfg: TrainConfig) -> SphinxXConfig:
-    """The SphinxXConfig of `model.preset` (a preset name or a config file) with `model.overrides` merged in."""
-    m = cfg.model
-    if m.preset in PRESETS:
-        data = copy.deepcopy(PRESETS[m.preset])
-    elif Path(m.preset).is_file():
-        data = SphinxXConfig.load(m.preset).to_dict()
-    else:
-        raise ConfigError(f"model.preset {m.preset!r} is neither a preset ({', '.join(PRESETS)}) nor a config file")
+    """The SphinxXConfig of `model.preset` (a preset, a model directory or a config file: `SphinxXConfig.resolve`)
+    with `model.overrides` merged in."""
     try:
-        return SphinxXConfig.from_dict(deep_merge(data, m.overrides))
+        config = SphinxXConfig.resolve(cfg.model.preset)
+    except (ConfigError, FileNotFoundError) as e:
+        raise ConfigError(f"model.preset: {e}") from e
+    try:
+        return config.with_overrides(cfg.model.overrides)
     except ConfigError as e:
         raise ConfigError(f"model.overrides: {e}") from e
 
@@ -156,20 +154,9 @@ def _train_mode(model: nn.Module, cfg: TrainConfig) -> nn.Module:
     return model
 
 
-def max_image_tokens(config: SphinxXConfig) -> int:
-    """Visual tokens of the largest possible image: every cell encoded (no skip)."""
-    cells = config.vision.canvas.grid ** 2
-    return (1 + cells) * (config.vision.tokens_per_view + 2)
-
-
 def check_max_len(cfg: TrainConfig, config: SphinxXConfig) -> None:
-    need = max_image_tokens(config)
-    if cfg.data.max_len < need + 2:
-        raise ConfigError(
-            f"data.max_len ({cfg.data.max_len}) is shorter than one image's visual tokens: a full "
-            f"{config.vision.canvas.grid}x{config.vision.canvas.grid} image of {config.name!r} takes {need} tokens "
-            f"(plus BOS and at least one text token = {need + 2}); raise data.max_len"
-        )
+    """`data.max_len` holds the largest image of `config` plus BOS and one text token (sphinx_x/image_tokens.py)."""
+    image_tokens.check_max_len(cfg.data.max_len, config.vision, field="data.max_len")
 
 
 def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:

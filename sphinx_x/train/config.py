@@ -244,20 +244,3 @@ def load_train_config(path: str | Path | None, overrides: list[str] = ()) -> Tra
         return TrainConfig.from_dict(data)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}" if path is not None else str(e)) from e
-
-
-def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """`base` with `extra` merged in recursively: mappings merge; a list of mappings as long as the base's
-    list merges item by item (so `vision: {experts: [{checkpoint: a}, {checkpoint: b}]}` sets both
-    experts' weights); everything else replaces."""
-    out = copy.deepcopy(base)
-    for k, v in extra.items():
-        old = out.get(k)
-        if isinstance(v, dict) and isinstance(old, dict):
-            out[k] = deep_merge(old, v)
-        elif (isinstance(v, list) and isinstance(old, list) and len(v) == len(old)
-              and all(isinstance(x, dict) for x in v + old)):
-            out[k] = [deep_merge(a, b) for a, b in zip(old, v)]
-        else:
-            out[k] = copy.deepcopy(v)
-    return out

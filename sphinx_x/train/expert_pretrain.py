@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from sphinx_x.canvas import make_canvas, to_uint8_tensor
-from sphinx_x.config import VisionConfig
+from sphinx_x.config import SphinxXConfig, VisionConfig
 from sphinx_x.data.synth.common import COLORS
 from sphinx_x.data.synth.scenes import SHAPES, make_scene, render_scene
 from sphinx_x.fileio import write_atomic
@@ -169,3 +170,13 @@ def expert_overrides(paths: dict[str, Path], vision: VisionConfig) -> dict:
     """`model.overrides` that load the pretrained trunks, frozen, into a model with this vision config."""
     return {"vision": {"experts": [{"checkpoint": str(Path(paths[e.name]).resolve()), "frozen": True}
                                    for e in vision.experts]}}
+
+
+def write_pretrained(config: SphinxXConfig, out: str | Path, **kwargs: Any) -> tuple[PretrainResult, Path]:
+    """Pretrain `config`'s experts into `out` (`kwargs` go to `pretrain_experts`) and write out/model.yaml: the
+    config with those trunks as frozen experts, ready for `model.preset`. Returns the result and that path."""
+    out = Path(out)
+    result = pretrain_experts(config.vision, out, **kwargs)
+    model_yaml = out / "model.yaml"
+    config.with_overrides(expert_overrides(result.paths, config.vision)).save(model_yaml)
+    return result, model_yaml

@@ -21,10 +21,11 @@ from typing import Any
 import torch
 from PIL import Image
 
-from sphinx_x.canvas import collate_images, prepare_image, visual_token_count
+from sphinx_x.canvas import collate_images, prepare_image
 from sphinx_x.config import ConfigError
 from sphinx_x.constants import IGNORE_INDEX, IMAGE_TOKEN_ID
 from sphinx_x.data.dataset import SkipReport
+from sphinx_x.image_tokens import visual_token_count
 from sphinx_x.losses import loss_weights
 from sphinx_x.model_io import write_model_dir
 from sphinx_x.train import checkpoint as ckpt
