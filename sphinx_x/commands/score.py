@@ -57,7 +57,8 @@ def _fail(message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sphinx_x.eval.metrics import RowError, score_rows
+    from sphinx_x.errors import RowError
+    from sphinx_x.eval.metrics import score_rows
 
     opts: dict[str, Any] = {}
     if args.metric == "rec":

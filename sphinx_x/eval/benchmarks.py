@@ -28,7 +28,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sphinx_x.eval.metrics import METRICS, RowError, check_row
+from sphinx_x.errors import RowError
+from sphinx_x.eval.metrics import METRICS, check_row
 from sphinx_x.eval.rows_io import iter_checked_rows
 
 SHORT_ANSWER = "{question}\nAnswer the question using a single word or phrase."

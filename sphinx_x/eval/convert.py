@@ -42,8 +42,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sphinx_x.errors import RowError
 from sphinx_x.eval.benchmarks import BENCHMARKS, BenchmarkError, BenchmarkSpec
-from sphinx_x.eval.metrics import RowError, check_row
+from sphinx_x.eval.metrics import check_row
 from sphinx_x.fileio import write_atomic
 
 Item = dict[str, Any]

@@ -24,6 +24,7 @@ from torchvision.ops import box_iou as _tv_box_iou
 
 from sphinx_x.canvas import CanvasGeometry
 from sphinx_x.data.geometry import parse_box
+from sphinx_x.errors import RowError
 from sphinx_x.eval.vqa_normalize import normalize_vqa_answer
 
 
@@ -38,15 +39,6 @@ class MetricResult:
     def as_dict(self, metric: str) -> dict[str, Any]:
         """The JSON shape `sphinx-x score --json` prints: {"metric", "score", "per_row", "details"}."""
         return {"metric": metric, "score": self.score, "per_row": self.per_row, "details": self.details}
-
-
-class RowError(ValueError):
-    """A row lacks a field or has a wrong value; the message names the field, and `row` (0-based) the row
-    when known, so a caller reading a file can report the line instead."""
-
-    def __init__(self, message: str, row: int | None = None):
-        super().__init__(message if row is None else f"row {row}: {message}")
-        self.message, self.row = message, row
 
 
 # ---- row validation ----------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from sphinx_x.eval.metrics import RowError
+from sphinx_x.errors import RowError
 
 
 def iter_checked_rows(
