@@ -86,6 +86,17 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
         tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
 
 
+def save_figure(fig, path: str | Path, dpi: int = 100) -> None:
+    """A matplotlib figure, laid out tight, as an image file (format from the suffix), atomically; the figure
+    is closed."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+
+
 def write_json_atomic(path: str | Path, data, indent: int | None = 2, **dumps_kwargs) -> None:
     """`data` as JSON (with a final newline), written atomically."""
     write_atomic(path, json.dumps(data, indent=indent, **dumps_kwargs) + "\n")

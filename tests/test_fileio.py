@@ -154,18 +154,19 @@ def test_a_utf8_character_cut_in_half_counts_as_a_cut_line(tmp_path):
 
 
 # ---- reading -------------------------------------------------------------------------------------
-def test_read_json_object_names_the_file_and_the_problem(tmp_path):
+@pytest.mark.parametrize(("content", "message"), [
+    (None, r"meta\.json: missing \(the model type\)"),
+    ("{oops", r"meta\.json: not valid JSON"),
+    ("[1, 2]", r"meta\.json: expected a JSON object"),
+])
+def test_read_json_object_names_the_file_and_the_problem(tmp_path, content, message):
     path = tmp_path / "meta.json"
-    with pytest.raises(KeyError, match=r"meta\.json: missing \(the model type\)"):
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(KeyError, match=message):
         read_json_object(path, KeyError, "the model type")
-    path.write_text("{oops")
-    with pytest.raises(ValueError, match=r"meta\.json: not valid JSON"):
-        read_json_object(path)
-    path.write_text("[1, 2]")
-    with pytest.raises(ValueError, match=r"meta\.json: expected a JSON object"):
-        read_json_object(path)
     path.write_text('{"llama_type": "x"}')
-    assert read_json_object(path) == {"llama_type": "x"}
+    assert read_json_object(path, KeyError) == {"llama_type": "x"}
 
 
 @pytest.fixture
@@ -233,3 +234,16 @@ def test_state_dict_from_a_sharded_directory_and_its_errors(tmp_path, state, suf
     (tmp_path / index_name).unlink()
     with pytest.raises(CheckpointError, match="no weights found: no model.safetensors, pytorch_model.bin"):
         read_state_dict(tmp_path)
+
+
+def test_save_figure_writes_the_image_atomically_and_closes_the_figure(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    fileio.save_figure(fig, tmp_path / "curve.png", dpi=50)
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert listing(tmp_path) == ["curve.png"] and not plt.fignum_exists(fig.number)

@@ -8,7 +8,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from sphinx_x.fileio import atomic_path
+from sphinx_x.fileio import save_figure
 
 THRESHOLD = 0.9
 
@@ -126,7 +126,4 @@ def plot(runs: list[dict[str, Any]], path: str | Path) -> None:
         ax.set_xlabel("optimizer steps")
         ax.set_ylabel("held-out accuracy")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)

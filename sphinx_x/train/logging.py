@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from sphinx_x.fileio import atomic_path, open_jsonl_append, write_atomic
+from sphinx_x.fileio import open_jsonl_append, save_figure, write_atomic
 
 METRICS_NAME = "metrics.jsonl"
 PLOT_NAME = "loss_lr.png"
@@ -134,8 +134,5 @@ def plot_loss_lr(metrics_path: Path, out_png: Path) -> bool:
     ax2.set_ylabel("learning rate", color="tab:orange")
     ax.set_title("training loss and learning rate")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    save_figure(fig, out_png, dpi=100)
     return True
