@@ -51,7 +51,7 @@ RECIPE: dict[str, Any] = {
 }
 TRAIN_SAMPLES = 8000  # distinct training samples (more than the run sees twice)
 BENCH_ROWS = 260  # synth-bench: 20 rows per task
-# Rates on 2 idle CPU cores (README "Training nano": 545 expert steps of 64 scenes in 2.5 minutes; 900
+# Rates on 2 idle CPU cores (docs/experiments.md, 2026-11-26: 545 expert steps of 64 scenes in 2.5 minutes; 900
 # one-stage steps of 8 samples in 5.0 minutes; the corpus and the rest of a 9.6-minute run in 0.5 minutes).
 EXPERT_STEPS_PER_MIN = 218.0
 TRAIN_STEPS_PER_MIN = 180.0
@@ -61,7 +61,7 @@ BLIND_SECONDS_PER_ROW = 0.05  # reserved for the blind evaluation (no vision tow
 SAVE_RESERVE_S = 10.0  # building and saving the model, the demo answer (its planned time in the summary)
 OVERRUN_WARNING = 1.1  # warn when the run took more than this times its planned time
 # Share of the training time spent pretraining the experts, capped at EXPERTS_MAX_STEPS steps of 64 scenes.
-# README "Training nano": 4.1 of 9.1 minutes read colours better than 2.5 (57.5 vs 52.5 on 40 rows).
+# docs/experiments.md, 2026-11-26: 4.1 of 9.1 minutes read colours better than 2.5 (57.5 vs 52.5 on 40 rows).
 EXPERTS_SHARE = 0.45
 EXPERTS_MAX_STEPS = 2000
 BLIND = "synth-bench-blind"  # the blind evaluation's benchmark name (OUT/eval/synth-bench-blind/)

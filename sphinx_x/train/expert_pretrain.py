@@ -2,7 +2,7 @@
 
 SPHINX-X's experts arrive pretrained (OpenCLIP ConvNeXt-XXL, DINOv2 ViT-g/14) and stay frozen while the
 one-stage run trains the LLM and projector. Offline there are no such weights for `nano`, and experts
-trained from scratch only through the LLM's loss learn shapes slowly (README, "Training nano"). So the
+trained from scratch only through the LLM's loss learn shapes slowly (docs/experiments.md, 2026-11-26). So the
 quickstart first pretrains each expert on the synthetic scene generator's own descriptions, supervised
 like an ImageNet backbone: from the mean of its tokens, a linear head says for every colour which shape
 of that colour the scene holds, or none. The trunks are saved as timm state dicts (safetensors) and
