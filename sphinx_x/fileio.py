@@ -164,8 +164,21 @@ def read_jsonl_for_resume(path: str | Path) -> list[tuple[int, str]]:
                 f.truncate(start)
                 os.fsync(f.fileno())
             data = data[:start]
-    lines = data.decode("utf-8").splitlines()
-    return [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
+    return _numbered_lines(data.decode("utf-8"))
+
+
+def read_jsonl_lines(path: str | Path, error: type[Exception] = ValueError) -> list[tuple[int, str]]:
+    """(line number, text) of every non-blank line of a UTF-8 JSONL file (rows to read, not to append to);
+    `error` naming the file when it cannot be read. The lines are returned unparsed, for the caller's checks."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"{path}: cannot read ({e})") from None
+    return _numbered_lines(text)
+
+
+def _numbered_lines(text: str) -> list[tuple[int, str]]:
+    return [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
 
 
 def open_jsonl_append(path: str | Path) -> IO[str]:
@@ -191,6 +204,8 @@ def read_json_object(path: str | Path, error: type[Exception] = ValueError, what
         raise error(f"{path}: missing" + (f" ({what})" if what else ""))
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror or e})") from e
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise error(f"{path}: not valid JSON: {e}") from e
     if not isinstance(data, dict):

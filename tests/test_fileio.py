@@ -247,3 +247,14 @@ def test_save_figure_writes_the_image_atomically_and_closes_the_figure(tmp_path)
     fileio.save_figure(fig, tmp_path / "curve.png", dpi=50)
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert listing(tmp_path) == ["curve.png"] and not plt.fignum_exists(fig.number)
+
+
+def test_read_jsonl_lines_numbers_the_lines_and_names_an_unreadable_file(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"id": 1}\n\n  \n{"id": 2}\n')
+    assert fileio.read_jsonl_lines(path) == [(1, '{"id": 1}'), (4, '{"id": 2}')]
+    path.write_bytes(b'{"q": "\xff"}\n')
+    with pytest.raises(KeyError, match=r"q\.jsonl: cannot read"):
+        fileio.read_jsonl_lines(path, KeyError)
+    with pytest.raises(ValueError, match=r"absent\.jsonl: cannot read"):
+        fileio.read_jsonl_lines(tmp_path / "absent.jsonl")

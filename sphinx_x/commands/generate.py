@@ -22,7 +22,7 @@ from tqdm import tqdm
 from sphinx_x.canvas import ImageError, load_image
 from sphinx_x.commands.cli_args import CommandError, add_generation_args, add_model_args, generation_config, load_model
 from sphinx_x.errors import RowError
-from sphinx_x.fileio import open_jsonl_append, read_jsonl_for_resume
+from sphinx_x.fileio import open_jsonl_append, read_jsonl_for_resume, read_jsonl_lines
 from sphinx_x.infer.prompts import EncodedPrompt, PromptEncoder, PromptError, user_turn
 
 
@@ -42,11 +42,7 @@ def _key(value: Any) -> str:
 
 
 def read_rows(path: Path) -> list[tuple[int, str]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise CommandError(f"{path}: cannot read ({e})") from e
-    return [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    return read_jsonl_lines(path, CommandError)
 
 
 def parse_row(line: str) -> dict[str, Any]:

@@ -8,13 +8,14 @@ rings, crescents and L-shapes, so when it misses the mask we take the mask's pol
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from pycocotools import mask as mask_utils
 from scipy import ndimage
+
+from sphinx_x.fileio import read_json_object
 
 
 class AnnotationError(ValueError):
@@ -42,14 +43,7 @@ class CocoImage:
 def load_coco(path: str | Path) -> list[CocoImage]:
     """Images (in file order) with their objects; images without annotations are kept (empty)."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise AnnotationError(f"{path}: cannot read ({e.strerror or e})") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AnnotationError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(data, dict):
-        raise AnnotationError(f"{path}: expected a JSON object with images, annotations, categories")
+    data = read_json_object(path, AnnotationError, "COCO annotations: images, annotations, categories")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise AnnotationError(f"{path}: {key}: required, a list")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sphinx_x.errors import RowError
+from sphinx_x.fileio import read_jsonl_lines
 
 
 def iter_checked_rows(
@@ -15,13 +16,7 @@ def iter_checked_rows(
 ) -> Iterator[tuple[int, Any]]:
     """Yield (line number, row) for every non-blank line, after `check(row)`; malformed JSON, an unreadable
     file or a `RowError` from `check` raise `error` with a `path:line: ...` message."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise error(f"{path}: cannot read ({e})") from None
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for lineno, line in read_jsonl_lines(path, error):
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
