@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "sphinx_x.commands.chat",
     "sphinx_x.commands.generate",
     "sphinx_x.commands.serve",
+    "sphinx_x.commands.demo",
 ]
 
 
