@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from sphinx_x.extras import MissingExtraError
+
 # One line per subcommand module; keep in the order they appear in `sphinx-x --help`.
 COMMAND_MODULES = [
     "sphinx_x.commands.quickstart",
@@ -39,7 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except MissingExtraError as e:  # an optional part is not installed: name the extra, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

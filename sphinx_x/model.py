@@ -208,18 +208,28 @@ class SphinxX(nn.Module):
         tokenizer files when a tokenizer is given or attached) that `from_pretrained` reads back."""
         from sphinx_x.model_io import save_model_dir
 
+        if getattr(self, "quantization", None):  # set by sphinx_x/infer/quantize.py
+            raise ValueError(f"a model quantized to {self.quantization} cannot be saved; save the full-precision one")
         save_model_dir(self, directory, tokenizer=tokenizer or self.tokenizer, max_shard_bytes=max_shard_bytes)
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+        cls, directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+        quantize: str | None = None,
     ) -> SphinxX:
         """Load a model directory written by `save_pretrained` (or `sphinx-x init` / training), one tensor at a
         time onto `device`. `dtype`: None loads floating weights as float32, a torch dtype casts them to it,
-        "auto" keeps the stored dtypes. The directory's tokenizer, if any, is attached as `model.tokenizer`."""
+        "auto" keeps the stored dtypes. The directory's tokenizer, if any, is attached as `model.tokenizer`.
+        `quantize`: "int8", "nf4", ... (sphinx_x/infer/quantize.py, docs/quantization.md); the weights are
+        then loaded on the CPU and quantized layer by layer as they move to `device`."""
         from sphinx_x.model_io import load_model_dir
 
-        return load_model_dir(cls, directory, device=device, dtype=dtype)
+        if quantize in (None, "none"):
+            return load_model_dir(cls, directory, device=device, dtype=dtype)
+        from sphinx_x.infer.quantize import check_method, quantize_model
+
+        check_method(quantize, torch.device(device))  # before loading: a bad option fails fast
+        return quantize_model(load_model_dir(cls, directory, device="cpu", dtype=dtype), quantize, device=device)
 
     @classmethod
     def from_config_without_weights(cls, config: SphinxXConfig) -> SphinxX:

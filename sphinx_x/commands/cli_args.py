@@ -7,6 +7,7 @@ from typing import Any
 
 from sphinx_x.infer.loading import DTYPES, load_for_inference
 from sphinx_x.infer.options import GenerationConfig
+from sphinx_x.infer.quantize import METHODS as QUANTIZE_METHODS
 
 
 class CommandError(Exception):
@@ -18,6 +19,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="weights dtype (default: bfloat16 on cuda, float32 on cpu)")
+    p.add_argument("--quantize", choices=("none", *QUANTIZE_METHODS), default="none",
+                   help="run the LLM in 8 or 4 bits (nf4/fp4: CUDA only); see docs/quantization.md")
 
 
 def add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int = 256) -> None:
@@ -41,8 +44,10 @@ def generation_config(args: argparse.Namespace) -> GenerationConfig:
 
 
 def load_model(args: argparse.Namespace) -> Any:
-    """The model of `--model/--device/--dtype` (sphinx_x/infer/loading.py); a bad directory is a CommandError."""
+    """The model of `--model/--device/--dtype/--quantize` (sphinx_x/infer/loading.py); a bad directory or an
+    option the device cannot run is a CommandError."""
     try:
-        return load_for_inference(args.model, device=args.device, dtype=args.dtype)
+        return load_for_inference(args.model, device=args.device, dtype=args.dtype,
+                                  quantize=getattr(args, "quantize", None))
     except (FileNotFoundError, ValueError) as e:
         raise CommandError(f"cannot load model {args.model}: {e}") from e

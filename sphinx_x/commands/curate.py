@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from sphinx_x.extras import require_extra
+
 
 def _print_summary(summary: dict, out: Path, as_json: bool) -> None:
     if as_json:
@@ -23,6 +25,7 @@ def _print_summary(summary: dict, out: Path, as_json: bool) -> None:
 
 
 def run_ocr(args: argparse.Namespace) -> int:
+    require_extra("curate", "pymupdf", "sphinx-x curate ocr")
     from sphinx_x.curate.ocr_builder import OcrOptions, build_ocr, find_pdfs
     from sphinx_x.curate.text_quality import QualityConfig
 
@@ -45,6 +48,8 @@ def run_ocr(args: argparse.Namespace) -> int:
 
 
 def run_som(args: argparse.Namespace) -> int:
+    require_extra("curate", "pycocotools", "sphinx-x curate som")
+    require_extra("curate", "scipy", "sphinx-x curate som")
     from sphinx_x.curate.captioner import Captioner, CaptionError
     from sphinx_x.curate.coco import AnnotationError
     from sphinx_x.curate.som import SomOptions, build_som

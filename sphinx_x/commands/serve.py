@@ -12,9 +12,12 @@ import sys
 from pathlib import Path
 
 from sphinx_x.commands.cli_args import CommandError, add_model_args, load_model
+from sphinx_x.extras import require_extra
 
 
 def run(args: argparse.Namespace) -> int:
+    require_extra("serve", "fastapi", "sphinx-x serve")
+    require_extra("serve", "uvicorn", "sphinx-x serve")
     from sphinx_x.serve.runner import serve
     from sphinx_x.serve.settings import ServerSettings
 

@@ -73,7 +73,7 @@ class Captioner:
         try:
             import openai
         except ImportError as e:  # an optional dependency of the curation tools only
-            raise CaptionError("captioning needs the `openai` client: pip install 'openai>=1.30'") from e
+            raise CaptionError("captioning needs the `openai` client: pip install 'sphinx-x[curate]'") from e
         self._openai = openai
         # Our own retry loop (max_retries=0 here) so attempts are counted and the backoff is ours.
         self.client = openai.OpenAI(base_url=api_base(url), api_key=api_key or "not-needed", max_retries=0,

@@ -26,12 +26,13 @@ from sphinx_x.experts.base import (
     register_expert,
     summary_and_grid,
 )
+from sphinx_x.extras import require_extra
 
 _ARCH_KEYS = {"vision_cfg", "embed_dim", "quick_gelu"}
 
 
 def _tower_config(cfg: VisionExpertConfig) -> tuple[int, dict, bool]:
-    import open_clip
+    open_clip = require_extra("clip", "open_clip", "the clip_vit vision expert (the released SPHINX models)")
 
     unknown = set(cfg.arch_kwargs) - _ARCH_KEYS
     if unknown:
@@ -58,9 +59,9 @@ class ClipViTExpert(VisionExpert):
         return _tower_config(cfg)[1].get("image_size", 224)
 
     def build_trunk(self) -> tuple[nn.Module, int]:
+        embed_dim, vision_cfg, quick_gelu = _tower_config(self.cfg)  # first: names the extra if open_clip is missing
         from open_clip.model import _build_vision_tower
 
-        embed_dim, vision_cfg, quick_gelu = _tower_config(self.cfg)
         tower = _build_vision_tower(embed_dim, vision_cfg, quick_gelu=quick_gelu)
         return tower, tower.conv1.out_channels
 

@@ -19,10 +19,12 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_for_inference(directory: str | Path, device: str | None = None, dtype: str | torch.dtype | None = None) -> Any:
+def load_for_inference(directory: str | Path, device: str | None = None, dtype: str | torch.dtype | None = None,
+                       quantize: str | None = None) -> Any:
     """`SphinxX.from_pretrained(directory)` on `device` (default: cuda if available, else cpu) in `dtype` (a name
-    of DTYPES or a torch dtype; default bfloat16 on cuda, as stored on cpu). Raises FileNotFoundError or
-    ValueError when `directory` is not a model directory or holds no tokenizer files (inference needs them)."""
+    of DTYPES or a torch dtype; default bfloat16 on cuda, as stored on cpu), its LLM quantized with `quantize`
+    (sphinx_x/infer/quantize.py; None: full precision). Raises FileNotFoundError or ValueError when `directory`
+    is not a model directory or holds no tokenizer files (inference needs them), or `quantize` cannot run."""
     from sphinx_x.model import SphinxX
 
     device = device or default_device()
@@ -32,7 +34,7 @@ def load_for_inference(directory: str | Path, device: str | None = None, dtype: 
         dtype = DTYPES[dtype]
     if dtype is None and device.startswith("cuda"):
         dtype = torch.bfloat16
-    model = SphinxX.from_pretrained(directory, device=device, dtype=dtype)
+    model = SphinxX.from_pretrained(directory, device=device, dtype=dtype, quantize=quantize)
     if model.tokenizer is None:
         raise ValueError("the model directory holds no tokenizer files (inference needs them)")
     return model

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,18 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
+def _tensorboard_writer(log_dir: Path, start_step: int) -> Any:
+    """A SummaryWriter, or None with a warning when TensorBoard (an optional extra) is not installed: the run
+    goes on and its metrics still go to metrics.jsonl."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        warnings.warn("output.tensorboard: the tensorboard package is not installed (pip install "
+                      "'sphinx-x[tensorboard]'); metrics go to metrics.jsonl only", stacklevel=3)
+        return None
+    return SummaryWriter(log_dir=str(log_dir), purge_step=start_step + 1)
+
+
 class RunLogger:
     def __init__(self, out_dir: Path, total_steps: int, start_step: int, enabled: bool,
                  tensorboard: bool = True, progress: bool = True):
@@ -60,9 +73,7 @@ class RunLogger:
             self.metrics_path.unlink()  # a fresh run starts a fresh log
         self._file = open_jsonl_append(self.metrics_path)  # kept open for the whole run
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(log_dir=str(out_dir / "tensorboard"), purge_step=start_step + 1)
+            self._tb = _tensorboard_writer(out_dir / "tensorboard", start_step)
         if progress:
             from tqdm.auto import tqdm
 
