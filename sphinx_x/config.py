@@ -119,6 +119,8 @@ class CanvasConfig:
 
 @dataclass
 class VisionConfig:
+    """The visual side: the experts (in order), the token grid each view is resampled to, the canvas."""
+
     experts: list[VisionExpertConfig]
     feature_grid: int = 16  # every expert's map is resampled to feature_grid x feature_grid tokens
     canvas: CanvasConfig = field(default_factory=CanvasConfig)
@@ -166,6 +168,13 @@ class LLMConfig:
 
 @dataclass
 class SphinxXConfig:
+    """Everything that defines a SPHINX-X model's architecture: the vision experts and canvas (`vision`), the
+    LLM (`llm`), the dialogue template and the tokenizer. Strict: unknown keys and wrong types raise
+    ConfigError naming the key.
+
+    Get one from a preset (`SphinxXConfig.from_name("nano")`, see `PRESETS`), a file (`load`), or plain data
+    (`from_dict`); a model directory stores it as config.json."""
+
     name: str
     vision: VisionConfig
     llm: LLMConfig
@@ -175,6 +184,7 @@ class SphinxXConfig:
     # ---- presets -------------------------------------------------------------------------------
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> SphinxXConfig:
+        """The preset `name` (a key of `PRESETS`), with top-level sections replaced by `overrides`."""
         if name not in PRESETS:
             raise ConfigError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
         data = copy.deepcopy(PRESETS[name])
@@ -208,13 +218,16 @@ class SphinxXConfig:
 
     # ---- (de)serialisation ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """Plain YAML/JSON-ready data that `from_dict` turns back into an equal config."""
         return to_plain(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SphinxXConfig:
+        """Build from plain data (as `to_dict` writes it); unknown keys and wrong types raise ConfigError."""
         return _build(cls, _without_legacy_projector(data), "")
 
     def save(self, path: str | Path) -> None:
+        """Write the config atomically as YAML (.yaml / .yml) or JSON (any other suffix)."""
         path = Path(path)
         text = (
             yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -227,6 +240,7 @@ class SphinxXConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> SphinxXConfig:
+        """Read a config written by `save` (JSON for .json, else YAML); errors name the file."""
         path = Path(path)
         try:
             text = path.read_text()
@@ -242,6 +256,7 @@ class SphinxXConfig:
 
     @property
     def tokens_per_view(self) -> int:
+        """Visual tokens one view (the global image or a sub-image) contributes, tags not counted."""
         return self.vision.tokens_per_view
 
 
