@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "sphinx_x.commands.score",
     "sphinx_x.commands.eval",  # sphinx-x eval, sphinx-x convert-bench
     "sphinx_x.commands.train",
+    "sphinx_x.commands.lora",  # sphinx-x lora merge
     "sphinx_x.commands.pretrain_experts",
     "sphinx_x.commands.curate",
     "sphinx_x.commands.chat",

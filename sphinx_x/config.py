@@ -335,6 +335,8 @@ def _build(tp: Any, value: Any, where: str) -> Any:
         return None
     if origin is not None and len(args) == 1 and not get_origin(args[0]):  # Optional[X]
         tp = args[0]
+        if dataclasses.is_dataclass(tp):  # an optional section, e.g. train.lora
+            return _build(tp, value, where)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is float and isinstance(value, str):  # PyYAML (YAML 1.1) reads "1e-05" as a string

@@ -76,6 +76,10 @@ def build_training_model(cfg: TrainConfig, info, start_from: Path | None = None)
     """
     from sphinx_x.train import distributed as D
 
+    if cfg.train.lora is not None:  # adapters on a frozen base, and a LoRA checkpoint holds only the adapter
+        from sphinx_x.train.lora import build_lora_model
+
+        return build_lora_model(cfg, info, start_from)
     if not info.distributed:
         model, tokenizer = build_model(cfg, start_from)
         model.to(info.device)
@@ -102,7 +106,12 @@ def build_training_model(cfg: TrainConfig, info, start_from: Path | None = None)
 
 
 def prepare_model(model: nn.Module, cfg: TrainConfig) -> nn.Module:
-    """Activation checkpointing and torch.compile as configured (before any FSDP sharding)."""
+    """LoRA adapters, activation checkpointing and torch.compile as configured (before any FSDP sharding)."""
+    if cfg.train.lora is not None:
+        from sphinx_x.train.lora import apply_lora, is_lora_model
+
+        if not is_lora_model(model):
+            apply_lora(model, cfg.train.lora)
     if cfg.train.activation_checkpointing:
         model.llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if cfg.train.compile:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from sphinx_x.model_io import CONFIG_NAME, write_model_files
 
 TRAINER_STATE = "trainer_state.pt"
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
+ADAPTER_CONFIG_NAME = "adapter_config.json"  # a LoRA run's checkpoints hold its adapter (sphinx_x/train/lora.py)
 
 
 def step_dir_name(step: int) -> str:
@@ -43,7 +45,8 @@ def list_checkpoints(ckpt_root: str | Path) -> list[tuple[int, Path]]:
     found = []
     for child in root.iterdir():
         m = STEP_DIR.match(child.name)
-        if m and (child / TRAINER_STATE).is_file() and (child / CONFIG_NAME).is_file():
+        model_part = (child / CONFIG_NAME).is_file() or (child / ADAPTER_CONFIG_NAME).is_file()
+        if m and (child / TRAINER_STATE).is_file() and model_part:
             found.append((int(m.group(1)), child))
     return sorted(found)
 
@@ -88,13 +91,18 @@ def before_publish(tmp: Path, final: Path) -> None:
 
 
 def save_checkpoint(ckpt_root: Path, step: int, config, model_state: dict[str, torch.Tensor],
-                    trainer_state: dict[str, Any], tokenizer: Any = None, keep_last: int = 3) -> Path:
-    """Write `ckpt_root/step-XXXXXX` atomically and prune old checkpoints (call on rank 0 only)."""
+                    trainer_state: dict[str, Any], tokenizer: Any = None, keep_last: int = 3,
+                    write_model: Callable[[Path], None] | None = None) -> Path:
+    """Write `ckpt_root/step-XXXXXX` atomically and prune old checkpoints (call on rank 0 only).
+    `write_model(dir)` replaces the model files (a LoRA run writes only its adapter: sphinx_x/train/lora.py)."""
     final = ckpt_root / step_dir_name(step)
     for stale in ckpt_root.glob(".tmp-step-*") if ckpt_root.is_dir() else ():
         shutil.rmtree(stale, ignore_errors=True)
     with atomic_directory(final, before_publish=lambda tmp: before_publish(tmp, final)) as tmp:
-        write_model_files(tmp, config, model_state, tokenizer)
+        if write_model is None:
+            write_model_files(tmp, config, model_state, tokenizer)
+        else:
+            write_model(tmp)
         torch.save(trainer_state, tmp / TRAINER_STATE)
     for _, old in list_checkpoints(ckpt_root)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)

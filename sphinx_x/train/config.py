@@ -27,6 +27,7 @@ from sphinx_x.config import ConfigError, _build, to_plain
 from sphinx_x.losses import LOSS_REDUCTIONS
 
 PRECISIONS = ("fp32", "bf16")
+LORA_QUANTIZE = ("nf4",)
 
 
 @dataclass
@@ -74,6 +75,23 @@ class OptimSection:
 
 
 @dataclass
+class LoraSection:
+    """LoRA adapters on the LLM's linear layers (sphinx_x/train/lora.py, docs/lora.md); the LLM's own weights,
+    the vision experts and (unless `train_projector`) the projector stay frozen."""
+
+    r: int = 8  # adapter rank
+    alpha: float = 16.0  # the adapter's output is scaled by alpha / r
+    dropout: float = 0.05  # dropout on the adapter's input
+    # LLM modules that get an adapter: a module name or the end of one (peft's matching), e.g. q_proj.
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    # Also train the projector(s) and the image tags (start, end, skip token) fully, beside the adapters.
+    train_projector: bool = False
+    # "nf4": QLoRA, the LLM's frozen decoder linears in 4-bit NF4 through bitsandbytes (CUDA only).
+    quantize: str | None = None
+
+
+@dataclass
 class TrainSection:
     max_steps: int | None = None  # optimizer steps; None = `epochs` passes over the data
     # Wall-clock budget of the training loop (minutes, setup excluded): training stops cleanly and saves
@@ -96,6 +114,7 @@ class TrainSection:
     # On a busy machine 1 thread can be much faster than several that wait on each other.
     cpu_threads: int | None = None
     peak_flops: float | None = None  # hardware peak FLOP/s for MFU; None = measure with a matmul probe
+    lora: LoraSection | None = None  # None: full fine-tuning; a mapping ({} for the defaults): LoRA / QLoRA
 
 
 @dataclass
@@ -157,6 +176,8 @@ class TrainConfig:
             raise ConfigError(f"output.keep_last must be >= 1, got {self.output.keep_last}")
         if self.model.path is None and self.model.preset is None:
             raise ConfigError("model: set model.path (a model directory) or model.preset (a preset name)")
+        if t.lora is not None:
+            _validate_lora(self)
 
     def check_world(self, world_size: int) -> int:
         """Gradient-accumulation steps for `world_size` ranks; a clear error when they do not divide."""
@@ -168,6 +189,28 @@ class TrainConfig:
                 f"x world size ({world_size}) = {per_step}"
             )
         return t.global_batch // per_step
+
+
+def _validate_lora(cfg: TrainConfig) -> None:
+    lora = cfg.train.lora
+    if isinstance(lora.r, bool) or lora.r < 1:
+        raise ConfigError(f"train.lora.r must be an integer >= 1, got {lora.r!r}")
+    if not lora.alpha > 0:
+        raise ConfigError(f"train.lora.alpha must be > 0, got {lora.alpha}")
+    if not 0 <= lora.dropout < 1:
+        raise ConfigError(f"train.lora.dropout must be in [0, 1), got {lora.dropout}")
+    targets = lora.target_modules
+    if not targets or not all(isinstance(x, str) and x for x in targets):
+        raise ConfigError(f"train.lora.target_modules must be a non-empty list of module names, got {targets!r}")
+    if lora.quantize is not None and lora.quantize not in LORA_QUANTIZE:
+        raise ConfigError(f"train.lora.quantize must be null or one of {', '.join(LORA_QUANTIZE)}, "
+                          f"got {lora.quantize!r}")
+    if lora.quantize is not None and cfg.train.device == "cpu":
+        raise ConfigError(f"train.lora.quantize {lora.quantize}: QLoRA needs a CUDA GPU and bitsandbytes "
+                          "(train.device is cpu)")
+    if cfg.model.frozen_experts is False:
+        raise ConfigError("model.frozen_experts: false contradicts train.lora, which trains only the adapters "
+                          "(and the projector with train.lora.train_projector)")
 
 
 # ---- loading and overrides -----------------------------------------------------------------------
@@ -217,6 +260,7 @@ _SECTION_TYPES = {
     "DataSection": DataSection,
     "OptimSection": OptimSection,
     "TrainSection": TrainSection,
+    "LoraSection | None": LoraSection,
     "OutputSection": OutputSection,
 }
 

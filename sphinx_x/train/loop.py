@@ -41,6 +41,7 @@ from sphinx_x.train.build import (
 from sphinx_x.train.config import TrainConfig
 from sphinx_x.train.flops import batch_flops, measure_matmul_peak
 from sphinx_x.train.logging import PLOT_NAME, RunLogger, plot_loss_lr
+from sphinx_x.train.lora import is_lora_model, save_adapter_dir, write_adapter
 from sphinx_x.train.schedule import build_scheduler, warmup_steps
 
 
@@ -156,7 +157,11 @@ class Trainer:
         """This rank's micro-batches, epoch after epoch, tracking what was consumed (for resume)."""
         while True:
             self.sampler.set_epoch(self.epoch)
-            for batch in self.loader:
+            # A DataLoader iterator draws its base seed from the global RNG: kept off it, a resumed run's
+            # dropout (LoRA's) continues from the checkpoint's RNG state exactly as the uninterrupted run.
+            with torch.random.fork_rng(devices=[]):
+                batches = iter(self.loader)
+            for batch in batches:
                 self.consumed += 1
                 self.skips.add(batch)
                 yield batch
@@ -290,7 +295,8 @@ class Trainer:
     # ---- checkpoints -----------------------------------------------------------------------------
     def save(self) -> Path:
         info = self.info
-        state = D.full_state_dict(self.model, info)
+        lora = is_lora_model(self.model)  # its checkpoints hold the adapter, not the frozen base
+        state = {} if lora else D.full_state_dict(self.model, info)
         optim = D.full_optimizer_state(self.model, self.optimizer, info)
         rngs = D.gather_objects(ckpt.rng_state(), info)
         path = self.ckpt_root / ckpt.step_dir_name(self.step)
@@ -306,11 +312,14 @@ class Trainer:
                 "config": self.cfg.to_dict(),
             }
             ckpt.save_checkpoint(self.ckpt_root, self.step, self.model_config, state, trainer_state,
-                                 self.tokenizer, self.cfg.output.keep_last)
+                                 self.tokenizer, self.cfg.output.keep_last,
+                                 write_model=(lambda d: write_adapter(self.model, d)) if lora else None)
         D.barrier(info)
         return path
 
     def save_final(self) -> Path:
+        if is_lora_model(self.model):  # the adapter (peft's format); `sphinx-x lora merge` makes a model of it
+            return save_adapter_dir(self.model, self.out / "final")
         state = D.full_state_dict(self.model, self.info)
         final = self.out / "final"
         if self.info.is_main:
