@@ -4,6 +4,7 @@ tests/test_demo_browser.py."""
 
 from __future__ import annotations
 
+import sys
 import warnings
 from pathlib import Path
 
@@ -206,6 +207,9 @@ def test_the_page_has_its_components_and_example_prompts(model):
     assert slider["props"]["maximum"] == 64
     labels = [label for label, _ in EXAMPLE_PROMPTS]
     assert {"Describe with boxes", "Detect all X", "Read the text", "Referring expression"} <= set(labels)
+    # the Send button and the question's Enter share one queue slot: never two answers at once
+    asks = [f for f in app.fns.values() if getattr(f.fn, "__name__", "") == "submit"]
+    assert len(asks) == 2 and {f.concurrency_id for f in asks} == {"model"}
     visibility = {d["api_visibility"] for d in app.config["dependencies"]}
     assert "public" not in visibility and "private" in visibility  # api=False: nothing on the API page
     public = build_app(model, DemoSettings(), name="nano", api=True)
@@ -228,9 +232,10 @@ def test_demo_command_line(tmp_path, capsys, monkeypatch):
     assert "sphinx-x demo: cannot load model" in capsys.readouterr().err
     assert main(["demo", "--model", str(tmp_path), "--max-images", "0"]) == 2
     assert "max_images must be an int >= 1" in capsys.readouterr().err
-    monkeypatch.setattr("sphinx_x.commands.demo.gradio_missing", lambda: True)
+    monkeypatch.setitem(sys.modules, "gradio", None)  # as if the demo extra were not installed
     assert main(["demo", "--model", str(tmp_path)]) == 2
-    assert "pip install 'sphinx-x[demo]'" in capsys.readouterr().err
+    assert "sphinx-x demo needs the 'gradio' package, which is not installed: pip install 'sphinx-x[demo]'" in \
+        capsys.readouterr().err
 
 
 def test_images_of_several_turns_are_drawn_on_the_latest(model, files):

@@ -8,23 +8,15 @@ Exit codes: 0 stopped normally; 2 bad model directory or options, or the extra i
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
 
 from sphinx_x.commands.cli_args import CommandError, add_model_args, load_model
-
-MISSING_EXTRA = "sphinx-x demo needs Gradio, which the 'demo' extra installs: pip install 'sphinx-x[demo]'"
-
-
-def gradio_missing() -> bool:
-    return importlib.util.find_spec("gradio") is None
+from sphinx_x.extras import require_extra
 
 
 def run(args: argparse.Namespace) -> int:
-    if gradio_missing():
-        print(f"sphinx-x demo: {MISSING_EXTRA}", file=sys.stderr)
-        return 2
+    require_extra("demo", "gradio", "sphinx-x demo")  # MissingExtraError: `sphinx-x` prints it, exit code 2
     from sphinx_x.demo.app import launch
     from sphinx_x.demo.conversation import DemoSettings
 

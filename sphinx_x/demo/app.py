@@ -64,10 +64,10 @@ def build_app(model: Any, settings: DemoSettings, name: str = "model", api: bool
 
         c["upload"].change(cb.upload, [c["upload"], c["state"]], out(UPLOAD_OUTPUTS), api_visibility=visibility)
         ask = ([c["question"], c["state"], max_new, temperature, top_p], out(SUBMIT_OUTPUTS))
-        send.click(cb.submit, *ask, api_name="ask", api_visibility=visibility)
-        c["question"].submit(cb.submit, *ask, api_visibility=visibility)
+        # both ways of asking share one queue slot: one answer at a time, the model is shared by every visitor
+        send.click(cb.submit, *ask, api_name="ask", api_visibility=visibility, concurrency_id="model")
+        c["question"].submit(cb.submit, *ask, api_visibility=visibility, concurrency_id="model")
         reset.click(cb.reset, None, out(RESET_OUTPUTS), api_name="reset", api_visibility=visibility)
-    # one answer at a time: the model is shared by every visitor
     return app.queue(default_concurrency_limit=1)
 
 
