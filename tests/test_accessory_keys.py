@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers_accessory import tiny_accessory_config
+from _helpers.accessory import tiny_accessory_config
 
 from sphinx_x.accessory_keys import PRESET_BY_LLAMA_TYPE, fill_missing, is_llm_key, vision_key, vision_tensor
 from sphinx_x.config import PRESETS

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers_accessory import RELEASED, TINY_QUERIES, perturb_, tiny_accessory_config
+from _helpers.accessory import RELEASED, TINY_QUERIES, perturb_, tiny_accessory_config
 from PIL import Image
 from timm.layers import resample_abs_pos_embed
 from torchvision import transforms

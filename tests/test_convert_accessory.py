@@ -315,6 +315,7 @@ def test_converted_llm_computes_the_meta_interleaved_forward(tmp_path: Path, sta
 
 
 # ---- the model directory -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_directory_loads_with_tokenizer_config_and_provenance(tmp_path: Path, stand_in) -> None:
     from sphinx_x.model import SphinxX
 
@@ -341,6 +342,7 @@ def _count(files: list[str]) -> str:
     return next(f for f in files if f.startswith("model-00001-of-")).split("-of-")[1]
 
 
+@pytest.mark.slow
 def test_unequal_replicas_take_shard_zero_and_are_reported(tmp_path: Path, stand_in, capsys) -> None:
     d = Dims()
     src, state = checkpoint(tmp_path, stand_in, d, mp=2)
@@ -433,6 +435,7 @@ def test_tokenizer_size_must_match_the_embeddings(tmp_path: Path, stand_in) -> N
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_failure_while_writing_leaves_nothing_and_keeps_an_old_directory(tmp_path: Path, stand_in, monkeypatch) -> None:
     import sphinx_x.convert.writer as writer
 

@@ -12,7 +12,6 @@ import socket
 import threading
 import time
 
-import numpy as np
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request
@@ -80,28 +79,13 @@ def fake():
         yield server
 
 
-def _coco(tmp_path):
-    images = tmp_path / "images"
-    images.mkdir()
-    arr = np.full((120, 160, 3), 80, dtype=np.uint8)
-    arr[10:50, 10:60] = (220, 40, 40)
-    arr[60:110, 90:150] = (40, 40, 220)
-    Image.fromarray(arr).save(images / "a.png")
-    coco = {"images": [{"id": 7, "file_name": "a.png", "width": 160, "height": 120}],
-            "annotations": [{"id": 1, "image_id": 7, "category_id": 1, "bbox": [10, 10, 50, 40]},
-                            {"id": 2, "image_id": 7, "category_id": 2, "bbox": [90, 60, 60, 50]}],
-            "categories": [{"id": 1, "name": "red block"}, {"id": 2, "name": "blue block"}]}
-    (tmp_path / "coco.json").write_text(json.dumps(coco))
-    return tmp_path / "coco.json", images
-
-
 def test_api_base():
     assert api_base("http://h:1") == "http://h:1/v1"
     assert api_base("http://h:1/v1/") == "http://h:1/v1"
 
 
-def test_captioned_som_with_retry_and_cache(fake, tmp_path):
-    ann, images = _coco(tmp_path)
+def test_captioned_som_with_retry_and_cache(fake, tmp_path, two_block_coco):
+    ann, images = two_block_coco
     out = tmp_path / "out"
     fake.failures = 1  # the first call gets a 500
     cap = Captioner(fake.url, "fake-model", cache_dir=out / "caption_cache", backoff_s=0.01)
@@ -133,8 +117,8 @@ def test_captioned_som_with_retry_and_cache(fake, tmp_path):
     assert json.loads((out / "som.jsonl").read_text()) == sample
 
 
-def test_client_errors_are_not_retried_and_failures_are_counted(fake, tmp_path):
-    ann, images = _coco(tmp_path)
+def test_client_errors_are_not_retried_and_failures_are_counted(fake, tmp_path, two_block_coco):
+    ann, images = two_block_coco
     fake.failures, fake.fail_status = 5, 400
     cap = Captioner(fake.url, "m", backoff_s=0.01)
     with pytest.raises(CaptionError, match="400"):

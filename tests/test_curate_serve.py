@@ -17,7 +17,6 @@ import time
 
 import httpx
 import pytest
-from test_curate_captioner import _coco  # the same two-object COCO file
 
 from sphinx_x.cli import main
 from sphinx_x.data.geometry import parse_marks
@@ -71,8 +70,9 @@ def _curate(ann, images, out, url, capsys) -> dict:
     return summary
 
 
-def test_som_captioned_by_sphinx_x_serve_nano(nano_server, tmp_path, capsys):
-    ann, images = _coco(tmp_path)
+@pytest.mark.slow
+def test_som_captioned_by_sphinx_x_serve_nano(nano_server, tmp_path, capsys, two_block_coco):
+    ann, images = two_block_coco
     out = tmp_path / "out"
     summary = _curate(ann, images, out, nano_server, capsys)
     assert summary["captioner"]["requests"] == 1 and "failures" not in summary["captioner"]
@@ -90,8 +90,9 @@ def test_som_captioned_by_sphinx_x_serve_nano(nano_server, tmp_path, capsys):
     assert json.loads((out / "som.jsonl").read_text()) == sample
 
 
-def test_wrong_api_key_is_reported_not_retried(nano_server, tmp_path, capsys):
-    ann, images = _coco(tmp_path)
+@pytest.mark.slow
+def test_wrong_api_key_is_reported_not_retried(nano_server, tmp_path, capsys, two_block_coco):
+    ann, images = two_block_coco
     code = main(["curate", "som", "--annotations", str(ann), "--images", str(images), "--out", str(tmp_path / "o"),
                  "--captioner-url", nano_server, "--captioner-model", "nano", "--api-key", "wrong",
                  "--no-progress", "--json"])

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import mistral_common
 import pytest
+from _helpers.dialogue import DIALOGUE, bot, supervised_runs, user
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -33,37 +34,6 @@ def mistral():
 @pytest.fixture(params=["nano", "mistral"])
 def tok(request):
     return request.getfixturevalue(request.param)
-
-
-def user(text):
-    return {"role": "user", "content": text}
-
-
-def bot(text):
-    return {"role": "assistant", "content": text}
-
-
-def supervised_runs(labels):
-    """Maximal runs of supervised label ids."""
-    runs, cur = [], []
-    for label in labels:
-        if label == IGNORE_INDEX:
-            if cur:
-                runs.append(cur)
-            cur = []
-        else:
-            cur.append(label)
-    return runs + ([cur] if cur else [])
-
-
-DIALOGUE = [
-    user("<image>\nWhat colour is the square?"),
-    bot("The square is red."),
-    user("How many circles are there?"),
-    bot("There are 12 circles, 3 of them blue."),
-    user("Compare it with this one: <image>"),
-    bot("The second image has été café and\ntwo lines."),
-]
 
 
 def test_accessory_render_matches_spec():

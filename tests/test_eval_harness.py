@@ -73,6 +73,7 @@ def rescore(predictions: list[dict], anchor: str) -> dict[str, float]:
 
 
 # ---- end to end with a random nano model ---------------------------------------------------------------
+@pytest.mark.slow
 def test_eval_end_to_end_files_resume_and_rescoring(corpus, nano_dir, tmp_path, capsys, counting_generate):
     out = tmp_path / "eval"
     common = ["--model", str(nano_dir), "--synth-dir", str(corpus), "--output", str(out), "--batch-size", "4",

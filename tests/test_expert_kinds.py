@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 import torch
-from helpers_accessory import TINY_QUERIES, perturb_, tiny_accessory_config
+from _helpers.accessory import TINY_QUERIES, perturb_, tiny_accessory_config
 from safetensors.torch import save_file
 
 from sphinx_x.config import ConfigError, SphinxXConfig, VisionExpertConfig

@@ -44,6 +44,7 @@ def test_stream_workers_draw_consecutive_disjoint_batches():
             assert torch.equal(labels[i], scene_example(VISION, 0, 2 * b + i)[1]), (b, i)
 
 
+@pytest.mark.slow
 def test_pretrained_experts_learn_and_load_frozen(tmp_path):
     from sphinx_x.train.expert_pretrain import write_pretrained
 
@@ -65,6 +66,7 @@ def test_pretrained_experts_learn_and_load_frozen(tmp_path):
         assert not any(p.requires_grad for p in expert.trunk.parameters())
 
 
+@pytest.mark.slow
 def test_cli_writes_weights_and_refuses_bad_arguments(tmp_path, capsys):
     out = tmp_path / "e"
     assert cli_main(["pretrain-experts", "--out", str(out), "--steps", "2", "--batch-size", "2", "--quiet"]) == 0

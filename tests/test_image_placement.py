@@ -15,7 +15,7 @@ import numpy as np
 import pymupdf
 import pytest
 import yaml
-from helpers_infer import data_uri
+from _helpers.infer import data_uri
 from PIL import Image
 
 from sphinx_x.commands.init import init_model
@@ -146,6 +146,7 @@ def _front_end_prompts(model, image: Path, question: str, monkeypatch) -> dict[s
     return prompts
 
 
+@pytest.mark.slow
 def test_every_builder_and_every_front_end_put_the_image_right_after_bos(model, samples, monkeypatch):
     tok = model.tokenizer
     text_only = DialogueEncoder(tok, model.config.template)

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers_infer import make_model_dir, noise_image
+from _helpers.infer import noise_image
 
 from sphinx_x.canvas import collate_images
 from sphinx_x.constants import IMAGE_TOKEN_ID
@@ -19,9 +19,9 @@ N = 8  # new tokens per test: enough to see divergence, small enough for 2 CPU c
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
+def model(nano_model_dir):
     torch.manual_seed(0)
-    return SphinxX.from_pretrained(make_model_dir(tmp_path_factory.mktemp("infer") / "nano"))
+    return SphinxX.from_pretrained(nano_model_dir)
 
 
 def mixed_prompts():
@@ -33,6 +33,7 @@ def mixed_prompts():
     ]
 
 
+@pytest.mark.slow
 def test_batched_greedy_equals_one_at_a_time(model):
     prompts = mixed_prompts()
     batched = model.generate(prompts, max_new_tokens=N, stop_strings=())
@@ -63,12 +64,14 @@ def reference_greedy(model, prompt, steps):
 
 
 @pytest.mark.parametrize("which", [0, 2, 3])
+@pytest.mark.slow
 def test_kv_cached_generation_equals_cache_free_reference(model, which):
     prompt = mixed_prompts()[which]
     cached = model.generate([prompt], max_new_tokens=6, stop_strings=(), eos_token_id=-1)[0]
     assert cached.token_ids == reference_greedy(model, encode(model, prompt), 6)
 
 
+@pytest.mark.slow
 def test_streaming_text_equals_non_streaming(model):
     image = noise_image(80, 40, 2)
     answer, history = model.chat(image, "Describe it.", max_new_tokens=12, stop_strings=())
@@ -78,6 +81,7 @@ def test_streaming_text_equals_non_streaming(model):
     assert history[-1] == {"role": "assistant", "content": answer}
 
 
+@pytest.mark.slow
 def test_stop_strings_cut_the_answer_and_stop_generation(model):
     prompt = mixed_prompts()[1]
     full = model.generate([prompt], max_new_tokens=12, stop_strings=())[0]
@@ -120,6 +124,7 @@ def test_eos_stops_and_is_not_in_the_text(model):
     assert out.text == model.tokenizer.decode(full.token_ids[:first], skip_special_tokens=True).lstrip()
 
 
+@pytest.mark.slow
 def test_sampling_is_seeded_per_sample_and_independent_of_the_batch(model):
     prompts = mixed_prompts()
     opts = dict(max_new_tokens=N, temperature=1.0, top_k=50, top_p=0.9, stop_strings=())
@@ -154,6 +159,7 @@ def test_image_layout_in_prompts():
         layout_messages([user_turn("<image> and <image>", [a])])
 
 
+@pytest.mark.slow
 def test_multi_turn_chat_uses_the_history(model):
     image = noise_image(64, 64, 1)
     first, history = model.chat(image, "What is this?", max_new_tokens=4)

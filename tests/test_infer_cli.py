@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers_infer import make_model_dir, noise_image
+from _helpers.infer import noise_image
 from PIL import Image
 
 from sphinx_x.cli import main as cli_main
@@ -16,20 +16,16 @@ from sphinx_x.model import SphinxX
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return make_model_dir(tmp_path_factory.mktemp("cli") / "nano")
-
-
-@pytest.fixture(scope="module")
-def model(model_dir):
+def model(nano_model_dir):
     torch.manual_seed(0)
-    return SphinxX.from_pretrained(model_dir)
+    return SphinxX.from_pretrained(nano_model_dir)
 
 
-def test_chat_one_shot_streams_the_answer_and_draws(model_dir, model, tmp_path, capsys):
+@pytest.mark.slow
+def test_chat_one_shot_streams_the_answer_and_draws(nano_model_dir, model, tmp_path, capsys):
     noise_image(80, 40, 1).save(tmp_path / "a.png")
     out = tmp_path / "drawn.png"
-    code = cli_main(["chat", "--model", str(model_dir), "--image", str(tmp_path / "a.png"), "What is it?",
+    code = cli_main(["chat", "--model", str(nano_model_dir), "--image", str(tmp_path / "a.png"), "What is it?",
                      "--max-new-tokens", "6", "--draw-boxes", str(out)])
     assert code == 0
     expected, _ = model.chat(tmp_path / "a.png", "What is it?", max_new_tokens=6)
@@ -49,12 +45,13 @@ def test_session_draws_answer_boxes_on_the_latest_image(model, tmp_path):
     assert (arr[40, 20] != 255).any() and (arr[40, 40] == 255).all()  # left edge drawn, inside untouched
 
 
-def test_chat_interactive_commands(model_dir, model, tmp_path, monkeypatch, capsys):
+@pytest.mark.slow
+def test_chat_interactive_commands(nano_model_dir, model, tmp_path, monkeypatch, capsys):
     noise_image(64, 64, 2).save(tmp_path / "b.png")
     script = (f"/image {tmp_path / 'b.png'}\nWhat?\n/image {tmp_path / 'missing.png'}\n"
               "/reset\nHello\n/bogus\n/quit\nNever\n")
     monkeypatch.setattr(sys, "stdin", io.StringIO(script))
-    assert cli_main(["chat", "--model", str(model_dir), "--max-new-tokens", "5"]) == 0
+    assert cli_main(["chat", "--model", str(nano_model_dir), "--max-new-tokens", "5"]) == 0
     captured = capsys.readouterr()
     first, _ = model.chat(tmp_path / "b.png", "What?", max_new_tokens=5)
     second, _ = model.chat(None, "Hello", max_new_tokens=5)  # /reset dropped the image and the history
@@ -71,7 +68,8 @@ def write_rows(path, rows):
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
 
 
-def test_generate_batches_resumes_and_reports_bad_rows(model_dir, model, tmp_path, capsys):
+@pytest.mark.slow
+def test_generate_batches_resumes_and_reports_bad_rows(nano_model_dir, model, tmp_path, capsys):
     noise_image(64, 32, 3).save(tmp_path / "c.png")
     src, dst = tmp_path / "q.jsonl", tmp_path / "a.jsonl"
     rows = [
@@ -84,7 +82,7 @@ def test_generate_batches_resumes_and_reports_bad_rows(model_dir, model, tmp_pat
         {"id": 1, "question": "duplicate id"},
     ]
     write_rows(src, rows)
-    args = ["generate", "--model", str(model_dir), "--input", str(src), "--output", str(dst), "--batch-size", "2",
+    args = ["generate", "--model", str(nano_model_dir), "--input", str(src), "--output", str(dst), "--batch-size", "2",
             "--max-new-tokens", "4"]
     assert cli_main(args) == 1  # the run finished, but some rows failed
     err = capsys.readouterr().err

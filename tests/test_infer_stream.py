@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers_infer import make_model_dir, noise_image
+from _helpers.infer import noise_image
 
 from sphinx_x.config import SphinxXConfig
 from sphinx_x.infer.chat import encode
@@ -36,9 +36,9 @@ def nano_tok():
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
+def model(nano_model_dir):
     torch.manual_seed(0)
-    return SphinxX.from_pretrained(make_model_dir(tmp_path_factory.mktemp("stream") / "nano"))
+    return SphinxX.from_pretrained(nano_model_dir)
 
 
 def random_ids(tok, rng: random.Random, n: int) -> list[int]:
@@ -106,6 +106,7 @@ def test_rows_stop_as_with_whole_text_search(which, spm_tok, nano_tok):
             assert "".join(pieces) == row.answer()
 
 
+@pytest.mark.slow
 def test_prefill_logits_at_the_last_position_equal_full_logits(model):
     p = encode(model, {"images": noise_image(80, 40, 2), "question": "Where is the cat?"})
     ids = torch.tensor([p.input_ids])
@@ -119,6 +120,7 @@ def test_prefill_logits_at_the_last_position_equal_full_logits(model):
     torch.testing.assert_close(last[:, 0], full[:, -1], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_stream_generate_streams_every_row_and_joins_to_generate(model):
     prompts = ["Tell me a story.", {"images": noise_image(64, 64, 1), "question": "What is this?"},
                {"images": noise_image(80, 40, 2), "question": "Where is the cat?"}]

@@ -158,6 +158,7 @@ def test_report_statistics_on_hand_made_curves():
     assert "+10.7" in line and "150, 100, -" in line
 
 
+@pytest.mark.slow
 def test_quick_mode_runs_one_rung_end_to_end(tmp_path, capsys):
     from ladder.run import main
 

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from helpers_llm import (
+from _helpers.llm import (
     internlm2_config_json,
     random_internlm2_state,
     tiny_llm_config,

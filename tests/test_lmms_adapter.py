@@ -19,10 +19,7 @@ from sphinx_x.eval.lmms_adapter import SphinxXLmms
 
 try:
     from lmms_eval.api.instance import Instance
-
-    HAVE_LMMS_EVAL = True
 except ImportError:  # the documented shape: a request whose `.args` is the argument tuple
-    HAVE_LMMS_EVAL = False
 
     @dataclass
     class Instance:  # type: ignore[no-redef]

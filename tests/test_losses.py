@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from test_data_masks import DIALOGUE
-from test_data_masks import supervised_runs as reference_runs
-from test_train import NANO_YAML, fast_overrides, make_corpus
+from _helpers.dialogue import DIALOGUE
+from _helpers.dialogue import supervised_runs as reference_runs
+from _helpers.train import NANO_YAML, fast_overrides, make_corpus
 
 from sphinx_x.config import ConfigError
 from sphinx_x.constants import IGNORE_INDEX

@@ -176,6 +176,7 @@ def test_save_and_load_round_trip_is_bit_exact(tmp_path, shard):
     assert not list(tmp_path.glob(".m.tmp-*"))  # the temporary directory was renamed into place
 
 
+@pytest.mark.slow
 def test_info_counts_match_published_sizes(capsys):
     expected = {"tiny": 1.10e9, "intern2": 7.74e9, "plus": 13.0e9, "moe": 46.7e9}
     for preset, llm in expected.items():

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers_llm import tiny_llm_config
+from _helpers.llm import tiny_llm_config
 from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 
 from sphinx_x.llm import build_llm, router_aux_loss

@@ -99,6 +99,7 @@ def test_demo_picks_a_right_row_of_the_best_task_the_image_made_right():
     assert qs.pick_demo(wrong, [], scores, "top-left") is None
 
 
+@pytest.mark.slow
 def test_quickstart_end_to_end(tmp_path, capsys, monkeypatch):
     from time import perf_counter
 

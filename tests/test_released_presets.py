@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers_accessory import RELEASED, perturb_, tiny_accessory_config
+from _helpers.accessory import RELEASED, perturb_, tiny_accessory_config
 from PIL import Image
 
 from sphinx_x.canvas import collate_images, prepare_image
@@ -26,6 +26,7 @@ EXPECTED = {
 EXPERT_SIZES = {"qformer": 1.09e9, "clip": 0.304e9, "clip_convnext": 0.843e9, "dinov2": 1.136e9}
 
 
+@pytest.mark.slow
 def test_info_gives_sizes_and_tokens_of_the_released_models(capsys):
     for preset, (llm, n_experts, tokens) in EXPECTED.items():
         assert cli_main(["info", preset, "--json", "--image-size", "1024x768", "--image-size", "300x900"]) == 0
@@ -48,6 +49,7 @@ def test_info_gives_sizes_and_tokens_of_the_released_models(capsys):
 
 
 @pytest.mark.parametrize("preset", RELEASED)
+@pytest.mark.slow
 def test_tiny_stand_in_forwards_and_round_trips(preset, tmp_path):
     cfg = tiny_accessory_config(preset)
     torch.manual_seed(0)

@@ -102,6 +102,7 @@ def test_unknown_metric_is_a_usage_error(tmp_path):
     assert exc.value.code == 2
 
 
+@pytest.mark.slow
 def test_console_script_end_to_end(tmp_path):
     script = Path(sys.executable).with_name("sphinx-x")
     rows = [{"prediction": "104.9", "answer": "100"}, {"prediction": "106", "answer": "100"}]

@@ -4,48 +4,16 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from _helpers.train import NANO_YAML, REPO, fast_overrides
 
 from sphinx_x.cli import main as cli_main
 from sphinx_x.config import ConfigError
 from sphinx_x.train.config import TrainConfig, load_train_config
 from sphinx_x.train.schedule import WarmupCosine, warmup_steps
-
-REPO = Path(__file__).resolve().parents[1]
-NANO_YAML = REPO / "configs" / "nano.yaml"
-
-
-def make_corpus(root: Path, n: int = 48, seed: int = 0) -> Path:
-    """A small synthetic mix (images of varied aspect ratios + text-only dialogues); returns its train.yaml."""
-    from sphinx_x.data.synth import generate_corpus
-
-    generate_corpus(root, n, 0, 0, seed=seed, progress=False)
-    return root / "train.yaml"
-
-
-def fast_overrides(mix: Path, out: Path, **extra) -> list[str]:
-    """Tiny, deterministic CPU settings shared by the training tests."""
-    values = {
-        "data.mix": str(mix), "output.dir": str(out), "data.num_workers": 0,
-        "train.micro_batch": 2, "train.global_batch": 4, "train.cpu_threads": 1,
-        "train.precision": "fp32", "train.peak_flops": 1e10, "optim.lr": 2e-3,
-        "output.progress": False, "output.resume": False, "output.save_every": 0,
-    }
-    values.update(extra)
-    return [f"--{k}={v}" for k, v in values.items()]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    return make_corpus(tmp_path_factory.mktemp("synth"))
-
-
-def losses(out: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 # ---- config ----------------------------------------------------------------------------------------
@@ -110,6 +78,7 @@ def test_warmup_then_cosine_to_zero():
 
 
 # ---- training --------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_nano_loss_falls_and_outputs_are_written(corpus, tmp_path):
     from sphinx_x.model import SphinxX
     from sphinx_x.train import train

@@ -8,7 +8,7 @@ import math
 import types
 
 import pytest
-from test_train import NANO_YAML, fast_overrides, make_corpus
+from _helpers.train import NANO_YAML, fast_overrides, make_corpus
 
 from sphinx_x.config import ConfigError
 from sphinx_x.train.config import load_train_config
@@ -32,6 +32,7 @@ def test_max_minutes_must_be_positive():
         load_train_config(NANO_YAML, ["--train.max_minutes=0"])
 
 
+@pytest.mark.slow
 def test_budget_stops_training_saves_and_the_cosine_spans_it(tmp_path, monkeypatch):
     from sphinx_x.model import SphinxX
     from sphinx_x.train import loop

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import NANO_YAML, fast_overrides, losses, make_corpus
+from _helpers.train import NANO_YAML, fast_overrides, losses
 
 from sphinx_x.train.checkpoint import list_checkpoints
 
@@ -61,11 +61,6 @@ def logged_steps(out: Path) -> list[int]:
         except (json.JSONDecodeError, KeyError):
             pass
     return steps
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    return make_corpus(tmp_path_factory.mktemp("synth"))
 
 
 @pytest.fixture(scope="module")

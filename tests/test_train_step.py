@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from test_train import NANO_YAML, fast_overrides, make_corpus
+from _helpers.train import NANO_YAML, fast_overrides, make_corpus
 
 from sphinx_x.constants import IGNORE_INDEX
 from sphinx_x.train import distributed as D

@@ -296,9 +296,6 @@ def test_nano_experts_are_trainable():
 
 
 # ---- checkpoints -------------------------------------------------------------------------------
-OPEN_CLIP_EXTRAS = ("visual.head.proj.weight", "logit_scale", "token_embedding.weight", "text_projection")
-
-
 def _open_clip_state(trunk_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
     state = {f"visual.trunk.{k}": v.clone() for k, v in trunk_state.items()}
