@@ -161,14 +161,18 @@ def measure(name: str, base: SphinxX, methods: list[str], args: argparse.Namespa
     return list(rows.values())
 
 
-def print_table(rows: list[dict]) -> None:
+def print_header() -> None:
     print("| model | method | LLM weights MB | model MB | prefill tok/s | decode tok/s | logits max / mean abs diff "
           "| top-1 same | greedy answers same | answer ids same |")
-    print("|---|---|---:|---:|---:|---:|---|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---|---:|---:|---:|", flush=True)
+
+
+def print_rows(rows: list[dict]) -> None:
+    """One model's rows, printed as soon as they are measured (a long run shows progress)."""
     for r in rows:
         print(f"| {r['model']} | {r['method']} | {r['llm_mb']:.1f} | {r['model_mb']:.1f} | {r['prefill']:.0f} | "
               f"{r['decode']:.1f} | {r['max_diff']:.3f} / {r['mean_diff']:.4f} | {r['top1']:.1%} | "
-              f"{r['answers_same']:.0%} | {r['ids_same']:.1%} |")
+              f"{r['answers_same']:.0%} | {r['ids_same']:.1%} |", flush=True)
 
 
 def main() -> None:
@@ -183,16 +187,15 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     methods = [m for m in args.methods.split(",") if m]
-    rows = []
+    print(f"torch {torch.__version__}, {args.threads} thread(s), quantized engine {torch.backends.quantized.engine}, "
+          f"best of {args.reps}, {args.prompts} prompts, {args.new_tokens} new tokens\n")
+    print_header()
+    for directory in args.model:
+        print_rows(measure(f"{Path(directory).name} (trained)", SphinxX.from_pretrained(directory), methods, args))
     for size in [s for s in args.sizes.split(",") if s]:
         base = build_random(size)
         n = sum(p.numel() for p in base.llm.parameters()) / 1e6
-        rows += measure(f"{size} (random, LLM {n:.0f}M)", base, methods, args)
-    for directory in args.model:
-        rows += measure(f"{Path(directory).name} (trained)", SphinxX.from_pretrained(directory), methods, args)
-    print(f"torch {torch.__version__}, {args.threads} thread(s), quantized engine {torch.backends.quantized.engine}, "
-          f"best of {args.reps}, {args.prompts} prompts, {args.new_tokens} new tokens\n")
-    print_table(rows)
+        print_rows(measure(f"{size} (random, LLM {n:.0f}M)", base, methods, args))
 
 
 if __name__ == "__main__":
