@@ -139,11 +139,11 @@ def load_sharded_from_dir(model: nn.Module, directory) -> None:
     from safetensors import safe_open
     from torch.distributed.tensor import DTensor, distribute_tensor
 
-    from sphinx_x.model_io import _tied_names, weight_index
+    from sphinx_x.model_io import tied_names, weight_index
 
     where = weight_index(directory)
     targets = _state_tensors(model)
-    missing = [n for n in targets if n not in where and n not in _tied_names(model)]
+    missing = [n for n in targets if n not in where and n not in tied_names(model.config)]
     if missing:
         raise ValueError(f"{directory}: weights do not match the config: missing {missing[:5]}")
     # The file is opened per tensor: pages of a mapped file count towards RSS while it stays mapped.
