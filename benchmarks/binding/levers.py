@@ -3,11 +3,16 @@ every built SphinxX) and for the binding testbed.
 
   qknorm        swap nano's LlamaForCausalLM for a Qwen3ForCausalLM of the same dims: Llama plus an RMSNorm on
                 every head's queries and keys (QK-norm), which bounds the attention logits at initialisation.
+  projector_ln_small
+                the shared projector's LayerNorm weight starts at 0.02 instead of 1, so image tokens enter the LLM at
+                about the text embeddings' norm (~0.3) instead of ~16 (sqrt of the width).
   embed_scale   multiply the input embeddings by sqrt(hidden_size) (Gemma's convention), so tokens enter the
                 residual stream at norm ~16 instead of ~0.3 and the first MLP need not re-embed them.
 
 Measured (docs/experiments.md, 2026-12-02): QK-norm softens the layer-0 attention collapse but nano still answers
-with the bag of colours after 300 steps of batch 32 on the text testbed. embed_scale is not measured yet.
+with the bag of colours after 300 steps of batch 32 on the text testbed. projector_ln_small made a learnt projector
+bind in the pseudo-image testbed (jointbind.py, batch 32, 2 seeds) where the default scale did not, but gave no
+binding on ladder rung 3 in 300 steps of batch 32 (1 seed). embed_scale is not measured yet.
 """
 from __future__ import annotations
 
@@ -42,3 +47,10 @@ def embed_scale(model) -> None:
     scale = math.sqrt(model.llm.config.hidden_size)
     emb.register_forward_hook(lambda module, args, out: out * scale)
 
+
+
+def projector_ln_small(model) -> None:
+    """SphinxX patch: image tokens start at the text embeddings' scale (LayerNorm weight 0.02, norm ~0.3 not ~16)."""
+    import torch
+
+    torch.nn.init.constant_(model.visual.projector[1].weight, 0.02)
