@@ -32,6 +32,8 @@ LORA_QUANTIZE = ("nf4",)
 
 @dataclass
 class ModelSection:
+    """`model:` what to train: a model directory, or a preset / config file initialised randomly."""
+
     # A model directory (`sphinx-x init` output, a checkpoint, a released model). Wins over `preset`.
     path: str | None = None
     # A preset name or a model config file (.yaml/.json), randomly initialised with `train.seed`.
@@ -45,6 +47,8 @@ class ModelSection:
 
 @dataclass
 class DataSection:
+    """`data:` the data mix and how its samples are encoded."""
+
     mix: str | None = None  # data mix YAML (META: [{path, type, root?, ratio?}])
     max_len: int = 2048  # tokens per sample after truncation (must fit one full image)
     lenient: bool = False  # skip and count bad samples instead of stopping on the first
@@ -55,6 +59,8 @@ class DataSection:
 
 @dataclass
 class OptimSection:
+    """`optim:` AdamW, the learning rates and the warm-up + cosine schedule, the loss reduction."""
+
     # 2e-5 is the SPHINX-X recipe for pretrained backbones (5e-6 for the MoE member). Training the
     # `nano` preset from scratch needs a much larger rate (its config uses 1e-3).
     lr: float = 2e-5
@@ -93,6 +99,8 @@ class LoraSection:
 
 @dataclass
 class TrainSection:
+    """`train:` steps, batch sizes, precision, device, memory savers, seeds and an optional LoRA."""
+
     max_steps: int | None = None  # optimizer steps; None = `epochs` passes over the data
     # Wall-clock budget of the training loop (minutes, setup excluded): training stops cleanly and saves
     # once it is spent, and the schedule's length follows the measured step rate (see Trainer._follow_budget),
@@ -119,6 +127,8 @@ class TrainSection:
 
 @dataclass
 class OutputSection:
+    """`output:` the output directory, logging, checkpoints and resume."""
+
     dir: str = "runs/train"
     log_every: int = 1  # optimizer steps between metrics.jsonl / TensorBoard records
     save_every: int = 500  # optimizer steps between checkpoints (0 = only the final one)
@@ -130,6 +140,9 @@ class OutputSection:
 
 @dataclass
 class TrainConfig:
+    """A training run's configuration: the five sections of this module's docstring. `load_train_config`
+    reads one from YAML with `--section.key=value` overrides; `from_dict` builds and validates."""
+
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
@@ -137,15 +150,18 @@ class TrainConfig:
     output: OutputSection = field(default_factory=OutputSection)
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain YAML/JSON-ready data (what a checkpoint records as the run's config)."""
         return to_plain(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build from plain data and `validate`; unknown keys and bad values raise ConfigError."""
         cfg = _build(cls, data, "")
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
+        """Raise ConfigError naming the first field with an invalid value or combination."""
         t = self.train
         if t.precision == "fp16":
             raise ConfigError("train.precision: fp16 is not supported (it is never used on CPU and needs loss "

@@ -55,6 +55,8 @@ def train(cfg: TrainConfig) -> Path:
 
 
 def resume_checkpoint(cfg: TrainConfig, ckpt_root: Path) -> Path | None:
+    """The checkpoint a run resumes from: None when `output.resume` is false or (when "auto") there is none;
+    with `output.resume` true, a missing checkpoint is a FileNotFoundError."""
     resume = cfg.output.resume
     if resume is False:
         return None
@@ -294,6 +296,9 @@ class Trainer:
 
     # ---- checkpoints -----------------------------------------------------------------------------
     def save(self) -> Path:
+        """Write a resumable checkpoint of the current step (model or LoRA adapter, optimizer, schedule,
+        sampler position, RNG states) under OUT/ckpt, keeping the last `output.keep_last`; returns its path.
+        Every rank must call it (the state is gathered); rank 0 writes."""
         info = self.info
         lora = is_lora_model(self.model)  # its checkpoints hold the adapter, not the frozen base
         state = {} if lora else D.full_state_dict(self.model, info)
@@ -318,6 +323,8 @@ class Trainer:
         return path
 
     def save_final(self) -> Path:
+        """Write OUT/final: a model directory `SphinxX.from_pretrained` loads (for a LoRA run, the adapter
+        directory). Every rank must call it; returns the path."""
         if is_lora_model(self.model):  # the adapter (peft's format); `sphinx-x lora merge` makes a model of it
             return save_adapter_dir(self.model, self.out / "final")
         state = D.full_state_dict(self.model, self.info)
@@ -351,6 +358,9 @@ class Trainer:
         return measure_matmul_peak(self.info.device, dtype, seconds=0.3)
 
     def run(self) -> Path:
+        """Train from the current step to `total_steps` (or until `train.max_minutes`), logging to
+        OUT/metrics.jsonl and saving a checkpoint every `output.save_every` steps and at the end; returns
+        OUT/final. Raises FloatingPointError on a non-finite loss and ConfigError without a data mix."""
         cfg, info = self.cfg, self.info
         if self.loader is None:
             raise ConfigError("Trainer.run() needs data: set data.mix (a Trainer built around a model without "
