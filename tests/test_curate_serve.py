@@ -9,14 +9,9 @@ describe fall back to the templated description and are counted)."""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 
-import httpx
 import pytest
+from _helpers.server import cli_server, free_port
 
 from sphinx_x.cli import main
 from sphinx_x.data.geometry import parse_marks
@@ -28,37 +23,13 @@ API_KEY = "curate-test-key"
 def nano_server(tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("nano") / "model"
     assert main(["init", "nano", "--out", str(model_dir)]) == 0
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log = tmp_path_factory.mktemp("serve_log") / "serve.log"
-    with open(log, "wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sphinx_x.cli", "serve", "--model", str(model_dir), "--host", "127.0.0.1",
-             "--port", str(port), "--model-name", "nano", "--device", "cpu", "--max-tokens", "64"],
-            stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "SPHINX_X_API_KEY": API_KEY})
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"sphinx-x serve exited with {proc.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"sphinx-x serve did not become healthy:\n{log.read_text()}")
-            time.sleep(0.5)
+    args = ["serve", "--model", str(model_dir), "--host", "127.0.0.1", "--port", str(port), "--model-name", "nano",
+            "--device", "cpu", "--max-tokens", "64"]
+    with cli_server(args, f"{url}/health", log, timeout_s=240, env={"SPHINX_X_API_KEY": API_KEY}):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _curate(ann, images, out, url, capsys) -> dict:

@@ -17,15 +17,11 @@ from __future__ import annotations
 
 import os
 import random
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-import httpx
 import pytest
+from _helpers.server import cli_server, free_port
 from PIL import Image
 from playwright.sync_api import expect
 
@@ -75,42 +71,15 @@ def model_dir(request) -> Path:
     return Path(chosen) if chosen else request.getfixturevalue("nano_model_dir")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def demo_url(model_dir, tmp_path_factory):
     port = free_port()
     log_path = tmp_path_factory.mktemp("demo_server") / "server.log"
-    cmd = [sys.executable, "-m", "sphinx_x.cli", "demo", "--model", str(model_dir), "--port", str(port),
-           "--share-nothing", "--default-max-new-tokens", str(MAX_NEW_TOKENS)]
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    args = ["demo", "--model", str(model_dir), "--port", str(port), "--share-nothing", "--default-max-new-tokens",
+            str(MAX_NEW_TOKENS)]
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    try:
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"the demo exited with code {server.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(url, timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the demo did not answer on {url} within {START_TIMEOUT_S} s:\n"
-                            f"{log_path.read_text()[-3000:]}")
-            time.sleep(1)
+    with cli_server(args, url, log_path, timeout_s=START_TIMEOUT_S):
         yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 @pytest.fixture
