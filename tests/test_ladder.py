@@ -184,3 +184,45 @@ def test_patch_hook_loads_a_function_and_names_bad_specs(tmp_path):
         load_patch(f"{f}:nope")
     with pytest.raises(FileNotFoundError, match="FILE.py:FUNC"):
         load_patch(str(tmp_path / "missing.py") + ":bump")
+
+
+def test_oracle_features_name_the_object_under_each_token():
+    import random
+
+    from ladder import oracle
+
+    from sphinx_x.canvas import collate_images, prepare_image
+    from sphinx_x.config import SphinxXConfig
+
+    vision = SphinxXConfig.from_name("nano").vision
+    item = TASKS[3].make(random.Random(1))
+    views = prepare_image(item.image, vision)
+    oracle.register(views, vision.experts[0].name, item.objects)
+    module = oracle.OracleVisual(vision, 32)
+    batch = collate_images([views], vision)
+    one = batch.views[module.expert]
+    feats = module.symbols(one, oracle._shapes_by_image[oracle._key(one[0])])
+    named = set()
+    for view in feats[:, 1:]:  # grid tokens of every view
+        for f in view:
+            if not f[-1]:
+                named.add((oracle.COLOR_NAMES[int(f[4:10].argmax())], oracle.SHAPES[int(f[:4].argmax())]))
+    assert named == {(o.color, o.shape) for o in item.objects}
+    assert module(batch).shape == (5, 1 + vision.feature_grid ** 2, 32)
+
+
+def test_dense_sequences_ask_about_different_objects():
+    import random
+
+    from ladder.train import Encoder
+
+
+    enc = Encoder.__new__(Encoder)
+    enc.task, enc.dense, enc.rng = TASKS[3], 4, random.Random(0)
+    item = TASKS[3].make(random.Random(2))
+    seqs = enc.expand([item])
+    assert len(seqs) == 4
+    n = len(item.objects)
+    assert len({q for _, q, _ in seqs[:n]}) == n  # every object once before any repeats
+    colour_of = {o.shape: o.color for o in item.objects}
+    assert all(a == colour_of[q.split()[-1].rstrip("?")] for _, q, a in seqs)

@@ -54,3 +54,11 @@ def projector_ln_small(model) -> None:
     import torch
 
     torch.nn.init.constant_(model.visual.projector[1].weight, 0.02)
+
+
+def freeze_llm(model) -> None:
+    """SphinxX patch: the LLM's weights stay as loaded (--init-llm); only the projector and tags learn, as in
+    LLaVA's alignment stage, so a pretrained stand-in's circuits are not overwritten while the projector is
+    still producing noise."""
+    for p in model.llm.parameters():
+        p.requires_grad_(False)

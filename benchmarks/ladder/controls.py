@@ -6,6 +6,8 @@
     one-expert    the ConvNeXt (CLIP stand-in) expert only
     cnn-embed     the same LLM with a plain CNN patch embedding (one strided conv + LayerNorm) for the experts
     frozen-pre    frozen experts from `sphinx-x pretrain-experts` (--experts DIR/model.yaml) instead of scratch
+    oracle-embed  the same symbols as the LLM's own word embeddings, E[colour] + E[shape] (no projector)
+    oracle        perfect symbolic features (shape and colour under each token) in the real token layout
     cnn-ceiling   no LLM: a small CNN classifier trained directly on (image, question) -> answer class
 """
 
@@ -33,6 +35,7 @@ class Control:
     patch: Callable[[nn.Module], None] | None = None  # on the built SphinxX
     ceiling: bool = False  # a CNN classifier instead of the multimodal model
     needs_experts: bool = False  # a pretrain-experts model.yaml (--experts)
+    oracle: bool = False  # the Encoder registers each image's objects for benchmarks/ladder/oracle.py
 
 
 def _global_only(data: dict[str, Any]) -> None:
@@ -73,6 +76,18 @@ class PatchEmbedVisual(nn.Module):
         return self.norm(torch.cat([t.mean(1, keepdim=True), t], dim=1))
 
 
+def _oracle(model: nn.Module) -> None:
+    from .oracle import install
+
+    install(model)
+
+
+def _oracle_embed(model: nn.Module) -> None:
+    from .oracle import install_embed
+
+    install_embed(model)
+
+
 def _patch_embed(model: nn.Module) -> None:
     model.visual = PatchEmbedVisual(model.config.vision, model.llm.config.hidden_size)
 
@@ -106,6 +121,8 @@ CONTROLS: dict[str, Control] = {c.name: c for c in [
     Control("one-expert", IMAGE_RUNGS, edit_config=_convnext_only),
     Control("cnn-embed", IMAGE_RUNGS, patch=_patch_embed),
     Control("frozen-pre", IMAGE_RUNGS, needs_experts=True),
+    Control("oracle", (1, 2, 3, 4), patch=_oracle, oracle=True),
+    Control("oracle-embed", (1, 2, 3, 4), patch=_oracle_embed, oracle=True),
     Control("cnn-ceiling", (1, 2, 3, 4), ceiling=True),
 ]}
 

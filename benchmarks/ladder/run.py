@@ -44,6 +44,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--optim", default="adamw", choices=["adamw", "muon"], help="optimizer (muon: hidden LLM matrices)")
     ap.add_argument("--patch", action="append", default=[], metavar="FILE.py:FUNC",
                     help="call FUNC(model) on every built model (an experimental lever); repeatable")
+    ap.add_argument("--save-llm", default=None, metavar="DIR",
+                    help="write each run's trained LLM to DIR/r<rung>-<control>-s<seed>.safetensors")
+    ap.add_argument("--dense", type=int, default=1,
+                    help="sequences per training image, each asking about another object (rungs 3, 6); "
+                         "--batch counts sequences")
     ap.add_argument("--experts", default=None, help="model.yaml of `sphinx-x pretrain-experts` (frozen-pre control)")
     ap.add_argument("--force", action="store_true", help="rerun runs whose JSON already exists")
     ap.add_argument("--quick", action="store_true", help="smoke run: 12 steps, batch 2, 8 held-out samples, seed 0")
@@ -105,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     recipe_note = {"recipe": args.recipe, "overrides": args.overrides, "init_llm": args.init_llm,
-                   "optim": args.optim, "experts": args.experts, "patches": args.patch}
+                   "optim": args.optim, "experts": args.experts, "patches": args.patch,
+                   "dense": args.dense}
     jobs = plan(args)
     print(f"ladder: {len(jobs)} runs, {args.steps} steps x batch {args.batch}, out {out}")
     for task, control, seed in jobs:
@@ -116,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rung {task.rung} {task.name} / {control.name} / seed {seed}", flush=True)
         spec = RunSpec(task, control, seed, args.steps, args.batch, args.eval_every, args.eval_n, args.binding_n,
                        load_train_config(args.recipe, args.overrides), args.init_llm, args.optim, args.experts,
-                       args.patch, log=lambda s: print(s, flush=True))
+                       args.patch, log=lambda s: print(s, flush=True), dense=args.dense,
+                       save_llm=str(Path(args.save_llm) / f"{path.stem}.safetensors") if args.save_llm else None)
         t0 = time.time()
         result = run_one(spec)
         write_json(path, {"rung": task.rung, "task": task.name, "control": control.name, "seed": seed,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,6 +58,8 @@ class RunSpec:
     experts: str | None = None
     patches: list[str] = field(default_factory=list)  # FILE.py:FUNC, each called as FUNC(model)
     log: Callable[[str], None] = print
+    save_llm: str | None = None  # write the trained LLM here (safetensors, --init-llm reads it)
+    dense: int = 1  # questions per training image (turns of one dialogue); needs the task's probes
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -119,6 +122,16 @@ def load_llm(model: SphinxX, path: str) -> None:
                          f"unexpected {unexpected[:3]})")
 
 
+def save_llm(model: SphinxX, path: str) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous() for k, v in model.llm.state_dict().items()}
+    if model.llm.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, path)
+
+
 def build_optimizers(model: SphinxX, spec: RunSpec) -> list[torch.optim.Optimizer]:
     o = spec.recipe.optim
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -159,8 +172,13 @@ def _muon_fp32_on_cpu() -> None:
 class Encoder:
     """Items -> training tensors and generation prompts (image right after BOS, as the corpus)."""
 
-    def __init__(self, model: SphinxX, task: Task, text_scene: bool):
-        self.model, self.task = model, task
+    def __init__(self, model: SphinxX, task: Task, text_scene: bool, dense: int = 1, seed: int = 0,
+                 oracle: bool = False):
+        if dense > 1 and not task.probes:
+            raise ValueError(f"--dense {dense}: rung {task.rung} ({task.name}) has no per-object questions")
+        self.model, self.task, self.dense = model, task, dense
+        self.rng = random.Random(f"dense:{seed}")
+        self.oracle = oracle
         self.vision = model.config.vision
         self.use_image = task.has_image and not text_scene
         self.text_scene = text_scene
@@ -173,9 +191,24 @@ class Encoder:
         q = question or item.question
         return self.task.describe(item) + q if self.text_scene else q
 
+    def expand(self, items: list[Item]) -> list[tuple[Item, str, str]]:
+        """(item, question, answer) sequences: one per item, or with `dense` > 1 that many per item about
+        different objects (its per-object questions; again from the start when there are fewer objects), each a
+        dialogue of its own, so no answer can be inferred from another one by elimination."""
+        if self.dense <= 1:
+            return [(it, it.question, it.answer) for it in items]
+        out = []
+        for it in items:
+            probes = self.task.probes(it)
+            self.rng.shuffle(probes)
+            out += [(it, *probes[k % len(probes)]) for k in range(self.dense)]
+        return out
+
     def train_tensors(self, items: list[Item]):
-        encs = [self.enc.encode([{"role": "user", "content": self._question(it, None)},
-                                 {"role": "assistant", "content": it.answer}], self.counts) for it in items]
+        seqs = self.expand(items)
+        items = [it for it, _, _ in seqs]
+        encs = [self.enc.encode([{"role": "user", "content": self._question(it, q)},
+                                 {"role": "assistant", "content": a}], self.counts) for it, q, a in seqs]
         width = max(len(e.input_ids) for e in encs)
         ids = torch.full((len(items), width), self.pad_id)
         labels = torch.full((len(items), width), IGNORE_INDEX)
@@ -184,13 +217,20 @@ class Encoder:
             ids[b, : len(e.input_ids)] = torch.tensor(e.input_ids)
             labels[b, : len(e.labels)] = torch.tensor(e.labels)
             mask[b, : len(e.input_ids)] = 1
-        images = collate_images([prepare_image(it.image, self.vision) for it in items], self.vision) \
-            if self.use_image else None
+        images = collate_images([self.views(it) for it in items], self.vision) if self.use_image else None
         return ids, mask, labels, images
 
     def prompt(self, item: Item, question: str | None = None) -> EncodedPrompt:
         ids = self.enc.encode_prompt([{"role": "user", "content": self._question(item, question)}], self.counts)
-        return EncodedPrompt(ids, [prepare_image(item.image, self.vision)] if self.use_image else [])
+        return EncodedPrompt(ids, [self.views(item)] if self.use_image else [])
+
+    def views(self, item: Item):
+        views = prepare_image(item.image, self.vision)
+        if self.oracle:
+            from .oracle import register
+
+            register(views, self.vision.experts[0].name, item.objects)
+        return views
 
 
 def correct(task: Task, prediction: str, answer: str) -> bool:
@@ -226,7 +266,7 @@ def binding(model: SphinxX, encoder: Encoder, items: list[Item]) -> dict[str, fl
 # ---- training ----------------------------------------------------------------------------------
 def run_llm(spec: RunSpec) -> dict[str, Any]:
     model = build_model(spec)
-    encoder = Encoder(model, spec.task, spec.control.text_scene)
+    encoder = Encoder(model, spec.task, spec.control.text_scene, spec.dense, spec.seed, spec.control.oracle)
     evalset = heldout(spec.task, spec.eval_n)
     stream = train_stream(spec.task, spec.seed, {it.key for it in evalset})
     opts = build_optimizers(model, spec)
@@ -246,7 +286,8 @@ def run_llm(spec: RunSpec) -> dict[str, Any]:
         losses.clear()
 
     for step in range(1, spec.steps + 1):
-        ids, mask, labels, images = encoder.train_tensors([next(stream) for _ in range(spec.batch)])
+        n_images = max(1, spec.batch // spec.dense)  # with --dense, `batch` counts sequences
+        ids, mask, labels, images = encoder.train_tensors([next(stream) for _ in range(n_images)])
         loss = model(ids, attention_mask=mask, labels=labels, images=images, loss_reduction=reduction).loss
         value = float(loss.detach())
         if not math.isfinite(value):
@@ -263,6 +304,8 @@ def run_llm(spec: RunSpec) -> dict[str, Any]:
         if step % spec.eval_every == 0 or step == spec.steps:
             evaluate(step)
     result: dict[str, Any] = {"curve": curve}
+    if spec.save_llm:
+        save_llm(model, spec.save_llm)
     if spec.task.probes and spec.binding_n:
         result["binding"] = binding(model, encoder, evalset[: spec.binding_n])
         spec.log(f"  binding: answer changes with the named object on {result['binding']['changes']:.0%} of images")
