@@ -78,3 +78,43 @@ def test_cli_writes_weights_and_refuses_bad_arguments(tmp_path, capsys):
     assert cli_main(["pretrain-experts", "--out", str(tmp_path / "file")]) == 2
     with pytest.raises(SystemExit):
         cli_main(["pretrain-experts", "--out", str(out), "--steps", "0"])
+
+
+def test_token_labels_name_the_object_under_each_patch_and_treat_padding_as_background():
+    from PIL import Image, ImageDraw
+
+    from sphinx_x.train.expert_pretrain import NUM_COLORS, token_labels
+
+    pad = (123, 117, 104)
+    img = Image.new("RGB", (128, 128), (255, 255, 255))
+    ImageDraw.Draw(img).rectangle((64, 32, 95, 63), fill=COLORS["purple"])  # exactly patch (row 1, col 2)
+    ImageDraw.Draw(img).rectangle((0, 96, 127, 127), fill=pad)  # the bottom row is canvas padding
+    view = torch.from_numpy(__import__("numpy").asarray(img).copy()).permute(2, 0, 1)
+    purple, star = list(COLORS).index("purple"), SHAPES.index("star")
+    labels = token_labels(view, {purple: star}, grid=4, pad=pad)
+    assert labels.shape == (16, 2)
+    assert labels[1 * 4 + 2].tolist() == [purple, star]
+    others = [t for t in range(16) if t != 6]
+    assert (labels[others, 0] == NUM_COLORS).all() and (labels[others, 1] == len(SHAPES)).all()
+
+
+def test_scene_example_gives_token_labels_for_the_global_view_and_a_sub_image():
+    views, labels = scene_example(VISION, seed=3, index=5)
+    drawn = {c for c, k in enumerate(labels.tolist()) if k}
+    for e in VISION.experts:
+        assert views[f"{e.name}.crop"].shape == (3, e.view_size, e.view_size)
+        g = VISION.feature_grid
+        for key in (f"{e.name}.tokens", f"{e.name}.crop.tokens"):
+            assert views[key].shape == (g * g, 2)
+        named = set(views[f"{e.name}.tokens"][:, 0].tolist()) - {len(COLORS)}
+        assert named == drawn  # every drawn object covers some patch of the global view, nothing else is named
+
+
+def test_token_objective_trains_the_per_token_heads(tmp_path):
+    from sphinx_x.train.expert_pretrain import pretrain_experts
+
+    result = pretrain_experts(VISION, tmp_path, steps=3, batch_size=4, seed=0, num_workers=0, token_weight=1.0)
+    plain = pretrain_experts(VISION, tmp_path / "plain", steps=3, batch_size=4, seed=0, num_workers=0)
+    assert result.steps == 3
+    # The per-token cross-entropy (two heads, 7 and 5 classes, global view and sub-image) adds ~2 x (ln 7 + ln 5)
+    assert result.losses[0] > plain.losses[0] + 2.0

@@ -31,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=64, help="scenes per step (default 64)")
     p.add_argument("--lr", type=positive_float, default=1e-3, help="AdamW learning rate (default 1e-3)")
     p.add_argument("--seed", type=int, default=0, help="initialisation and scene seed (default 0)")
+    p.add_argument("--token-weight", type=float, default=0.0,
+                   help="weight of the per-token objective (each grid token names the colour and shape under it; "
+                        "default 0: the scene-level objective only)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -51,10 +54,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     result, model_yaml = write_pretrained(
         config, out, steps=args.steps, max_seconds=args.minutes * 60 if args.minutes else None,
-        batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, progress=not args.quiet)
+        batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, progress=not args.quiet,
+        token_weight=args.token_weight)
     for name, path in result.paths.items():
         print(f"{name}: {path}  (held-out: names the shape of {100 * result.accuracy[name]:.0f}% of the objects, "
               "chance 20%)")
+    for name, acc in result.token_accuracy.items():
+        print(f"{name}: per-token held-out: names colour and shape under {100 * acc:.0f}% of the object tokens")
     print(f"{result.steps} steps in {result.seconds:.0f} s; model config with these experts frozen: {model_yaml}")
     print(f"next: sphinx-x train configs/nano.yaml --data DATA.yaml --model.preset={model_yaml}")
     return 0

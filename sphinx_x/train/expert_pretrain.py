@@ -31,26 +31,55 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from sphinx_x.canvas import make_canvas, to_uint8_tensor
 from sphinx_x.config import SphinxXConfig, VisionConfig
-from sphinx_x.data.synth.common import COLORS
+from sphinx_x.data.synth.common import BACKGROUND, COLORS
 from sphinx_x.data.synth.scenes import SHAPES, make_scene, render_scene
 from sphinx_x.fileio import write_atomic
 from sphinx_x.vision import VisionExpert
 
 NUM_COLORS, NUM_CLASSES = len(COLORS), 1 + len(SHAPES)  # per colour: none, or one of the shapes
 HELD_OUT = 256  # scenes in the accuracy set (its own seed stream)
+# Per-token targets: the colour (or background) and shape (or background) of what covers a grid token's patch.
+MIN_SHARE = 0.05  # a patch with less than this share of any object colour is background
+
+
+def token_labels(view: torch.Tensor, shape_of: dict[int, int], grid: int, pad: tuple[int, int, int]) -> torch.Tensor:
+    """uint8 (3, r, r) view -> (grid*grid, 2) long: per grid token (raster order) the colour index of the
+    object covering most of its patch (NUM_COLORS for background) and that object's shape index (len(SHAPES)
+    for background). Colours are unique within a scene, so the colour names the object. Pixels nearest the
+    background or the canvas padding colour `pad` count as background."""
+    palette = torch.tensor([*COLORS.values(), BACKGROUND, pad], dtype=torch.float32)
+    r = view.shape[-1]
+    p = r // grid
+    px = view[:, : p * grid, : p * grid].float().permute(1, 2, 0).unsqueeze(-2)  # (r, r, 1, 3)
+    nearest = ((px - palette) ** 2).sum(-1).argmin(-1)  # (r, r)
+    share = F.one_hot(nearest, len(palette)).float().reshape(grid, p, grid, p, -1).mean((1, 3)).reshape(grid * grid, -1)
+    top, colour = share[:, :NUM_COLORS].max(-1)
+    colour = torch.where(top >= MIN_SHARE, colour, torch.full_like(colour, NUM_COLORS))
+    shape = torch.tensor([shape_of.get(int(c), len(SHAPES)) for c in colour])
+    return torch.stack([colour, shape], dim=1)
 
 
 def scene_example(vision: VisionConfig, seed: int, index: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Scene `index` of stream `seed`: each expert's global view (uint8, 3 x r x r) and its labels."""
-    scene = make_scene(random.Random(seed * 1_000_003 + index))
+    """Scene `index` of stream `seed`: each expert's global view (uint8, 3 x r x r), the scene labels (per
+    colour: none or the shape) and, under "<expert>.tokens", each expert's per-token labels (`token_labels`)."""
+    rng = random.Random(seed * 1_000_003 + index)
+    scene = make_scene(rng)
     image = render_scene(scene)
-    views = {}
-    for expert in vision.experts:  # the global view only: the whole scene, as the labels describe it
-        views[expert.name] = to_uint8_tensor(make_canvas(image, expert.view_size, vision.canvas))
-    labels = torch.zeros(NUM_COLORS, dtype=torch.long)
+    i, j = rng.randrange(2), rng.randrange(2)  # the grid cell a sub-image view would show (2x2 grid)
     colors = list(COLORS)
-    for o in scene.objects:
-        labels[colors.index(o.color)] = 1 + SHAPES.index(o.shape)
+    shape_of = {colors.index(o.color): SHAPES.index(o.shape) for o in scene.objects}
+    views, pad = {}, tuple(vision.canvas.pad_color)
+    for expert in vision.experts:  # the global view only: the whole scene, as the labels describe it
+        view = to_uint8_tensor(make_canvas(image, expert.view_size, vision.canvas))
+        views[expert.name] = view
+        views[f"{expert.name}.tokens"] = token_labels(view, shape_of, vision.feature_grid, pad)
+        r = expert.view_size  # one sub-image view too: objects at twice the size, as the one-stage model sees them
+        crop = to_uint8_tensor(make_canvas(image, 2 * r, vision.canvas))[:, i * r : (i + 1) * r, j * r : (j + 1) * r]
+        views[f"{expert.name}.crop"] = crop.contiguous()
+        views[f"{expert.name}.crop.tokens"] = token_labels(crop, shape_of, vision.feature_grid, pad)
+    labels = torch.zeros(NUM_COLORS, dtype=torch.long)
+    for c, s in shape_of.items():
+        labels[c] = 1 + s
     return views, labels
 
 
@@ -77,6 +106,21 @@ def collate(examples: list[tuple[dict[str, torch.Tensor], torch.Tensor]]):
     return views, torch.stack([y for _, y in examples])
 
 
+class TokenHead(nn.Module):
+    """Each grid token -> logits over colours + background and over shapes + background (a dense, local
+    objective: every token must say what is under it, as CLIP / DINOv2 patch features do)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.colour = nn.Linear(channels, NUM_COLORS + 1)
+        self.shape = nn.Linear(channels, len(SHAPES) + 1)
+
+    def loss(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        grid = tokens[:, 1:]  # token 0 is the view's summary
+        return (F.cross_entropy(self.colour(grid).flatten(0, 1), labels[..., 0].flatten())
+                + F.cross_entropy(self.shape(grid).flatten(0, 1), labels[..., 1].flatten()))
+
+
 class ProbeHead(nn.Module):
     """Mean of an expert's tokens -> per-colour logits over (none, shapes)."""
 
@@ -95,13 +139,17 @@ class PretrainResult:
     seconds: float
     accuracy: dict[str, float]  # expert name -> held-out share of the drawn objects whose shape it names
     losses: list[float]  # training loss per step (summed over experts)
+    # expert name -> held-out share of object-covered grid tokens whose colour and shape the token head names
+    # (global views; only with the per-token objective)
+    token_accuracy: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def pretrain_experts(vision: VisionConfig, out: str | Path, *, steps: int = 400, max_seconds: float | None = None,
                      batch_size: int = 64, lr: float = 1e-3, seed: int = 0, device: str = "cpu",
-                     num_workers: int = 1, progress: bool = False) -> PretrainResult:
+                     num_workers: int = 1, progress: bool = False, token_weight: float = 0.0) -> PretrainResult:
     """Train every expert of `vision` (from its random init, seeded by `seed`) for `steps` steps or until
-    `max_seconds`, whichever ends first; write OUT/<expert>.safetensors and return what happened."""
+    `max_seconds`, whichever ends first; write OUT/<expert>.safetensors and return what happened.
+    `token_weight` > 0 adds the per-token objective (`TokenHead`) with that weight."""
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
     out = Path(out)
@@ -109,9 +157,13 @@ def pretrain_experts(vision: VisionConfig, out: str | Path, *, steps: int = 400,
     torch.manual_seed(seed)
     experts = nn.ModuleDict({e.name: VisionExpert(_trainable(e), vision.feature_grid) for e in vision.experts})
     heads = nn.ModuleDict({e.name: ProbeHead(e.channels) for e in vision.experts})
+    token_heads = nn.ModuleDict({e.name: TokenHead(e.channels) for e in vision.experts})
     experts.to(device).train()
     heads.to(device)
+    token_heads.to(device)
     params = list(experts.parameters()) + list(heads.parameters())
+    if token_weight > 0:
+        params += list(token_heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     warmup = max(1, steps // 20)
     loader = DataLoader(SceneStream(vision, batch_size, seed), batch_size=None, num_workers=num_workers,
@@ -126,7 +178,15 @@ def pretrain_experts(vision: VisionConfig, out: str | Path, *, steps: int = 400,
         for group in optimizer.param_groups:  # linear warm-up, then constant (the run is short)
             group["lr"] = lr * min(1.0, (step + 1) / warmup)
         labels = labels.to(device)
-        total = sum(F.cross_entropy(heads[n](experts[n](views[n])).flatten(0, 1), labels.flatten()) for n in experts)
+        total = 0.0
+        for n in experts:
+            tokens = experts[n](views[n])
+            total = total + F.cross_entropy(heads[n](tokens).flatten(0, 1), labels.flatten())
+            if token_weight > 0:
+                crop = experts[n](views[f"{n}.crop"])
+                dense = (token_heads[n].loss(tokens, views[f"{n}.tokens"].to(device))
+                         + token_heads[n].loss(crop, views[f"{n}.crop.tokens"].to(device)))
+                total = total + token_weight * dense
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
@@ -141,12 +201,13 @@ def pretrain_experts(vision: VisionConfig, out: str | Path, *, steps: int = 400,
         bar.close()
     seconds = time.perf_counter() - started
     accuracy = held_out_accuracy(vision, experts, heads, seed, device)
+    token_accuracy = held_out_token_accuracy(vision, experts, token_heads, seed, device) if token_weight > 0 else {}
     paths = {}
     for name, expert in experts.items():
         paths[name] = out / f"{name}.safetensors"
         trunk = {k: v.detach().cpu().contiguous() for k, v in expert.trunk.state_dict().items()}
         write_atomic(paths[name], save(trunk))  # a reader never sees half a file
-    return PretrainResult(paths, step, seconds, accuracy, losses)
+    return PretrainResult(paths, step, seconds, accuracy, losses, token_accuracy)
 
 
 @torch.no_grad()
@@ -158,6 +219,22 @@ def held_out_accuracy(vision: VisionConfig, experts: nn.ModuleDict, heads: nn.Mo
     experts.eval()
     acc = {n: float((heads[n](experts[n](views[n].to(device))).argmax(-1) == labels)[drawn].float().mean())
            for n in experts}
+    experts.train()
+    return acc
+
+
+@torch.no_grad()
+def held_out_token_accuracy(vision: VisionConfig, experts: nn.ModuleDict, token_heads: nn.ModuleDict, seed: int,
+                            device: str) -> dict[str, float]:
+    views, _ = collate([scene_example(vision, seed + 7_919, i) for i in range(HELD_OUT)])
+    experts.eval()
+    acc = {}
+    for n in experts:
+        grid = experts[n](views[n].to(device))[:, 1:]
+        labels = views[f"{n}.tokens"].to(device)
+        right = (token_heads[n].colour(grid).argmax(-1) == labels[..., 0]) & (
+            token_heads[n].shape(grid).argmax(-1) == labels[..., 1])
+        acc[n] = float(right[labels[..., 0] < NUM_COLORS].float().mean())
     experts.train()
     return acc
 
