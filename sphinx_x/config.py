@@ -124,6 +124,10 @@ class VisionConfig:
     experts: list[VisionExpertConfig]
     feature_grid: int = 16  # every expert's map is resampled to feature_grid x feature_grid tokens
     canvas: CanvasConfig = field(default_factory=CanvasConfig)
+    # Initial weight of the projectors' LayerNorm. 1 (PyTorch's default) puts image tokens at norm ~sqrt(d)
+    # (16 for nano), 50x the text embeddings; nano uses 0.02 so they start at the text's scale, which let its
+    # from-scratch LLM learn to look objects up by the question (docs/experiments.md, 2026-12-02).
+    projector_norm_init: float = 1.0
 
     def __post_init__(self) -> None:
         if self.experts and all(e.own_projector for e in self.experts):

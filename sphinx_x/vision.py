@@ -29,8 +29,10 @@ from sphinx_x.experts import (  # noqa: F401 - re-exported: the vision API preda
 )
 
 
-def _projector(channels: int, d: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(channels, d), nn.LayerNorm(d))
+def _projector(channels: int, d: int, norm_init: float = 1.0) -> nn.Sequential:
+    proj = nn.Sequential(nn.Linear(channels, d), nn.LayerNorm(d))
+    nn.init.constant_(proj[1].weight, norm_init)  # VisionConfig.projector_norm_init
+    return proj
 
 
 class MixtureOfVisualExperts(nn.Module):
@@ -45,9 +47,10 @@ class MixtureOfVisualExperts(nn.Module):
             raise ConfigError(f"vision.experts: duplicate expert names {names}")
         self.cfg = cfg
         self.experts = nn.ModuleDict({e.name: VisionExpert(e, cfg.feature_grid) for e in cfg.experts})
-        self.projector = _projector(cfg.channels, d)  # the shared block
+        self.projector = _projector(cfg.channels, d, cfg.projector_norm_init)  # the shared block
         # Empty for SPHINX-X's own presets, so their state dicts have no key here.
-        self.own_projectors = nn.ModuleDict({e.name: _projector(e.channels, d) for e in cfg.experts if e.own_projector})
+        self.own_projectors = nn.ModuleDict({e.name: _projector(e.channels, d, cfg.projector_norm_init)
+                                              for e in cfg.experts if e.own_projector})
 
     @property
     def tokens_per_view(self) -> int:

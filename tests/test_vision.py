@@ -440,3 +440,20 @@ def test_mixture_concatenates_expert_tokens_then_projects():
     assert feats.shape == (5, 17, 128 + 96)
     torch.testing.assert_close(out, mov.projector(feats))
     assert isinstance(mov.projector[0], nn.Linear) and isinstance(mov.projector[1], nn.LayerNorm)
+
+
+def test_projector_norm_init_sets_the_scale_image_tokens_start_at():
+    from sphinx_x.config import SphinxXConfig
+    from sphinx_x.model import SphinxX
+
+    base = SphinxXConfig.from_name("nano")
+    small = base.with_overrides({"vision": {"projector_norm_init": 0.02}})
+    assert SphinxXConfig.from_dict(small.to_dict()).vision.projector_norm_init == 0.02  # saved and read back
+    norms = []
+    for cfg in (base, small):
+        torch.manual_seed(0)
+        model = SphinxX(cfg)
+        feats = torch.randn(3, cfg.vision.channels)
+        norms.append(float(model.visual.projector(feats).norm(dim=-1).mean()))
+    assert abs(norms[0] - base.llm.hidden_size ** 0.5) < 1.0  # LayerNorm weight 1: norm sqrt(d)
+    assert abs(norms[1] / norms[0] - 0.02) < 1e-3
