@@ -1,22 +1,29 @@
 """One training step (forward, backward, AdamW) through `Trainer.train_step` vs a plain step, same model.
 
-    python benchmarks/bench_train_step.py [--sizes nano,25m] [--kinds text,image] [--reps 5]
-                                          [--batch 4] [--text 256] [--threads 1] [--compile]
+    python benchmarks/bench_train_step.py [--sizes nano,45m] [--kinds text,image] [--reps 5]
+                                          [--batch 4] [--text 256] [--threads 1] [--compile] [--profile N]
 
 One process. For each size a model is built once (seed 0) and copied, so both sides train identical
-weights with their own AdamW (lr 1e-5, betas 0.9/0.95, no weight decay, default implementation). The
-two steps alternate, `reps` times each after one warm-up each; medians are reported with the spread
-(min-max). fp32, no activation checkpointing, gradient clipping at the trainer's default.
+weights. The two steps alternate, `reps` times each after one warm-up each; medians are reported with
+the spread (min-max). fp32, no activation checkpointing, gradient clipping at 8 on both sides. Sizes:
+`nano` (d 256 x 4 layers), `25m`, `45m` (d 640 x 10 layers, GQA 10/5: the larger size of
+bench_vs_llava_next.py), `100m`; all with nano's vision front end and vocabulary.
 
-Plain steps:
+Plain steps (what a user writes with transformers and torch, torch's default AdamW):
 - `text`: the transformers `*ForCausalLM` inside the model, called the standard way
   (`llm(input_ids, attention_mask, labels).loss.backward()`, `clip_grad_norm_`, `opt.step()`,
   `opt.zero_grad()`); ours runs the whole SPHINX-X model on the same text-only batch.
 - `image`: the SPHINX-X model called directly (`model(..., images=...)`, loss_sum / tokens, backward,
   clip, step); each sample is one 2:1 image plus `text` tokens.
-MFU = model FLOPs (sphinx_x.train.flops, the same formula for both sides) / the fp32 matmul peak
-measured at start and end of each size (benchmarks/matmul_peak.py's probe; the lower is used, so a
-busy machine shows).
+Ours: `Trainer.train_step([batch])` with the trainer's defaults (fused AdamW, foreach clipping).
+
+Each step is timed twice: wall clock, and the CPU time of this process (`time.process_time`). On a
+shared CPU the wall time includes the time other jobs held the core; the CPU time is what the step
+itself cost, so the ratio and MFU by CPU time are the ones that stay stable on a busy machine.
+MFU = model FLOPs (sphinx_x.train.flops, the same formula for both sides: 6 x body parameters x tokens
++ attention + LM head on supervised positions, plus the vision experts) / the fp32 matmul peak of
+benchmarks/matmul_peak.py's probe per thread, measured at start and end of each size with the same
+clock (the lower of the two is used, so a busy machine shows).
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ SIZES = {
     "nano": {},
     "25m": {"llm": {"hidden_size": 512, "num_layers": 8, "num_heads": 8, "num_kv_heads": 4,
                     "intermediate_size": 1408, "vocab_size": 8192}},
+    "45m": {"llm": {"hidden_size": 640, "num_layers": 10, "num_heads": 10, "num_kv_heads": 5,
+                    "intermediate_size": 1728}},  # the larger size of bench_vs_llava_next.py
     "100m": {"llm": {"hidden_size": 768, "num_layers": 16, "num_heads": 12, "num_kv_heads": 4,
                      "intermediate_size": 2048}},
 }
@@ -106,41 +115,66 @@ def trainer_for(model, compile_layers: bool, peak: float, fused: bool = True):
     return Trainer(cfg, model=model)
 
 
-def timed(fn) -> float:
-    t0 = time.perf_counter()
+def timed(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one call."""
+    t0, c0 = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def profile_sides(sides: dict, top: int) -> None:
+    """torch.profiler of one step per side: the ops with the most self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for name, fn in sides.items():
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fn()
+        print(f"\n### {name}: top {top} ops by self CPU time\n")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top))
 
 
 def run_size(size: str, kind: str, args) -> dict:
     from sphinx_x.train.flops import batch_flops, measure_matmul_peak
 
-    peak0 = measure_matmul_peak("cpu", torch.float32, seconds=1.0)
+    def peaks() -> tuple[float, float]:  # wall-clock and CPU-time matmul peaks
+        return (measure_matmul_peak("cpu", torch.float32, seconds=1.0),
+                measure_matmul_peak("cpu", torch.float32, seconds=1.0, clock=time.process_time))
+
+    peak0 = peaks()
     base = build(size)
     batch = make_batch(base, kind, args.batch, args.text)
     flops = batch_flops(base.config, batch)
     tokens = batch["num_visual_tokens"] + batch["num_text_tokens"]
     plain = plain_step_fn(copy.deepcopy(base), batch, kind)
     sides = {"plain": plain}
-    trainer = trainer_for(copy.deepcopy(base), False, peak0)
+    trainer = trainer_for(copy.deepcopy(base), False, peak0[0])
     sides["ours"] = lambda: trainer.train_step([batch])
     if args.unfused:
-        unfused = trainer_for(copy.deepcopy(base), False, peak0, fused=False)
+        unfused = trainer_for(copy.deepcopy(base), False, peak0[0], fused=False)
         sides["ours, optim.fused=false"] = lambda: unfused.train_step([batch])
     if args.compile:
-        compiled = trainer_for(copy.deepcopy(base), True, peak0)
+        compiled = trainer_for(copy.deepcopy(base), True, peak0[0])
         sides["ours+compile"] = lambda: compiled.train_step([batch])
-    times: dict[str, list[float]] = {k: [] for k in sides}
+    wall: dict[str, list[float]] = {k: [] for k in sides}
+    cpu: dict[str, list[float]] = {k: [] for k in sides}
     for fn in sides.values():
         fn()  # warm-up: allocations, AdamW state (and compilation)
+    if args.profile:
+        profile_sides(sides, args.profile)
     for _ in range(args.reps):
         for name, fn in sides.items():
-            times[name].append(timed(fn))
-    peak = min(peak0, measure_matmul_peak("cpu", torch.float32, seconds=1.0))
-    med = {k: statistics.median(v) for k, v in times.items()}
+            w, c = timed(fn)
+            wall[name].append(w)
+            cpu[name].append(c)
+    peak1 = peaks()
+    peak_wall, peak_cpu = min(peak0[0], peak1[0]), min(peak0[1], peak1[1])
+    med = {k: statistics.median(v) for k, v in wall.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     return {"size": size, "kind": kind, "params_M": sum(p.numel() for p in base.parameters()) / 1e6,
-            "tokens": tokens, "peak_tflops": (peak0 / 1e12, peak / 1e12), "times": times, "median": med,
-            "mfu": {k: flops / v / peak for k, v in med.items()}}
+            "llm_M": sum(p.numel() for p in base.llm.parameters()) / 1e6,
+            "tokens": tokens, "peaks": (peak0, peak1), "times": wall, "median": med, "median_cpu": med_cpu,
+            "mfu": {k: flops / v / peak_wall for k, v in med.items()},
+            "mfu_cpu": {k: flops / v / (peak_cpu * args.threads) for k, v in med_cpu.items()}}
 
 
 def main() -> None:
@@ -153,21 +187,27 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--compile", action="store_true", help="also time train.compile (torch.compile per layer)")
     p.add_argument("--unfused", action="store_true", help="also time optim.fused=false (torch's default AdamW)")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="print torch.profiler's top N ops of one step per side (after the warm-up)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"CPU, {args.threads} thread(s), fp32; batch {args.batch} x {args.text} text tokens; {args.reps} reps")
-    print("| size | params (M) | batch | tokens | side | step s (median) | spread | tokens/s | ratio vs plain "
-          "| MFU | peak TFLOP/s start/end |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| size | params (M) | LLM (M) | batch | tokens | side | step s (median) | spread | tokens/s "
+          "| ratio vs plain | CPU s/step | ratio by CPU time | MFU wall | MFU CPU time "
+          "| peak TFLOP/s wall / CPU, start - end |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes.split(","):
         for kind in args.kinds.split(","):
             r = run_size(size, kind, args)
+            (w0, c0), (w1, c1) = r["peaks"]
+            peaks = f"{w0 / 1e12:.3f}/{c0 / 1e12:.3f} - {w1 / 1e12:.3f}/{c1 / 1e12:.3f}"
             for side, med in r["median"].items():
                 spread = f"{min(r['times'][side]):.3f}-{max(r['times'][side]):.3f}"
-                ratio = r["median"]["plain"] / med
-                print(f"| {size} | {r['params_M']:.1f} | {kind} | {r['tokens']} | {side} | {med:.3f} | {spread} "
-                      f"| {r['tokens'] / med:.0f} | {ratio:.2f}x | {100 * r['mfu'][side]:.1f}% "
-                      f"| {r['peak_tflops'][0]:.3f}/{r['peak_tflops'][1]:.3f} |", flush=True)
+                cpu = r["median_cpu"][side]
+                print(f"| {size} | {r['params_M']:.1f} | {r['llm_M']:.1f} | {kind} | {r['tokens']} | {side} "
+                      f"| {med:.3f} | {spread} | {r['tokens'] / med:.0f} | {r['median']['plain'] / med:.2f}x "
+                      f"| {cpu:.3f} | {r['median_cpu']['plain'] / cpu:.2f}x | {100 * r['mfu'][side]:.1f}% "
+                      f"| {100 * r['mfu_cpu'][side]:.1f}% | {peaks} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -99,3 +99,64 @@ def test_metrics_log_mfu_against_the_peak(corpus, tmp_path):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     for r in records:
         assert r["mfu"] == pytest.approx(r["model_tflops"] * 1e12 / r["step_time_s"] / 2e10)
+
+
+def _image_batch(config, rows: int = 2, text: int = 12) -> dict:
+    """`rows` samples of [BOS] one 2:1 image, then `text` tokens (the last half supervised)."""
+    from PIL import Image
+
+    from sphinx_x.canvas import collate_images, prepare_image
+    from sphinx_x.constants import IMAGE_TOKEN_ID
+    from sphinx_x.image_tokens import visual_token_count
+
+    g = torch.Generator().manual_seed(2)
+    side = 2 * config.vision.experts[0].view_size
+    img = Image.fromarray(torch.randint(0, 255, (side // 2, side, 3), generator=g, dtype=torch.uint8).numpy())
+    n_img = visual_token_count(img.width, img.height, config.vision)
+    words = torch.randint(4, config.llm.vocab_size, (rows, text), generator=g)
+    ids = torch.cat([torch.ones(rows, 1, dtype=torch.long), torch.full((rows, n_img), IMAGE_TOKEN_ID), words], 1)
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    labels[:, -text // 2:] = words[:, -text // 2:]
+    return {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids),
+            "images": collate_images([prepare_image(img, config.vision) for _ in range(rows)], config.vision),
+            "num_text_tokens": rows * (1 + text), "num_visual_tokens": rows * n_img}
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_step_on_a_one_rank_fsdp_model_equals_the_plain_step(corpus, tmp_path, frozen):
+    """`Trainer(cfg, model=...)` with a model sharded by FSDP2 over one rank (what benchmarks/bench_train.py
+    --fsdp runs on one GPU) takes the same step as on the plain module on an image batch: loss, gradient
+    norm, new weights. Frozen experts are FSDP units of their own, gathered through their forward."""
+    import torch.distributed as dist
+
+    from sphinx_x.model import SphinxX
+    from sphinx_x.train.build import model_config, train_mode
+
+    cfg = _cfg(corpus, tmp_path / "api", **{"data.mix": "null", "optim.lr": 1e-2,
+                                             "model.frozen_experts": frozen})
+    torch.manual_seed(0)
+    model = train_mode(SphinxX(model_config(cfg)), cfg)
+    sharded = copy.deepcopy(model)
+    start = copy.deepcopy(model.state_dict())
+    batch = _image_batch(model.config)
+    want = Trainer(cfg, model=model).train_step([batch])
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        info = D.DistInfo()
+        D.apply_fsdp(sharded, info, bf16=False)
+        trainer = Trainer(cfg, info, model=sharded)
+        assert D.is_sharded(trainer.model) and trainer.sharded
+        got = trainer.train_step([batch])
+        state = D.full_state_dict(trainer.model, info)
+    finally:
+        dist.destroy_process_group()
+    assert got["loss"] == pytest.approx(want["loss"], rel=1e-6)
+    assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-5)
+    plain = model.state_dict()
+    assert sorted(state) == sorted(plain)
+    for name, value in plain.items():
+        assert torch.allclose(state[name], value, rtol=1e-5, atol=1e-6), name
+    changed = {n for n, v in plain.items() if not torch.equal(v, start[n])}
+    assert "llm.model.layers.0.mlp.up_proj.weight" in changed  # the step moved the weights (same on both)
+    expert = "visual.experts.dinov2.trunk.blocks.0.mlp.fc1.weight"
+    assert (expert in changed) != frozen  # a frozen expert does not move

@@ -60,7 +60,7 @@ def build_model(cfg: TrainConfig, start_from: Path | None = None) -> tuple[nn.Mo
     if tokenizer is None:
         raise ConfigError("the model has no tokenizer: set tokenizer in the model config (or model.overrides), "
                           "or start from a model directory that holds tokenizer files")
-    return _train_mode(model, cfg), tokenizer
+    return train_mode(model, cfg), tokenizer
 
 
 def build_training_model(cfg: TrainConfig, info, start_from: Path | None = None) -> tuple[nn.Module, Any]:
@@ -135,7 +135,7 @@ def _meta_model_from_dir(cfg: TrainConfig, source: Path) -> tuple[nn.Module, Any
     if not spec:
         raise ConfigError("the model has no tokenizer: set tokenizer in the model config (or model.overrides), "
                           "or start from a model directory that holds tokenizer files")
-    return _train_mode(model, cfg), load_tokenizer(spec)
+    return train_mode(model, cfg), load_tokenizer(spec)
 
 
 def _meta_like(cfg: TrainConfig) -> nn.Module:
@@ -149,10 +149,12 @@ def _meta_like(cfg: TrainConfig) -> nn.Module:
         config.llm = with_path(config.llm, config.llm.path)
     model = SphinxX.from_config_without_weights(config)
     model.config = config  # what SphinxX(config) keeps (weight paths included): checkpoints record it
-    return _train_mode(model, cfg)
+    return train_mode(model, cfg)
 
 
-def _train_mode(model: nn.Module, cfg: TrainConfig) -> nn.Module:
+def train_mode(model: nn.Module, cfg: TrainConfig) -> nn.Module:
+    """Train mode, the experts frozen as `model.frozen_experts` says, and frozen trunks in bf16 under bf16
+    precision (`train.frozen_experts_bf16`): what the trainer does to a model it builds, before sharding."""
     model.train()
     if cfg.model.frozen_experts is not None:
         set_experts_frozen(model, cfg.model.frozen_experts)

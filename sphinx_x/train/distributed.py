@@ -3,11 +3,11 @@
 Under `torchrun` (WORLD_SIZE > 1) the process group is initialised with NCCL on GPUs and gloo on CPU,
 and the model is sharded with FSDP2 (`fully_shard`): one unit per LLM decoder layer, one per block of
 each vision expert (ConvNeXt stages, ViT blocks), and the root for the rest (embeddings, head,
-projector, image tags); a frozen expert's trunk is a unit of its own. On GPU with `precision: bf16`
+projector, image tags); a frozen expert is a unit of its own. On GPU with `precision: bf16`
 parameters are cast to bf16 for compute and gradients are reduced in fp32 (`MixedPrecisionPolicy`).
 The model is sharded while still on the meta device and then filled (`load_sharded_from_dir`,
-`load_sharded_from_rank0`), so no rank holds more than its shards plus one tensor (rank 0 holds about
-one full model when it builds a preset). A single process trains the plain module.
+`load_sharded_from_rank0`), so no rank holds more than its shards plus one slice read from the files
+(rank 0 holds about one full model when it builds a preset). A single process trains the plain module.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def shard_units(model: nn.Module) -> list[nn.Module]:
 def apply_fsdp(model: nn.Module, info: DistInfo, bf16: bool) -> nn.Module:
     """Shard `model` in place with FSDP2 over all ranks (one mesh dimension)."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
     mesh = init_device_mesh(info.device.type, (info.world_size,))
     kwargs = {"mesh": mesh}
@@ -128,16 +128,28 @@ def apply_fsdp(model: nn.Module, info: DistInfo, bf16: bool) -> nn.Module:
         fully_shard(unit, **kwargs)
     for expert in model.visual.experts.values():
         if expert.cfg.frozen:  # its own unit: the rest of a frozen trunk (stem, norms) may be bf16, the root fp32
-            fully_shard(expert.trunk, **kwargs)
+            # The unit is the expert, not its trunk: experts call trunk.forward_features (or the trunk's parts),
+            # which would bypass hooks on the trunk's forward; both of the expert's entry points gather it.
+            fully_shard(expert, **kwargs)
+            register_fsdp_forward_method(expert, "forward_normalized")
     fully_shard(model, **kwargs)
     return model
 
 
+def is_sharded(model: nn.Module) -> bool:
+    """True when `model` was sharded with FSDP2 (`apply_fsdp`)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
 def load_sharded_from_dir(model: nn.Module, directory) -> None:
-    """Fill a sharded model (after `to_empty`) from a model directory: each rank reads the stored tensors
-    one at a time and copies only its own slice, so no rank holds more than its shards plus one tensor."""
+    """Fill a sharded model (after `to_empty`) from a model directory: each rank reads from the files only
+    the rows of its own slices (safetensors slicing), cast one slice at a time, so no rank holds more than
+    its shards plus one slice; unsharded tensors (none under FSDP2's defaults) are read whole."""
     from safetensors import safe_open
-    from torch.distributed.tensor import DTensor, distribute_tensor
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
     from sphinx_x.model_io import tied_names, weight_index
 
@@ -152,17 +164,20 @@ def load_sharded_from_dir(model: nn.Module, directory) -> None:
             if name not in where:
                 continue  # a tied weight: its storage is filled under the other name
             with safe_open(str(where[name]), framework="pt") as f:
-                full = f.get_tensor(name).to(target.dtype)
-            if tuple(full.shape) != tuple(target.shape):
-                raise ValueError(f"{directory}: {name} is stored with shape {tuple(full.shape)}, the config "
-                                 f"builds {tuple(target.shape)}")
-            if isinstance(target, DTensor):  # this rank's slice only: no communication
-                local = distribute_tensor(full, target.device_mesh, target.placements, src_data_rank=None)
-                target.to_local().copy_(local.to_local())
-                del local
-            else:
-                target.copy_(full)
-            del full
+                stored = f.get_slice(name)
+                shape = tuple(stored.get_shape())
+                if shape != tuple(target.shape):
+                    raise ValueError(f"{directory}: {name} is stored with shape {shape}, the config "
+                                     f"builds {tuple(target.shape)}")
+                if isinstance(target, DTensor):  # this rank's slice only: no communication
+                    local = target.to_local()
+                    size, offset = compute_local_shape_and_global_offset(shape, target.device_mesh,
+                                                                         target.placements)
+                    if local.numel():
+                        index = tuple(slice(o, o + n) for o, n in zip(offset, size))
+                        local.copy_(stored[index] if index else f.get_tensor(name))
+                else:
+                    target.copy_(f.get_tensor(name))
 
 
 def load_sharded_from_rank0(model: nn.Module, full: nn.Module | None, info: DistInfo) -> None:
@@ -213,7 +228,7 @@ def set_gradient_sync(model: nn.Module, sync: bool) -> None:
 
 def full_state_dict(model: nn.Module, info: DistInfo) -> dict[str, torch.Tensor]:
     """The whole model's state dict on CPU (rank 0 gets it; other ranks get {} under FSDP)."""
-    if not info.distributed:
+    if not info.distributed and not is_sharded(model):
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 

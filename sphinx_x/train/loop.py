@@ -71,10 +71,14 @@ class Trainer:
 
     `run()` trains as configured. `train_step(micro_batches)` is one optimizer step on batches the caller
     collates (the format of sphinx_x.data), the same step `run()` takes; with `model=` a Trainer wraps an
-    existing (unsharded, single-process) model and needs no data mix:
+    existing single-process model and needs no data mix:
 
         trainer = Trainer(cfg, model=model)
         metrics = trainer.train_step([batch])   # loss, grad_norm, lr, tokens_per_s, mfu, ...
+
+    The given model may be sharded with FSDP2 over a one-rank process group (`D.apply_fsdp`; the GPU
+    benchmark `benchmarks/bench_train.py --fsdp` does this); bf16 compute then comes from FSDP's
+    mixed-precision policy on GPU, as under torchrun.
     """
 
     def __init__(self, cfg: TrainConfig, info: D.DistInfo | None = None, model: torch.nn.Module | None = None,
@@ -101,8 +105,10 @@ class Trainer:
         if model is None:
             self.model, self.tokenizer = build_training_model(cfg, info, self.resume_from)
         else:
-            self.model, self.tokenizer = prepare_model(model.to(info.device), cfg), tokenizer
+            placed = model if D.is_sharded(model) else model.to(info.device)  # FSDP2 placed it already
+            self.model, self.tokenizer = prepare_model(placed, cfg), tokenizer
         self.model_config = self.model.config
+        self.sharded = info.distributed or D.is_sharded(self.model)
         self.loader = self.sampler = None
         if model is None or cfg.data.mix:
             check_max_len(cfg, self.model_config)
@@ -136,7 +142,7 @@ class Trainer:
 
     # ---- setup -----------------------------------------------------------------------------------
     def _autocast(self):
-        if not self.bf16 or (self.info.distributed and self.info.device.type == "cuda"):
+        if not self.bf16 or (self.sharded and self.info.device.type == "cuda"):
             return contextlib.nullcontext()  # fp32, or bf16 handled by FSDP's MixedPrecisionPolicy
         return torch.autocast(self.info.device.type, dtype=torch.bfloat16)
 
@@ -288,7 +294,7 @@ class Trainer:
     def _clip(self) -> float:
         max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
         # One norm kernel over all gradients instead of one per tensor (torch only defaults to it on GPU).
-        foreach = True if not self.info.distributed else None
+        foreach = True if not self.sharded else None
         norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=foreach)
         if hasattr(norm, "full_tensor"):  # a DTensor under FSDP
             norm = norm.full_tensor()
