@@ -22,9 +22,11 @@ import torch
 from sphinx_x.canvas import collate_images
 from sphinx_x.constants import IMAGE_TOKEN_ID
 from sphinx_x.infer.detok import text_stream
+from sphinx_x.infer.fastpath import LeanLLM
 from sphinx_x.infer.options import GenerationConfig
 from sphinx_x.infer.prompts import EncodedPrompt, PromptEncoder
 from sphinx_x.infer.stopping import StopRule, stop_rule
+from sphinx_x.model import SphinxX
 from sphinx_x.tokenizer import TextDecoder, text_decoder
 
 
@@ -240,14 +242,15 @@ def decode_batch(
     generators = _generators(configs, device)
     last_only = _last_logits_kwargs(model)
 
+    step = _llm_step(model, full_mask, has_padding=bool((mask == 0).any()), last_only=last_only)
+
     with torch.inference_mode():
         embeds = model.embed_inputs(ids, images.to(device) if images is not None else None)
-        out = model(ids, attention_mask=full_mask[:, :width], position_ids=positions, inputs_embeds=embeds,
-                    use_cache=True, **last_only)
+        logits, cache = step(ids, embeds, positions, None, width)
         next_pos = positions[:, -1:] + 1
         step_no = 0
         while True:
-            tokens = _pick_tokens(out.logits[:, -1].float(), rows, history, processors, generators, pad_id)
+            tokens = _pick_tokens(logits[:, -1].float(), rows, history, processors, generators, pad_id)
             events = []
             for i, (row, tok) in enumerate(zip(rows, tokens)):
                 if row.finished:
@@ -258,13 +261,37 @@ def decode_batch(
             yield events
             if all(r.finished for r in rows):
                 return
-            step = torch.tensor(tokens, dtype=torch.long, device=device)[:, None]
+            new_ids = torch.tensor(tokens, dtype=torch.long, device=device)[:, None]
             if history is not None:
-                history = torch.cat([history, step], dim=1)
+                history = torch.cat([history, new_ids], dim=1)
             step_no += 1
-            out = model(step, attention_mask=full_mask[:, : width + step_no], position_ids=next_pos,
-                        cache=out.cache, use_cache=True, **last_only)
+            logits, cache = step(new_ids, None, next_pos, cache, width + step_no)
             next_pos = next_pos + 1
+
+
+def _llm_step(model: Any, full_mask: torch.Tensor, has_padding: bool, last_only: dict):
+    """`step(ids, embeds, positions, cache, seen) -> (logits, cache)`: one LLM call over the new positions
+    (`embeds`, or the embeddings of `ids` when None), `seen` positions in all. A plain Llama LLM takes
+    `sphinx_x.infer.fastpath.LeanLLM` (the same layers without the model-level wrappers); any other
+    model goes through its own forward with the 2-D attention mask."""
+    llm = getattr(model, "llm", None)
+    if getattr(type(model), "forward", None) is SphinxX.forward and LeanLLM.supports(llm):
+        lean = LeanLLM(llm)
+        keys = full_mask.bool() if has_padding else None
+
+        def lean_step(ids, embeds, positions, cache, seen):
+            cache = cache if cache is not None else lean.new_cache()
+            embeds = embeds if embeds is not None else lean.embed(ids)
+            return lean(embeds, positions, cache, None if keys is None else keys[:, :seen]), cache
+
+        return lean_step
+
+    def model_step(ids, embeds, positions, cache, seen):
+        out = model(ids, attention_mask=full_mask[:, :seen], position_ids=positions, inputs_embeds=embeds,
+                    cache=cache, use_cache=True, **last_only)
+        return out.logits, out.cache
+
+    return model_step
 
 
 def compile_for_generation(model: Any, **compile_kwargs: Any) -> Any:

@@ -1,0 +1,93 @@
+"""The lean LLM step (sphinx_x/infer/fastpath.py) computes what `SphinxX.forward` computes."""
+
+import pytest
+import torch
+from _helpers.infer import noise_image
+
+from sphinx_x.canvas import collate_images
+from sphinx_x.infer import fastpath
+from sphinx_x.infer.chat import encode
+from sphinx_x.infer.fastpath import LeanLLM, step_mask
+from sphinx_x.model import SphinxX
+
+N = 6
+
+
+@pytest.fixture(scope="module")
+def model(nano_model_dir):
+    return SphinxX.from_pretrained(nano_model_dir)
+
+
+def prompts():
+    return [
+        "Tell me a story.",
+        {"images": noise_image(64, 64, 1), "question": "What is this?"},
+        {"images": noise_image(80, 40, 2), "question": "Where is the cat?"},
+    ]
+
+
+def test_nano_llm_takes_the_lean_path(model):
+    assert LeanLLM.supports(model.llm)
+
+
+def test_lean_logits_equal_forward_logits_padded_batch(model):
+    """Prefill and two cached steps over a left-padded batch: the same last-position logits as the model's
+    forward with the 2-D mask and transformers' own mask building."""
+    encoded = [encode(model, p) for p in prompts()[1:]]  # two prompt lengths: row 1 is left padded
+    width = max(len(p.input_ids) for p in encoded)
+    ids = torch.zeros(2, width, dtype=torch.long)
+    mask = torch.zeros(2, width, dtype=torch.long)
+    for i, p in enumerate(encoded):
+        ids[i, width - len(p.input_ids):] = torch.tensor(p.input_ids)
+        mask[i, width - len(p.input_ids):] = 1
+    assert (mask == 0).any()
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    images = collate_images([v for p in encoded for v in p.images], model.config.vision)
+    lean = LeanLLM(model.llm)
+    with torch.inference_mode():
+        embeds = model.embed_inputs(ids, images)
+        ref = model(ids, attention_mask=mask, position_ids=positions, inputs_embeds=embeds, use_cache=True)
+        cache = lean.new_cache()
+        got = lean(embeds, positions, cache, mask.bool())
+        torch.testing.assert_close(got[:, -1], ref.logits[:, -1], rtol=1e-5, atol=1e-5)
+        ref_cache, pos, full = ref.cache, positions[:, -1:], mask
+        for token in (5, 17):
+            step = torch.full((2, 1), token)
+            pos, full = pos + 1, torch.cat([full, torch.ones(2, 1, dtype=torch.long)], dim=1)
+            ref = model(step, attention_mask=full, position_ids=pos, cache=ref_cache, use_cache=True)
+            ref_cache = ref.cache
+            got = lean(lean.embed(step), pos, cache, full.bool())
+            torch.testing.assert_close(got[:, -1], ref.logits[:, -1], rtol=1e-5, atol=1e-5)
+
+
+def test_generate_same_answers_with_and_without_lean_path(model, monkeypatch):
+    lean = model.generate(prompts(), max_new_tokens=N, stop_strings=())
+    monkeypatch.setattr(fastpath.LeanLLM, "supports", staticmethod(lambda llm: False))
+    plain = model.generate(prompts(), max_new_tokens=N, stop_strings=())
+    assert [g.token_ids for g in lean] == [g.token_ids for g in plain]
+    assert [g.text for g in lean] == [g.text for g in plain]
+    assert len({tuple(g.token_ids) for g in lean}) == 3  # answers depend on the prompt
+
+
+def test_step_mask_causal_and_padding():
+    assert step_mask(None, 4) is None
+    keys = torch.tensor([[False, True, True], [True, True, True]])
+    one = step_mask(keys, 1)
+    assert one.shape == (2, 1, 1, 3) and one[0, 0, 0].tolist() == [False, True, True]
+    full = step_mask(keys, 3)
+    assert full[1, 0].tolist() == [[True, False, False], [True, True, False], [True, True, True]]
+    # row 0's padding query sees only itself (finite softmax); its real queries never see the padding
+    assert full[0, 0].tolist() == [[True, False, False], [False, True, False], [False, True, True]]
+
+
+def test_unsupported_models_keep_their_forward(model):
+    class Hooked(torch.nn.Module):
+        pass
+
+    assert not LeanLLM.supports(Hooked())
+    handle = model.llm.get_decoder().layers[0].mlp.register_forward_hook(lambda m, i, o: None)
+    try:
+        assert not LeanLLM.supports(model.llm)
+    finally:
+        handle.remove()
+    assert LeanLLM.supports(model.llm)
