@@ -8,8 +8,10 @@
 and a Llama of about 1B parameters by default, stored in bf16 as converted models are). `load` measures
 `SphinxX.from_pretrained` alone. `fsdp` runs what the trainer does before its first step under
 torchrun (gloo on CPU): build the model from `model.path=DIR`, then shard it with FSDP2; each rank
-prints its peak RSS (getrusage ru_maxrss, which includes the interpreter and torch, ~0.5 GB), the
-bytes of its own parameter shards, and the whole model's bytes for scale. `fsdp --preset` starts from
+prints its peak RSS (getrusage ru_maxrss, which includes the interpreter, torch and the modules the build
+imports: the baseline, read before building), the bytes of its own parameter shards, the peak over
+baseline + shard, one decoder layer's bytes (the target: the excess stays about one layer), and the
+whole model's bytes for scale. `fsdp --preset` starts from
 DIR/preset.json (written by `make`) as a preset instead (random init: rank 0 builds the model, the
 others receive their shards).
 """
@@ -90,6 +92,10 @@ def fsdp(args) -> None:
                                    "--train.device=cpu", "--train.cpu_threads=1"])
     info = D.init_distributed("cpu")
     torch.set_num_threads(1)
+    import timm  # noqa: F401 - the modules the build imports, loaded before the baseline is read
+    import transformers.models.llama.modeling_llama  # noqa: F401
+
+    import sphinx_x.model  # noqa: F401
     base = current_rss_gib()
     t0 = time.perf_counter()
     from sphinx_x.train import build
@@ -107,9 +113,12 @@ def fsdp(args) -> None:
     shard = sum(local_bytes(p) for p in model.parameters()) / GIB
     whole = sum(p.numel() * p.element_size() for p in model.parameters()) / GIB
     dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()})
-    row = {"rank": info.rank, "peak_rss_gib": round(peak_rss_gib(), 3), "own_shard_gib": round(shard, 3),
-           "rss_before_build_gib": round(base, 3), "model_gib": round(whole, 3), "param_dtypes": dtypes,
-           "setup_s": round(dt, 1)}
+    layer = sum(p.numel() * p.element_size() for p in model.llm.get_decoder().layers[0].parameters()) / GIB
+    peak = peak_rss_gib()
+    row = {"rank": info.rank, "peak_rss_gib": round(peak, 3), "own_shard_gib": round(shard, 3),
+           "rss_before_build_gib": round(base, 3), "rss_after_build_gib": round(current_rss_gib(), 3),
+           "peak_over_base_and_shard_gib": round(peak - base - shard, 3), "one_layer_gib": round(layer, 3),
+           "model_gib": round(whole, 3), "param_dtypes": dtypes, "setup_s": round(dt, 1)}
     rows = D.gather_objects(row, info)
     if info.is_main:
         for r in rows:
