@@ -1,7 +1,7 @@
 """Inference side by side with transformers' LLaVA-NeXT: same LLM weights, towers matched on FLOPs.
 
     python benchmarks/bench_vs_llava_next.py [--sizes nano,45m] [--dtypes fp32,bf16] [--reps 5]
-        [--new-tokens 32] [--threads 1] [--compile]
+        [--new-tokens 32] [--threads 1] [--compile] [--clock wall|cpu] [--preprocess-baseline REV]
 
 One process builds both models per (size, dtype) and runs every measurement as alternating
 repetitions (ours, theirs, ours, theirs, ...) after one warm-up each, so slow drift of a shared machine
@@ -37,6 +37,12 @@ Why each setting is fair:
   the default torchvision backend).
 - `--compile` wraps both LLMs' forward in `torch.compile(dynamic=True)` the same way (ours through
   `compile_for_generation`); compilation happens in the warm-up repetitions, which are not timed.
+- `--clock cpu` times with the process's CPU time (`time.process_time`) instead of wall time: on a shared
+  machine a wall-clock interval also holds the time this process waited for a core, which lands on
+  whichever side happened to be running; CPU time counts only the work done (all of the process's
+  threads, so it suits `--threads 1`, where the work is the same). Both sides use the same clock.
+- `--preprocess-baseline REV` adds one row: our preprocessing now against `sphinx_x/canvas.py` as of git
+  revision REV (`load_image` + `prepare_image` of that file, read with `git show`), alternating as above.
 - Same threads (`--threads`, default 1 because the machine is shared) and dtype for both; bf16 runs
   both models in bfloat16 (the CPU's AVX512-BF16 support decides whether bf16 is fast; `lscpu` tells).
 """
@@ -46,9 +52,13 @@ from __future__ import annotations
 import argparse
 import io
 import statistics
+import subprocess
+import sys
 import time
+import types
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -82,6 +92,7 @@ CLIP_TOWER = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, n
 IMAGE_TOKEN = "<reserved_1179>"  # an existing special token of the nano tokenizer: LLaVA-NeXT's image token
 IMAGES = {"1:1": (384, 384), "2:1": (512, 256)}  # input sizes (width, height) before preprocessing
 QUESTION = "Describe the image in detail."
+now = time.perf_counter  # --clock cpu: time.process_time
 
 
 # ---- inputs ----------------------------------------------------------------------------------------
@@ -171,7 +182,7 @@ class FirstTokenTimer:
     def put(self, value: torch.Tensor) -> None:
         self.puts += 1
         if self.puts == 2:
-            self.first = time.perf_counter()
+            self.first = now()
 
     def end(self) -> None:
         pass
@@ -179,19 +190,19 @@ class FirstTokenTimer:
 
 def run_ours(model: SphinxX, prompts: list, n: int) -> tuple[float, float, int]:
     cfg = GenerationConfig(max_new_tokens=n, stop_strings=(), eos_token_id=-1)
-    start, first, tokens = time.perf_counter(), None, 0
+    start, first, tokens = now(), None, 0
     for events in decode_batch(model, prompts, cfg):
-        first = first or time.perf_counter()
+        first = first or now()
         tokens += sum(ev.done.completion_tokens for ev in events if ev.done)
-    return first - start, time.perf_counter() - start, tokens
+    return first - start, now() - start, tokens
 
 
 def run_theirs(model: LlavaNextForConditionalGeneration, inputs: dict, n: int) -> tuple[float, float, int]:
     timer = FirstTokenTimer()
-    start = time.perf_counter()
+    start = now()
     with torch.inference_mode():
         out = model.generate(**inputs, max_new_tokens=n, do_sample=False, streamer=timer)
-    end = time.perf_counter()
+    end = now()
     return timer.first - start, end - start, out[:, inputs["input_ids"].shape[1]:].numel()
 
 
@@ -202,15 +213,43 @@ def record(results: list, run: Callable, *args) -> float:
 
 
 def prep_ours(data: bytes, vision) -> float:
-    t = time.perf_counter()
+    t = now()
     prepare_image(load_image(data), vision)
-    return time.perf_counter() - t
+    return now() - t
 
 
 def prep_theirs(data: bytes, image_processor) -> float:
-    t = time.perf_counter()
+    t = now()
     image_processor(Image.open(io.BytesIO(data)).convert("RGB"), return_tensors="pt")
-    return time.perf_counter() - t
+    return now() - t
+
+
+def canvas_at(rev: str):
+    """`sphinx_x/canvas.py` as of git revision `rev`, imported as its own module (for the baseline row)."""
+    source = subprocess.run(["git", "show", f"{rev}:sphinx_x/canvas.py"], check=True, capture_output=True,
+                            text=True, cwd=Path(__file__).resolve().parents[1]).stdout
+    module = types.ModuleType(f"canvas_{rev}")
+    sys.modules[module.__name__] = module  # dataclasses look their module up
+    exec(compile(source, f"{rev}:sphinx_x/canvas.py", "exec"), module.__dict__)
+    return module
+
+
+def preprocess_vs_baseline(rev: str, reps: int) -> list[str]:
+    old = canvas_at(rev)
+    vision = SphinxXConfig.from_name("nano").vision
+    lines = [f"\n### image preprocessing, now vs `sphinx_x/canvas.py` at {rev}\n",
+             f"| measurement | now | {rev} | speed-up (now vs {rev}) [min, max] |", "|---|---|---|---|"]
+    for i, (aspect, (w, h)) in enumerate(IMAGES.items()):
+        data = png(test_image(w, h, i))
+        a, b = alternate(partial(prep_ours, data, vision), partial(prep_with, old, data, vision), max(reps, 10))
+        lines.append(row(f"PNG bytes -> views, {w}x{h} ({aspect})", "s", a, b, higher_is_better=False))
+    return lines
+
+
+def prep_with(canvas_module, data: bytes, vision) -> float:
+    t = now()
+    canvas_module.prepare_image(canvas_module.load_image(data), vision)
+    return now() - t
 
 
 # ---- the comparison -------------------------------------------------------------------------------
@@ -289,20 +328,20 @@ def compare(size: str, dtype_name: str, reps: int, n: int, compile_llm: bool = F
     lines.append(row("batch-8 generation throughput", "tok/s", a, b, higher_is_better=True))
 
     def e2e_ours() -> float:
-        t = time.perf_counter()
+        t = now()
         ours.generate([{"question": QUESTION, "images": pngs["2:1"]}], max_new_tokens=n, stop_strings=(),
                       eos_token_id=-1)
-        return time.perf_counter() - t
+        return now() - t
 
     def e2e_theirs() -> float:
-        t = time.perf_counter()
+        t = now()
         img = Image.open(io.BytesIO(pngs["2:1"])).convert("RGB")
         inputs = proc(images=[img], text=[text], return_tensors="pt")
         inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
         with torch.inference_mode():
             out = theirs.generate(**inputs, max_new_tokens=n, do_sample=False)
         proc.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-        return time.perf_counter() - t
+        return now() - t
 
     a, b = alternate(e2e_ours, e2e_theirs, reps)
     lines.append(row("end to end (PNG + question -> text), 2:1", "s", a, b, higher_is_better=False))
@@ -322,10 +361,16 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--compile", action="store_true", help="torch.compile both LLMs (dynamic shapes)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="wall time or the process's CPU time")
+    p.add_argument("--preprocess-baseline", metavar="REV", help="also time preprocessing against canvas.py at REV")
     args = p.parse_args()
+    global now
+    now = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
     peak = measure_matmul_peak("cpu", torch.float32, n=512, seconds=1.0)
-    print(f"CPU, {args.threads} thread(s); fp32 matmul peak at start: {peak / 1e9:.1f} GFLOP/s")
+    print(f"CPU, {args.threads} thread(s), {args.clock} clock; fp32 matmul peak at start: {peak / 1e9:.1f} GFLOP/s")
+    if args.preprocess_baseline:
+        print("\n".join(preprocess_vs_baseline(args.preprocess_baseline, args.reps)), flush=True)
     for size in args.sizes.split(","):
         for dtype in args.dtypes.split(","):
             print("\n".join(compare(size, dtype, args.reps, args.new_tokens, args.compile)), flush=True)

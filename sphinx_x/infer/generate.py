@@ -298,7 +298,8 @@ def compile_for_generation(model: Any, **compile_kwargs: Any) -> Any:
     """`torch.compile` the LLM's forward (dynamic shapes: one graph serves every prompt length) for the
     decode loop; fuses the many small ops of each step. The first calls compile (minutes on a CPU), so it
     pays off for a server or a long batch job, not for one answer; benchmarks/bench_vs_llava_next.py
-    --compile measures it."""
+    --compile measures it. A compiled model decodes through its (compiled) forward, not the eager lean step
+    of sphinx_x/infer/fastpath.py."""
     model.llm.forward = torch.compile(model.llm.forward, dynamic=True, **compile_kwargs)
     return model
 
