@@ -24,6 +24,8 @@ COMMAND_MODULES = [
     "sphinx_x.commands.train",
     "sphinx_x.commands.lora",  # sphinx-x lora merge
     "sphinx_x.commands.pretrain_experts",
+    "sphinx_x.commands.pretrain_llm",
+    "sphinx_x.commands.build_standins",
     "sphinx_x.commands.curate",
     "sphinx_x.commands.chat",
     "sphinx_x.commands.generate",

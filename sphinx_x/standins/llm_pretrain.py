@@ -30,35 +30,10 @@ from sphinx_x.config import SphinxXConfig
 from sphinx_x.constants import IGNORE_INDEX
 from sphinx_x.fileio import atomic_directory
 from sphinx_x.standins.llm_data import KINDS, LlmSample, held_out, sample_stream
+from sphinx_x.standins.settings import LlmPretrainConfig
 
 SUMMARY_NAME = "pretrain_llm.json"  # what the run did and scored, next to the weights
 LOG_EVERY = 10  # steps per logged (mean) loss
-
-
-@dataclass
-class LlmPretrainConfig:
-    """One pretraining run: steps of `batch_size` samples, `scene_share` of the draws scene samples."""
-
-    steps: int = 600
-    batch_size: int = 16
-    lr: float = 1e-3
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0
-    scene_share: float = 0.5
-    seed: int = 0
-    template: str = "accessory"
-    eval_per_kind: int = 200
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not 0.0 <= self.scene_share <= 1.0:
-            raise ValueError(f"scene_share must be in [0, 1], got {self.scene_share}")
 
 
 @dataclass

@@ -1,0 +1,71 @@
+"""`sphinx-x build-standins --out DIR [--seed 0] [--expert-steps N] [--llm-steps M]`: nano's pretrained stand-ins
+from nothing.
+
+Runs `pretrain-experts` then `pretrain-llm` with fixed seeds (sphinx_x/standins/build.py) and writes, atomically,
+
+    DIR/experts/<expert>.safetensors   the vision experts' trunks
+    DIR/llm/                           the LLM (a transformers model directory)
+    DIR/manifest.json, DIR/MODEL_CARD.md   how they were made (command, steps, seed, wall time, machine) and
+                                           what they score on held-out data
+
+The set shipped in the package is sphinx_x/assets/standins/nano (rebuild it with the command its
+MODEL_CARD.md quotes, `--out sphinx_x/assets/standins/nano`); `sphinx-x quickstart` starts from it.
+
+Exit codes: 0 done; 2 bad arguments or an output directory that is not a previous stand-ins set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sphinx_x.commands.argtypes import positive_float, positive_int
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from sphinx_x.standins.settings import EXPERT_STEPS, LLM_STEPS, LlmPretrainConfig
+
+    d = LlmPretrainConfig()
+    p = subparsers.add_parser("build-standins", help="pretrain nano's stand-in experts and LLM into one folder",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--seed", type=int, default=0, help="seed of both pretraining runs (default 0)")
+    p.add_argument("--expert-steps", type=positive_int, default=EXPERT_STEPS,
+                   help=f"expert pretraining steps of 64 scenes (default {EXPERT_STEPS})")
+    p.add_argument("--llm-steps", type=positive_int, default=LLM_STEPS,
+                   help=f"LLM pretraining steps (default {LLM_STEPS})")
+    p.add_argument("--llm-batch", type=positive_int, default=d.batch_size,
+                   help=f"LLM samples per step (default {d.batch_size})")
+    p.add_argument("--llm-lr", type=positive_float, default=d.lr, help=f"LLM peak learning rate (default {d.lr:g})")
+    p.add_argument("--scene-share", type=float, default=d.scene_share,
+                   help=f"share of the LLM's draws that are slot scenes (default {d.scene_share:g})")
+    p.add_argument("--note", default="", help="a line for the model card, e.g. what else ran on the machine")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sphinx_x.commands.pretrain_llm import usable_out
+    from sphinx_x.standins import MANIFEST_NAME
+    from sphinx_x.standins.build import BuildSettings, build_standins
+    from sphinx_x.standins.settings import LlmPretrainConfig
+
+    try:
+        llm = LlmPretrainConfig(steps=args.llm_steps, batch_size=args.llm_batch, lr=args.llm_lr,
+                                scene_share=args.scene_share, seed=args.seed)
+    except ValueError as e:
+        print(f"sphinx-x build-standins: error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    problem = usable_out(out, MANIFEST_NAME)
+    if problem:
+        print(f"sphinx-x build-standins: error: {problem}", file=sys.stderr)
+        return 2
+    settings = BuildSettings(seed=args.seed, expert_steps=args.expert_steps, llm=llm, note=args.note)
+    manifest = build_standins(out, settings, progress=not args.quiet, log=lambda m: print(m, flush=True))
+    made = manifest["made"]
+    total = sum(f["bytes"] for f in manifest["files"].values())
+    print(f"stand-ins in {out} ({total / 2**20:.1f} MiB): experts {made['experts']['wall_s'] / 60:.1f} min, "
+          f"LLM {made['llm']['wall_s'] / 60:.1f} min; model card {out / 'MODEL_CARD.md'}")
+    return 0

@@ -1,0 +1,36 @@
+"""The settings of the stand-ins' pretraining runs and their defaults (light: no torch, so that `sphinx-x --help`
+stays fast)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+EXPERT_STEPS = 867  # the quickstart's expert pretraining steps for --minutes 10 before the stand-ins shipped
+EXPERT_BATCH = 64
+LLM_STEPS = 600
+
+
+@dataclass
+class LlmPretrainConfig:
+    """One pretraining run: steps of `batch_size` samples, `scene_share` of the draws scene samples."""
+
+    steps: int = LLM_STEPS
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    scene_share: float = 0.5
+    seed: int = 0
+    template: str = "accessory"
+    eval_per_kind: int = 200
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.scene_share <= 1.0:
+            raise ValueError(f"scene_share must be in [0, 1], got {self.scene_share}")

@@ -1,0 +1,171 @@
+"""The stand-ins shipped in the package (size, format, nano's dims, the model config that uses them) and
+`sphinx-x build-standins` (a tiny set built from nothing loads the same way)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from sphinx_x.cli import main as cli_main
+from sphinx_x.config import SphinxXConfig
+from sphinx_x.standins import (
+    MANIFEST_NAME,
+    StandinsError,
+    has_standins,
+    model_config,
+    nano_model_config,
+    nano_model_yaml,
+    read_manifest,
+    standins_dir,
+)
+from sphinx_x.standins.build import BuildSettings, build_standins
+from sphinx_x.standins.settings import LlmPretrainConfig
+
+MAX_BYTES = 20 * 10**6  # what the package may ship
+NANO = SphinxXConfig.from_name("nano")
+
+
+def _safetensors_shapes(path) -> dict[str, tuple[int, ...]]:
+    with safe_open(str(path), framework="pt") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+
+
+def test_the_packaged_set_is_small_complete_and_has_nano_dims():
+    import hashlib
+
+    directory = standins_dir("nano")
+    assert has_standins()
+    manifest = read_manifest()
+    files = [p for p in directory.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= MAX_BYTES
+    assert {p.name for p in directory.iterdir()} >= {MANIFEST_NAME, "MODEL_CARD.md", "experts", "llm"}
+    for rel, meta in manifest["files"].items():  # the manifest describes exactly what is there
+        data = (directory / rel).read_bytes()
+        assert len(data) == meta["bytes"] and hashlib.sha256(data).hexdigest() == meta["sha256"], rel
+    # experts: timm state dicts with exactly the shapes of nano's trunks
+    from sphinx_x.vision import VisionExpert
+
+    for e in NANO.vision.experts:
+        trunk = VisionExpert(e, NANO.vision.feature_grid).trunk
+        expected = {k: tuple(v.shape) for k, v in trunk.state_dict().items()}
+        assert _safetensors_shapes(directory / manifest["experts"][e.name]) == expected, e.name
+    # the LLM: a transformers Llama directory with nano's dims
+    from sphinx_x.llm import llm_config_from_pretrained
+
+    loaded = llm_config_from_pretrained(directory / manifest["llm"])
+    for key in ("arch", "vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
+                "tie_word_embeddings", "rope_theta"):
+        assert getattr(loaded, key) == getattr(NANO.llm, key), key
+    shapes = _safetensors_shapes(directory / manifest["llm"] / "model.safetensors")
+    assert shapes["model.embed_tokens.weight"] == (NANO.llm.vocab_size, NANO.llm.hidden_size)
+    # the model card says how they were made and what they score
+    card = (directory / "MODEL_CARD.md").read_text()
+    assert manifest["made"]["command"] in card and "sphinx-x build-standins" in card
+    for name, acc in manifest["scores"]["experts_held_out_shape_accuracy"].items():
+        assert f"| expert {name} |" in card and f"{100 * acc:.1f}%" in card
+
+
+def test_nano_model_config_loads_the_packaged_weights_frozen(tmp_path):
+    from sphinx_x.model import SphinxX
+
+    directory = standins_dir("nano").resolve()
+    manifest = read_manifest()
+    config = nano_model_config()
+    assert config.llm.path == str(directory / "llm")
+    yaml_path = nano_model_yaml(tmp_path / "nano-standins.yaml")
+    assert SphinxXConfig.load(yaml_path) == config
+    model = SphinxX(SphinxXConfig.resolve(str(yaml_path)))  # as the trainer resolves model.preset
+    for e in model.visual.experts.values():
+        assert e.cfg.frozen and not any(p.requires_grad for p in e.trunk.parameters())
+        saved = load_file(str(directory / manifest["experts"][e.cfg.name]))
+        assert all(torch.equal(saved[k], v) for k, v in e.trunk.state_dict().items()), e.cfg.name
+    saved = load_file(str(directory / "llm" / "model.safetensors"))
+    state = model.llm.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in saved.items())
+    # apart from the weight paths, it is the nano preset
+    plain = config.to_dict()
+    plain["llm"]["path"] = None
+    for e in plain["vision"]["experts"]:
+        e["checkpoint"], e["frozen"] = None, False
+    assert plain == NANO.to_dict()
+
+
+def test_missing_or_broken_sets_are_named(tmp_path):
+    assert not has_standins(tmp_path)
+    with pytest.raises(StandinsError, match="manifest.json: missing"):
+        read_manifest(tmp_path)
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps({"preset": "nano", "experts": {"dinov2": "experts/d.st"},
+                                                      "llm": "llm"}))
+    with pytest.raises(StandinsError, match=r"experts/d.st: missing \(listed in"):
+        read_manifest(tmp_path)
+    (tmp_path / MANIFEST_NAME).write_text("[]")
+    with pytest.raises(StandinsError, match="not a stand-ins manifest"):
+        model_config(tmp_path)
+
+
+@pytest.mark.slow
+def test_build_writes_a_set_that_loads_like_the_packaged_one(tmp_path, monkeypatch):
+    from sphinx_x.model import SphinxX
+    from sphinx_x.train import expert_pretrain
+
+    monkeypatch.setattr(expert_pretrain, "HELD_OUT", 8)  # scenes in the experts' held-out score
+
+    out = tmp_path / "standins"
+    settings = BuildSettings(seed=1, expert_steps=1, expert_batch=2,
+                             llm=LlmPretrainConfig(steps=2, batch_size=2, seed=1, eval_per_kind=2))
+    logged = []
+    manifest = build_standins(out, settings, log=logged.append)
+    assert json.loads(json.dumps(manifest)) == read_manifest(out) and has_standins(out)
+    assert manifest["made"]["command"] == "sphinx-x build-standins --out DIR --seed 1 --expert-steps 1 --llm-steps 2" \
+        " --llm-batch 2"
+    assert manifest["made"]["llm"]["steps"] == 2 and manifest["made"]["experts"]["steps"] == 1
+    assert set(manifest["scores"]["llm_held_out_answer_accuracy"]) == {"text", "arithmetic", "scene"}
+    assert not any(out.parent.glob(".tmp-*"))  # written atomically, nothing left behind
+    assert any("[2/2] pretraining nano's LLM" in line for line in logged)
+    model = SphinxX(model_config(out))
+    for e in model.visual.experts.values():
+        saved = load_file(str(out / "experts" / f"{e.cfg.name}.safetensors"))
+        assert all(torch.equal(saved[k], v) for k, v in e.trunk.state_dict().items())
+    saved = load_file(str(out / "llm" / "model.safetensors"))
+    assert all(torch.equal(v, model.llm.state_dict()[k]) for k, v in saved.items())
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "--expert-steps 1 --llm-steps 2" in card and "2 AdamW steps of 2 samples" in card
+
+
+def test_cli_refuses_outputs_it_did_not_write(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert cli_main(["build-standins", "--out", str(tmp_path / "file")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    assert cli_main(["build-standins", "--out", str(tmp_path / "other")]) == 2
+    assert "holds no manifest.json; refusing to replace it" in capsys.readouterr().err
+    assert cli_main(["pretrain-llm", "--out", str(tmp_path / "other")]) == 2
+    assert "holds no pretrain_llm.json" in capsys.readouterr().err
+    assert cli_main(["pretrain-llm", "--out", str(tmp_path / "x"), "--scene-share", "2"]) == 2
+    assert "scene_share must be in [0, 1]" in capsys.readouterr().err
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_pretrain_llm_cli_writes_an_llm_directory(tmp_path, capsys):
+    out = tmp_path / "llm"
+    rc = cli_main(["pretrain-llm", "--out", str(out), "--steps", "2", "--batch", "2", "--eval-per-kind", "2",
+                   "--quiet"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "held-out answers right: text" in printed and f"LLM directory: {out}" in printed
+    summary = json.loads((out / "pretrain_llm.json").read_text())
+    assert summary["steps"] == 2 and summary["config"]["batch_size"] == 2
+    config = NANO.with_overrides({"llm": {"path": str(out)}})
+    from sphinx_x.model import SphinxX
+
+    assert SphinxX(config).llm.config.hidden_size == NANO.llm.hidden_size
+    # a second run replaces its own output
+    assert cli_main(["pretrain-llm", "--out", str(out), "--steps", "1", "--batch", "2", "--eval-per-kind", "1",
+                     "--quiet"]) == 0
+    assert json.loads((out / "pretrain_llm.json").read_text())["steps"] == 1
