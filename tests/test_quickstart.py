@@ -36,29 +36,39 @@ def test_recipe_is_configs_nano_yaml(tmp_path):
 
 
 def test_plan_spends_the_budget_at_the_idle_rates():
-    plan = qs.plan_run(10, 8000, 260)
+    # the packaged stand-ins: all the training time goes to the one-stage run
+    plan = qs.plan_run(10, 8000, 520)
     assert plan.total_s == pytest.approx(600, abs=1.0)  # whole steps: under a second lost to rounding
-    assert plan.expert_s / (plan.expert_s + plan.train_s) == pytest.approx(qs.EXPERTS_SHARE, abs=0.01)
-    assert not plan.starved
-    longer = qs.plan_run(20, 8000, 260)
-    assert longer.expert_steps > plan.expert_steps and longer.train_steps > 2 * plan.train_steps - 2
-    capped = qs.plan_run(10, 8000, 260, expert_cap=3, train_cap=5)
-    assert (capped.expert_steps, capped.train_steps) == (3, 5)
-    starved = qs.plan_run(0.1, 8000, 260)
-    assert starved.starved and (starved.expert_steps, starved.train_steps) == (1, 1)
+    assert (plan.expert_steps, plan.llm_steps, plan.from_scratch) == (0, 0, False) and not plan.starved
+    train_s = 600 - plan.corpus_s - plan.eval_s - plan.reserve_s
+    assert plan.train_steps == int(train_s / 60 * qs.TRAIN_STEPS_PER_MIN)
+    assert qs.plan_run(20, 8000, 520).train_steps > 2 * plan.train_steps - 2
+    assert qs.plan_run(10, 8000, 520, train_cap=5).train_steps == 5
+    # --from-scratch: the experts and the LLM get their shares first
+    scratch = qs.plan_run(10, 8000, 520, from_scratch=True)
+    assert scratch.total_s == pytest.approx(600, abs=1.5) and scratch.from_scratch and not scratch.starved
+    spent = scratch.expert_s + scratch.llm_s + scratch.train_s
+    assert scratch.expert_s / spent == pytest.approx(qs.SCRATCH_EXPERTS_SHARE, abs=0.01)
+    assert scratch.llm_s / spent == pytest.approx(qs.SCRATCH_LLM_SHARE, abs=0.01)
+    capped = qs.plan_run(10, 8000, 520, expert_cap=3, train_cap=5, from_scratch=True, llm_cap=4)
+    assert (capped.expert_steps, capped.llm_steps, capped.train_steps) == (3, 4, 5)
+    starved = qs.plan_run(0.1, 8000, 520, from_scratch=True)
+    assert starved.starved and (starved.expert_steps, starved.llm_steps, starved.train_steps) == (1, 1, 1)
 
 
 def _phases(plan, slowdown):
     return [qs.Phase("corpus", "x", plan.corpus_s, plan.corpus_s * slowdown),
             qs.Phase("expert pretraining", "x", plan.expert_s, plan.expert_s * slowdown, plan.expert_steps,
                      plan.expert_steps, qs.EXPERT_STEPS_PER_MIN),
+            qs.Phase("LLM pretraining", "x", plan.llm_s, plan.llm_s * slowdown, plan.llm_steps,
+                     plan.llm_steps, qs.LLM_STEPS_PER_MIN),
             qs.Phase("one-stage training", "x", plan.train_s, plan.train_s * slowdown, plan.train_steps,
                      plan.train_steps, qs.TRAIN_STEPS_PER_MIN),
             qs.Phase("evaluation", "x", plan.eval_s, plan.eval_s * slowdown)]
 
 
 def test_summary_warns_only_when_the_machine_overran_the_plan():
-    plan = qs.plan_run(10, 8000, 260)
+    plan = qs.plan_run(10, 8000, 520, from_scratch=True)
     table, warnings = qs.summary(_phases(plan, 0.9), plan, 10)
     assert warnings == []
     assert "| one-stage training | x |" in table and "| **total** | --minutes 10 | 10.0 min |" in table
@@ -72,7 +82,7 @@ def test_summary_warns_only_when_the_machine_overran_the_plan():
     note = qs.pace_note(_phases(plan, 2.0)[1], plan, 2.0 * (plan.corpus_s + plan.expert_s))
     assert f"takes about {2 * plan.total_s / 60:.0f} min instead of 10.0" in note
     short = _phases(plan, 1.0)
-    short[2].steps = 7
+    short[3].steps = 7
     _, warnings = qs.summary(short, plan, 10)
     assert warnings == [f"warning: one-stage training ran 7 of its {plan.train_steps} planned steps"]
 
@@ -99,15 +109,38 @@ def test_demo_picks_a_right_row_of_the_best_task_the_image_made_right():
     assert qs.pick_demo(wrong, [], scores, "top-left") is None
 
 
+def _assert_started_from(model, experts: dict, llm_dir, steps: int) -> None:
+    """`model` trained `steps` steps from these experts (kept frozen, so equal) and this LLM (each AdamW step
+    moves a weight by about the learning rate at most, far less than a random init differs)."""
+    import torch
+    from safetensors.torch import load_file
+
+    for name, expert in model.visual.experts.items():
+        assert expert.cfg.frozen
+        pretrained = load_file(str(experts[name]))
+        assert all(torch.equal(pretrained[k], v) for k, v in expert.trunk.state_dict().items()), name
+    start = load_file(str(llm_dir / "model.safetensors"))
+    state = model.llm.state_dict()
+    moved = max(float((state[k] - v).abs().max()) for k, v in start.items())
+    assert 0 < moved <= 3 * steps * RECIPE["optim"]["lr"]
+
+
+def _run_summary(lines: list[str]) -> str:
+    start = next(i for i, line in enumerate(lines) if line.startswith("run summary (stand-in experts and LLM: "))
+    return "\n".join(lines[start:])
+
+
 @pytest.mark.slow
 def test_quickstart_end_to_end(tmp_path, capsys, monkeypatch):
     from time import perf_counter
+
+    from sphinx_x.standins import read_manifest, standins_dir
 
     # a clock 50x slower than the real one: the run overruns its plan, as on a busy machine
     monkeypatch.setattr(qs, "clock", lambda: 50 * perf_counter())
     out = tmp_path / "qs"
     rc = cli_main(["quickstart", "--out", str(out), "--minutes", "0.5", "--train-samples", "40",
-                   "--bench-rows", str(len(BENCH_TASKS)), "--max-steps", "2", "--expert-steps", "3", "--quiet"])
+                   "--bench-rows", str(len(BENCH_TASKS)), "--max-steps", "2", "--quiet"])
     assert rc == 0
     captured = capsys.readouterr()
     printed, err = captured.out, captured.err
@@ -116,29 +149,27 @@ def test_quickstart_end_to_end(tmp_path, capsys, monkeypatch):
     assert json.loads((out / "data" / "synth.json").read_text())["sizes"]["train"] == 40
     final = out / "train" / "final"
     assert (final / "config.json").is_file()
-    # the model was trained on the pretrained experts, which it kept frozen
-    import torch
-    from safetensors.torch import load_file
-
+    # the model started from the packaged stand-ins: their experts kept frozen, their LLM as initialisation
     from sphinx_x.model import SphinxX
 
     model = SphinxX.from_pretrained(final)
-    for name, expert in model.visual.experts.items():
-        assert expert.cfg.frozen
-        pretrained = load_file(str(out / "experts" / f"{name}.safetensors"))
-        assert all(torch.equal(pretrained[k], v) for k, v in expert.trunk.state_dict().items()), name
-    assert "[2/5] pretraining nano's vision experts" in printed
+    packaged = standins_dir("nano").resolve()
+    manifest = read_manifest(packaged)
+    _assert_started_from(model, {n: packaged / rel for n, rel in manifest["experts"].items()}, packaged / "llm", 2)
+    assert "[2/5] starting from the packaged pretrained stand-ins" in printed and "pretraining nano's" not in printed
+    assert not (out / "experts").exists() and not (out / "llm").exists()
     steps = [json.loads(line)["step"] for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == 2
 
-    # the summary states the steps each phase ran, and the (slow-clock) overrun is warned about
+    # the summary states the steps each phase ran and what the stand-ins were, and the overrun is warned about
     lines = printed.splitlines()
-    assert "plan for --minutes 0.5 on 2 idle CPU cores: 3 expert pretraining steps, 2 one-stage steps" in printed
-    summary = lines[lines.index("run summary:") + 1:]
-    assert "| expert pretraining | 3 of 3 planned steps |" in "\n".join(summary)
-    assert "| one-stage training | 2 of 2 planned steps |" in "\n".join(summary)
+    assert "plan for --minutes 0.5 on 2 idle CPU cores: the packaged pretrained stand-ins, 2 one-stage steps" in printed
+    summary = _run_summary(lines)
+    assert f"stand-in experts and LLM: packaged ({standins_dir()})" in summary
+    assert "| stand-ins | packaged (nano: experts + LLM, no pretraining) |" in summary
+    assert "| one-stage training | 2 of 2 planned steps |" in summary
     assert "warning: this machine was too busy (or slower) for the plan" in err
-    assert "note: expert pretraining ran" in err  # the early note, before the one-stage training
+    assert (out / "summary.md").read_text().startswith(f"stand-in experts and LLM: packaged ({standins_dir()})")
 
     # both evaluations: with images and blind; the blind one sent no image at all
     scores = json.loads((out / "eval" / "scores.json").read_text())["benchmarks"]
@@ -189,3 +220,32 @@ def test_quickstart_refuses_a_file_as_output(tmp_path, capsys):
     target.write_text("x")
     assert cli_main(["quickstart", "--out", str(target), "--quiet"]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_quickstart_from_scratch_pretrains_the_standins_itself(tmp_path, capsys, monkeypatch):
+    from time import perf_counter
+
+    from sphinx_x.model import SphinxX
+    from sphinx_x.standins.llm_pretrain import read_summary
+
+    monkeypatch.setattr(qs, "clock", lambda: 50 * perf_counter())
+    monkeypatch.setattr(qs, "LLM_EVAL_PER_KIND", 2)
+    out = tmp_path / "qs"
+    rc = cli_main(["quickstart", "--out", str(out), "--minutes", "0.5", "--train-samples", "30",
+                   "--bench-rows", str(len(BENCH_TASKS)), "--max-steps", "2", "--expert-steps", "3",
+                   "--llm-steps", "2", "--from-scratch", "--quiet"])
+    assert rc == 0
+    captured = capsys.readouterr()
+    printed, err = captured.out, captured.err
+    assert "plan for --minutes 0.5 on 2 idle CPU cores: 3 expert and 2 LLM pretraining steps, 2 one-stage" in printed
+    assert "[2/5] pretraining nano's vision experts" in printed and "[2/5] pretraining nano's LLM" in printed
+    assert read_summary(out / "llm")["steps"] == 2
+    model = SphinxX.from_pretrained(out / "train" / "final")
+    _assert_started_from(model, {n: out / "experts" / f"{n}.safetensors" for n in model.visual.experts},
+                         out / "llm", 2)
+    summary = _run_summary(printed.splitlines())
+    assert "stand-in experts and LLM: pretrained in this run (--from-scratch)" in summary
+    assert "| expert pretraining | 3 of 3 planned steps |" in summary
+    assert "| LLM pretraining | 2 of 2 planned steps |" in summary
+    assert "note: expert pretraining ran" in err  # the early note, before the LLM and one-stage training

@@ -1,18 +1,24 @@
-"""`sphinx-x quickstart [--out runs/quickstart] [--minutes 10] [--seed 0]`: the embedded default end to end.
+"""`sphinx-x quickstart [--out runs/quickstart] [--minutes 10] [--seed 0] [--from-scratch]`: the embedded default
+end to end.
 
-Generates the synthetic corpus, pretrains nano's two vision experts on synthetic scenes (the stand-in for
-the paper's pretrained CLIP and DINOv2, `sphinx-x pretrain-experts`), trains the `nano` preset on the CPU
-with those experts frozen, evaluates it on synth-bench twice, with its images and blind (the question
-alone), prints the two per-task columns side by side, answers a question of the task it scored best on
-about a synth-bench image it answered right, and ends with what each phase ran and how long it took.
+Generates the synthetic corpus, takes nano's pretrained stand-ins shipped in the package (its two vision
+experts, the stand-ins for the paper's pretrained CLIP and DINOv2, and its LLM, the stand-in for the paper's
+pretrained LLM: sphinx_x/assets/standins/nano, docs/standins.md), trains the `nano` preset on the CPU in one
+stage with those experts frozen and its LLM initialised from the stand-in LLM, evaluates it on synth-bench
+twice, with its images and blind (the question alone), prints the two per-task columns side by side,
+answers a question of the task it scored best on about a synth-bench image it answered right, and ends with
+what each phase ran and how long it took. `--from-scratch` makes the stand-ins in the run instead (`sphinx-x
+pretrain-experts`, then `sphinx-x pretrain-llm`, each for its share of the budget: SCRATCH_*_SHARE below).
 Everything is written under --out:
 
     OUT/data/              the corpus (`sphinx-x data synth`) and synth-bench (OUT/data/bench.jsonl)
-    OUT/experts/           the pretrained experts and the model config that uses them (model.yaml)
+    OUT/model.yaml         the model config trained: nano with the stand-in experts (frozen) and LLM
+    OUT/experts/, OUT/llm/ --from-scratch only: the stand-ins this run pretrained
     OUT/train/final/       the trained model directory (`sphinx-x chat --model OUT/train/final`)
     OUT/train/...          checkpoints, metrics.jsonl, loss_lr.png
     OUT/eval/              predictions (synth-bench/ and synth-bench-blind/), scores.json, scores.md
     OUT/answer.png         the demo answer drawn on its image (its box, for a grounding answer)
+    OUT/summary.md         the run summary: what each phase ran, planned and wall minutes, any warning
 
 --minutes plans the work, it does not cut it: the step counts are planned from the budget at the rates
 measured on 2 idle CPU cores (the *_PER_MIN constants below), then run in full, and the wall time of
@@ -21,8 +27,9 @@ Fixed steps rather than a wall-clock cap, because a cap moves the scores with th
 busier machine the 10-minute run trained fewer steps and scored 20.8 overall against 32.7 on idle cores).
 With fixed steps the same seed and --minutes train the same recipe on any machine, so runs and seeds stay
 comparable, and a busy machine costs time, which is reported, instead of quality, which could only be
-warned about. The experts get EXPERTS_SHARE of the training time, the one-stage run the rest. The
-training recipe is configs/nano.yaml's (`RECIPE` below; a test keeps the two equal).
+warned about. With the packaged stand-ins the one-stage run gets all the training time; with --from-scratch
+the experts get SCRATCH_EXPERTS_SHARE of it and the LLM SCRATCH_LLM_SHARE. The training recipe is
+configs/nano.yaml's (`RECIPE` below; a test keeps the two equal).
 
 Exit codes: 0 done; 2 bad arguments or an output directory that cannot be used.
 """
@@ -34,11 +41,19 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sphinx_x.commands.argtypes import positive_float, positive_int
+from sphinx_x.commands.quickstart_eval import (
+    BLIND,
+    blind_benchmark,
+    demo_answer,
+    expected_answer,
+    pick_demo,
+    scores_side_by_side,
+)
 from sphinx_x.fileio import write_atomic
 
 # configs/nano.yaml without its paths (tests/test_quickstart.py checks that the two agree).
@@ -49,22 +64,29 @@ RECIPE: dict[str, Any] = {
     "train": {"max_steps": 5000, "global_batch": 8, "micro_batch": 8, "precision": "fp32", "seed": 0,
               "device": "cpu", "cpu_threads": 2},
 }
-TRAIN_SAMPLES = 8000  # distinct training samples (more than the run sees twice)
-BENCH_ROWS = 260  # synth-bench: 20 rows per task
+TRAIN_SAMPLES = 8000  # distinct training samples (a 10-minute run on the stand-ins sees each about 1.5 times)
+BENCH_ROWS = 520  # synth-bench: 40 rows per task
 # Rates on 2 idle CPU cores (docs/experiments.md, 2026-11-26: 545 expert steps of 64 scenes in 2.5 minutes; 900
 # one-stage steps of 8 samples in 5.0 minutes; the corpus and the rest of a 9.6-minute run in 0.5 minutes).
 EXPERT_STEPS_PER_MIN = 218.0
 TRAIN_STEPS_PER_MIN = 180.0
+# LLM pretraining (--from-scratch): an estimate from CPU time, not yet measured on idle cores (2026-12-02: 0.8
+# CPU-seconds per step of 16 samples on one thread, on a shared machine).
+LLM_STEPS_PER_MIN = 120.0
 CORPUS_SECONDS_PER_SAMPLE = 0.0025  # 8260 samples in about 20 s
 EVAL_SECONDS_PER_ROW = 0.1  # reserved for the evaluation with images (260 rows took ~6 s on 2 idle cores)
 BLIND_SECONDS_PER_ROW = 0.05  # reserved for the blind evaluation (no vision towers, one token per image less)
 SAVE_RESERVE_S = 10.0  # building and saving the model, the demo answer (its planned time in the summary)
 OVERRUN_WARNING = 1.1  # warn when the run took more than this times its planned time
-# Share of the training time spent pretraining the experts, capped at EXPERTS_MAX_STEPS steps of 64 scenes.
-# docs/experiments.md, 2026-11-26: 4.1 of 9.1 minutes read colours better than 2.5 (57.5 vs 52.5 on 40 rows).
-EXPERTS_SHARE = 0.45
+# --from-scratch: shares of the training time spent pretraining the experts (capped at EXPERTS_MAX_STEPS steps
+# of 64 scenes) and the LLM (capped at LLM_MAX_STEPS); the one-stage run gets the rest. Before the stand-ins
+# shipped, docs/experiments.md (2026-11-26): experts 4.1 of 9.1 minutes read colours better than 2.5 (57.5 vs
+# 52.5 on 40 rows); the LLM's share is a first split, not yet measured.
+SCRATCH_EXPERTS_SHARE = 0.35
+SCRATCH_LLM_SHARE = 0.2
 EXPERTS_MAX_STEPS = 2000
-BLIND = "synth-bench-blind"  # the blind evaluation's benchmark name (OUT/eval/synth-bench-blind/)
+LLM_MAX_STEPS = 5000
+LLM_EVAL_PER_KIND = 100  # --from-scratch: held-out samples per kind scored after LLM pretraining
 
 clock = time.perf_counter  # every phase's wall time (a test slows it down to see the overrun warning)
 
@@ -79,11 +101,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--train-samples", type=positive_int, default=TRAIN_SAMPLES,
                    help=f"training samples to generate (default {TRAIN_SAMPLES})")
     p.add_argument("--bench-rows", type=positive_int, default=BENCH_ROWS,
-                   help=f"synth-bench rows (default {BENCH_ROWS} = 20 per task)")
+                   help=f"synth-bench rows (default {BENCH_ROWS} = 40 per task)")
     p.add_argument("--max-steps", type=positive_int, default=None,
                    help=f"cap on one-stage optimizer steps (default {RECIPE['train']['max_steps']})")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="pretrain the stand-in experts and LLM in this run instead of using the packaged ones")
     p.add_argument("--expert-steps", type=positive_int, default=EXPERTS_MAX_STEPS,
-                   help=f"cap on expert pretraining steps (default {EXPERTS_MAX_STEPS})")
+                   help=f"--from-scratch: cap on expert pretraining steps (default {EXPERTS_MAX_STEPS})")
+    p.add_argument("--llm-steps", type=positive_int, default=LLM_MAX_STEPS,
+                   help=f"--from-scratch: cap on LLM pretraining steps (default {LLM_MAX_STEPS})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -94,15 +120,24 @@ class Plan:
     """What --minutes buys on 2 idle CPU cores: the steps of each training phase and the other phases' time."""
 
     corpus_s: float
-    expert_steps: int
+    expert_steps: int  # 0: the packaged stand-ins (no pretraining in this run)
+    llm_steps: int
     train_steps: int
     eval_s: float
     reserve_s: float
     starved: bool  # the budget left no training time: one step each (or the caps)
 
     @property
+    def from_scratch(self) -> bool:
+        return self.expert_steps > 0
+
+    @property
     def expert_s(self) -> float:
         return 60 * self.expert_steps / EXPERT_STEPS_PER_MIN
+
+    @property
+    def llm_s(self) -> float:
+        return 60 * self.llm_steps / LLM_STEPS_PER_MIN
 
     @property
     def train_s(self) -> float:
@@ -110,19 +145,26 @@ class Plan:
 
     @property
     def total_s(self) -> float:
-        return self.corpus_s + self.expert_s + self.train_s + self.eval_s + self.reserve_s
+        return self.corpus_s + self.expert_s + self.llm_s + self.train_s + self.eval_s + self.reserve_s
 
 
 def plan_run(minutes: float, train_samples: int, bench_rows: int, expert_cap: int = EXPERTS_MAX_STEPS,
-             train_cap: int | None = None) -> Plan:
+             train_cap: int | None = None, from_scratch: bool = False, llm_cap: int = LLM_MAX_STEPS) -> Plan:
+    """The steps --minutes buys on 2 idle cores: all the training time to the one-stage run on the packaged
+    stand-ins; with `from_scratch`, SCRATCH_EXPERTS_SHARE and SCRATCH_LLM_SHARE of it to pretraining them."""
     corpus_s = (train_samples + bench_rows) * CORPUS_SECONDS_PER_SAMPLE
     eval_s = bench_rows * (EVAL_SECONDS_PER_ROW + BLIND_SECONDS_PER_ROW)
     train_s = minutes * 60 - corpus_s - eval_s - SAVE_RESERVE_S
-    experts = math.floor(EXPERTS_SHARE * train_s / 60 * EXPERT_STEPS_PER_MIN)
-    one_stage = math.floor((1 - EXPERTS_SHARE) * train_s / 60 * TRAIN_STEPS_PER_MIN)
+    shares = (SCRATCH_EXPERTS_SHARE, SCRATCH_LLM_SHARE) if from_scratch else (0.0, 0.0)
+    experts = math.floor(shares[0] * train_s / 60 * EXPERT_STEPS_PER_MIN)
+    llm = math.floor(shares[1] * train_s / 60 * LLM_STEPS_PER_MIN)
+    one_stage = math.floor((1 - sum(shares)) * train_s / 60 * TRAIN_STEPS_PER_MIN)
     cap = train_cap or RECIPE["train"]["max_steps"]
-    return Plan(corpus_s, min(expert_cap, max(experts, 1)), min(cap, max(one_stage, 1)), eval_s, SAVE_RESERVE_S,
-                starved=experts < 1 or one_stage < 1)
+    starved = one_stage < 1 or (from_scratch and (experts < 1 or llm < 1))
+    if not from_scratch:
+        return Plan(corpus_s, 0, 0, min(cap, max(one_stage, 1)), eval_s, SAVE_RESERVE_S, starved)
+    return Plan(corpus_s, min(expert_cap, max(experts, 1)), min(llm_cap, max(llm, 1)), min(cap, max(one_stage, 1)),
+                eval_s, SAVE_RESERVE_S, starved)
 
 
 @dataclass
@@ -158,12 +200,12 @@ def summary(phases: list[Phase], plan: Plan, minutes: float) -> tuple[str, list[
 
 
 def pace_note(experts: Phase, plan: Plan, elapsed_s: float) -> str | None:
-    """After expert pretraining: a note when it ran slower than planned, with the time the whole run will
-    take at that pace (the user learns it now, not at the end)."""
+    """After expert pretraining (--from-scratch): a note when it ran slower than planned, with the time the
+    whole run will take at that pace (the user learns it now, not at the end)."""
     slowdown = experts.wall_s / max(plan.expert_s, 1e-9)
     if slowdown <= OVERRUN_WARNING:
         return None
-    eta = elapsed_s + (plan.train_s + plan.eval_s + plan.reserve_s) * slowdown
+    eta = elapsed_s + (plan.llm_s + plan.train_s + plan.eval_s + plan.reserve_s) * slowdown
     return (f"note: expert pretraining ran {experts.steps / max(experts.wall_s / 60, 1e-9):.0f} steps/min against "
             f"{experts.idle_rate:.0f} on 2 idle CPU cores: this machine is busy (or slower), so at this pace the "
             f"run takes about {eta / 60:.0f} min instead of {plan.total_s / 60:.1f}. It still runs every planned "
@@ -172,7 +214,7 @@ def pace_note(experts: Phase, plan: Plan, elapsed_s: float) -> str | None:
 
 def train_config(out: Path, mix: Path, steps: int, seed: int, progress: bool, model_config: Path | None = None):
     """The TrainConfig of the quickstart: RECIPE plus this run's paths, seed and planned steps; `model_config`
-    (the pretrained experts' model.yaml) replaces the bare preset."""
+    (nano with the stand-in experts and LLM, OUT/model.yaml) replaces the bare preset."""
     from sphinx_x.config import deep_merge
     from sphinx_x.train.config import TrainConfig
 
@@ -193,71 +235,65 @@ def steps_run(metrics: Path) -> int:
     return int(steps[-1]) if steps else 0
 
 
-# ---- the blind baseline --------------------------------------------------------------------------
-def blind_benchmark(bench: Any) -> Any:
-    """synth-bench with its images removed: every row's question alone (no image tokens), the same prompt,
-    metric and answers; evaluated as the benchmark BLIND."""
-    rows = [{k: v for k, v in r.items() if k not in ("image", "images")} for r in bench.rows]
-    return replace(bench, spec=replace(bench.spec, name=BLIND), rows=rows, linenos=list(bench.linenos))
+# ---- the stand-ins -------------------------------------------------------------------------------
+def use_packaged(out: Path, phases: list[Phase]) -> Path:
+    """OUT/model.yaml: nano with the packaged stand-in experts (frozen) and LLM; says what they scored."""
+    from sphinx_x.standins import nano_model_yaml, read_manifest, standins_dir
+
+    t = clock()
+    directory = standins_dir("nano")
+    manifest = read_manifest(directory)
+    model_yaml = nano_model_yaml(out / "model.yaml", directory)
+    scores = manifest["scores"]
+    print(f"[2/5] starting from the packaged pretrained stand-ins in {directory} (made by "
+          f"`{manifest['made']['command']}`, MODEL_CARD.md; --from-scratch pretrains them in the run instead)",
+          flush=True)
+    print("      held-out: experts name shapes " + ", ".join(
+        f"{n} {100 * a:.0f}%" for n, a in scores["experts_held_out_shape_accuracy"].items()) + " (chance 20%); LLM "
+        "answers " + ", ".join(f"{k} {100 * a:.0f}%" for k, a in scores["llm_held_out_answer_accuracy"].items()),
+        flush=True)
+    phases.append(Phase("stand-ins", f"packaged ({directory.name}: experts + LLM, no pretraining)", 0.0, clock() - t))
+    return model_yaml
 
 
-def scores_side_by_side(result: dict[str, Any], blind: dict[str, Any]) -> str:
-    """Per-task markdown table: the score with images, the blind score and the difference (what the images add)."""
-    lines = ["| benchmark | task | metric | n | score | blind (question only, no image) | images add |",
-             "|---|---|---|---:|---:|---:|---:|"]
-    for task, t in result["tasks"].items():
-        b = blind["tasks"][task]["score"]
-        lines.append(f"| synth-bench | {task} | {t['metric']} | {t['n']} | {t['score']:.2f} | {b:.2f} | "
-                     f"{t['score'] - b:+.2f} |")
-    lines.append(f"| synth-bench | **overall** (mean over tasks) | | {result['n']} | **{result['score']:.2f}** | "
-                 f"**{blind['score']:.2f}** | **{result['score'] - blind['score']:+.2f}** |")
-    return "\n".join(lines) + "\n"
+def pretrain_standins(out: Path, plan: Plan, seed: int, progress: bool, phases: list[Phase]) -> Path:
+    """--from-scratch: pretrain nano's experts (OUT/experts) then its LLM (OUT/llm) for the planned steps, as
+    `sphinx-x build-standins` does; returns OUT/model.yaml, nano with both."""
+    from sphinx_x.config import SphinxXConfig
+    from sphinx_x.standins.llm_pretrain import build_nano_llm, pretrain_llm, write_llm_dir
+    from sphinx_x.standins.settings import LlmPretrainConfig
+    from sphinx_x.tokenizer import load_tokenizer
+    from sphinx_x.train.expert_pretrain import write_pretrained
 
+    nano = SphinxXConfig.from_name("nano")
+    print(f"[2/5] pretraining nano's vision experts on synthetic scenes: {plan.expert_steps} steps of 64 scenes",
+          flush=True)
+    t = clock()
+    experts, experts_yaml = write_pretrained(nano, out / "experts", steps=plan.expert_steps, seed=seed,
+                                             progress=progress)
+    phases.append(Phase("expert pretraining", f"{experts.steps} of {plan.expert_steps} planned steps", plan.expert_s,
+                        clock() - t, experts.steps, plan.expert_steps, EXPERT_STEPS_PER_MIN))
+    print("      held-out: " + ", ".join(f"{n} names {100 * a:.0f}% of the objects' shapes"
+                                         for n, a in experts.accuracy.items()) + " (chance 20%)", flush=True)
+    note = pace_note(phases[-1], plan, sum(p.wall_s for p in phases))
+    if note:
+        print(note, file=sys.stderr, flush=True)
 
-# ---- the demo ------------------------------------------------------------------------------------
-def row_right(record: dict[str, Any], anchor: str) -> bool:
-    """Whether one prediction record earned full marks under its row's metric."""
-    from sphinx_x.eval.metrics import score_rows
-
-    return score_rows(record["metric"], [record], **({"anchor": anchor} if record["metric"] == "rec" else {})
-                      ).per_row[0] == 1.0
-
-
-def pick_demo(records: list[dict[str, Any]], blind_records: list[dict[str, Any]], result: dict[str, Any],
-              anchor: str) -> dict[str, Any] | None:
-    """The demo's synth-bench row: from the image task with the best score that has a row answered right,
-    a right row whose blind answer was wrong (the image made the difference) if there is one, else its first
-    right row; None when no row with an image was answered right."""
-    blind_right = {r["id"] for r in blind_records if row_right(r, anchor)}
-    right = [r for r in records if r.get("image") and row_right(r, anchor)]
-    if not right:
-        return None
-    best = max({r["task"] for r in right}, key=lambda task: result["tasks"][task]["score"])
-    rows = [r for r in right if r["task"] == best]
-    return next((r for r in rows if r["id"] not in blind_right), rows[0])
-
-
-def expected_answer(record: dict[str, Any]) -> str:
-    if "gt_box" in record:
-        return f"the box {record['gt_box']} (pixels; right when the boxes overlap by IoU >= 0.5)"
-    return json.dumps(record["answer"] if "answer" in record else record["answers"][0])
-
-
-def demo_answer(model: Any, bench: Any, record: dict[str, Any], out_png: Path) -> tuple[str, str, bool]:
-    """Ask `record`'s question again, exactly as synth-bench asked it (same prompt, greedy), about its image;
-    draw the answer (its boxes, if any) onto the image. Returns (image path, answer, whether it is right)."""
-    from PIL import Image
-
-    from sphinx_x.eval.harness import generate_answers, model_anchor
-    from sphinx_x.infer.draw import draw_answer
-
-    image_path = bench.image_root / record["image"]
-    [(answer, _)] = generate_answers(model, [{"question": record["prompt"], "images": [str(image_path)]}],
-                                     bench.spec.max_new_tokens)
-    with Image.open(image_path) as im:
-        drawing, _ = draw_answer(im.convert("RGB"), answer, anchor=model_anchor(model))
-    drawing.save(out_png)
-    return str(image_path), answer, row_right({**record, "prediction": answer}, model_anchor(model))
+    cfg = LlmPretrainConfig(steps=plan.llm_steps, seed=seed, template=nano.template, eval_per_kind=LLM_EVAL_PER_KIND)
+    print(f"[2/5] pretraining nano's LLM on text dialogues and slot scenes: {cfg.steps} steps of {cfg.batch_size} "
+          "samples", flush=True)
+    t = clock()
+    tokenizer = load_tokenizer(nano.tokenizer)
+    llm = build_nano_llm(nano, seed=seed)
+    result = pretrain_llm(llm, tokenizer, cfg, progress=progress)
+    write_llm_dir(llm, tokenizer, out / "llm", cfg, result)
+    phases.append(Phase("LLM pretraining", f"{result.steps} of {plan.llm_steps} planned steps", plan.llm_s,
+                        clock() - t, result.steps, plan.llm_steps, LLM_STEPS_PER_MIN))
+    print("      held-out answers right: " + ", ".join(f"{k} {100 * a:.0f}%" for k, a in result.accuracy.items()),
+          flush=True)
+    model_yaml = out / "model.yaml"
+    SphinxXConfig.load(experts_yaml).with_overrides({"llm": {"path": str((out / "llm").resolve())}}).save(model_yaml)
+    return model_yaml
 
 
 # ---- the command ---------------------------------------------------------------------------------
@@ -274,22 +310,28 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from sphinx_x.config import SphinxXConfig
     from sphinx_x.data.synth import generate_corpus
     from sphinx_x.eval.benchmarks import load_rows, resolve_benchmark
     from sphinx_x.eval.harness import model_anchor, read_predictions, run_benchmark, write_scores
     from sphinx_x.model import SphinxX
-    from sphinx_x.train.expert_pretrain import write_pretrained
+    from sphinx_x.standins import has_standins, standins_dir
     from sphinx_x.train.loop import train
 
     progress = not args.quiet
-    plan = plan_run(args.minutes, args.train_samples, args.bench_rows, args.expert_steps, args.max_steps)
-    print(f"plan for --minutes {args.minutes:g} on 2 idle CPU cores: {plan.expert_steps} expert pretraining steps, "
-          f"{plan.train_steps} one-stage steps (fixed: a busier machine takes longer, it does not train less)",
-          flush=True)
+    from_scratch = args.from_scratch
+    if not from_scratch and not has_standins():
+        print(f"note: the packaged stand-ins ({standins_dir()}) are missing or incomplete; pretraining them in this "
+              "run (as --from-scratch)", file=sys.stderr, flush=True)
+        from_scratch = True
+    plan = plan_run(args.minutes, args.train_samples, args.bench_rows, args.expert_steps, args.max_steps,
+                    from_scratch, args.llm_steps)
+    pretraining = (f"{plan.expert_steps} expert and {plan.llm_steps} LLM pretraining steps, " if from_scratch
+                   else "the packaged pretrained stand-ins, ")
+    print(f"plan for --minutes {args.minutes:g} on 2 idle CPU cores: {pretraining}{plan.train_steps} one-stage steps "
+          "(fixed: a busier machine takes longer, it does not train less)", flush=True)
     if plan.starved:
         print(f"note: --minutes {args.minutes:g} leaves no time to train after data generation and the evaluation "
-              "reserve; training one step (or the --expert-steps / --max-steps caps)", file=sys.stderr)
+              "reserve; training one step (or the --expert-steps / --llm-steps / --max-steps caps)", file=sys.stderr)
     phases: list[Phase] = []
     corpus = out / "data"
     print(f"[1/5] generating the synthetic corpus ({args.train_samples} training samples, "
@@ -304,21 +346,11 @@ def run(args: argparse.Namespace) -> int:
                         clock() - t))
 
     shutil.rmtree(out / "train", ignore_errors=True)  # a fresh model every time
-    print(f"[2/5] pretraining nano's vision experts on synthetic scenes: {plan.expert_steps} steps of 64 scenes",
-          flush=True)
-    t = clock()
-    experts, model_yaml = write_pretrained(SphinxXConfig.from_name("nano"), out / "experts", steps=plan.expert_steps,
-                                           seed=args.seed, progress=progress)
-    phases.append(Phase("expert pretraining", f"{experts.steps} of {plan.expert_steps} planned steps", plan.expert_s,
-                        clock() - t, experts.steps, plan.expert_steps, EXPERT_STEPS_PER_MIN))
-    print("      held-out: " + ", ".join(f"{n} names {100 * a:.0f}% of the objects' shapes"
-                                         for n, a in experts.accuracy.items()) + " (chance 20%)", flush=True)
-    note = pace_note(phases[-1], plan, sum(p.wall_s for p in phases))
-    if note:
-        print(note, file=sys.stderr, flush=True)
+    model_yaml = (pretrain_standins(out, plan, args.seed, progress, phases) if from_scratch
+                  else use_packaged(out, phases))
 
     cfg = train_config(out / "train", corpus / "train.yaml", plan.train_steps, args.seed, progress, model_yaml)
-    print(f"[3/5] training nano (experts frozen) on CPU: {plan.train_steps} steps of "
+    print(f"[3/5] training nano (experts frozen, LLM from the stand-in) on CPU: {plan.train_steps} steps of "
           f"{cfg.train.global_batch} samples", flush=True)
     t = clock()
     final = train(cfg)
@@ -366,8 +398,11 @@ def run(args: argparse.Namespace) -> int:
     phases.append(Phase("demo answer", "1 question", plan.reserve_s, clock() - t))
 
     table, warnings = summary(phases, plan, args.minutes)
-    print("run summary:\n" + table, end="", flush=True)
+    made = "pretrained in this run (--from-scratch)" if from_scratch else f"packaged ({standins_dir()})"
+    print(f"run summary (stand-in experts and LLM: {made}):\n" + table, end="", flush=True)
     for w in warnings:
         print(w, file=sys.stderr, flush=True)
+    write_atomic(out / "summary.md", f"stand-in experts and LLM: {made}\n\n{table}" + "".join(f"\n{w}\n"
+                                                                                          for w in warnings))
     print(f"scores in {out / 'eval' / 'scores.md'}", flush=True)
     return 0
