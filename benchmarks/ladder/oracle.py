@@ -66,7 +66,8 @@ class OracleVisual(nn.Module):
                     out[i, t, SHAPES.index(shapes[name])] = 1
         return torch.cat([out.mean(1, keepdim=True), out], dim=1)
 
-    def forward(self, images: ImageBatch) -> torch.Tensor:
+    def batch_symbols(self, images: ImageBatch) -> torch.Tensor:
+        """Every view of the batch -> (total_views, 1 + G*G, FEATURES), image by image."""
         views = images.views[self.expert]
         feats, v = [], 0
         for skipped in images.skipped.tolist():
@@ -74,8 +75,11 @@ class OracleVisual(nn.Module):
             one = views[v : v + n]
             feats.append(self.symbols(one, _shapes_by_image.get(_key(one[0]), {})))
             v += n
+        return torch.cat(feats)
+
+    def forward(self, images: ImageBatch) -> torch.Tensor:
         weight = self.projector[0].weight
-        return self.projector(torch.cat(feats).to(weight.device, weight.dtype))
+        return self.projector(self.batch_symbols(images).to(weight.device, weight.dtype))
 
 
 def install(model: nn.Module) -> None:
@@ -99,15 +103,8 @@ class OracleEmbedVisual(OracleVisual):
         self.register_buffer("word_ids", torch.tensor(words), persistent=False)
 
     def forward(self, images: ImageBatch) -> torch.Tensor:
-        views = images.views[self.expert]
-        feats, v = [], 0
-        for skipped in images.skipped.tolist():
-            n = 1 + sum(not s for s in skipped)
-            one = views[v : v + n]
-            feats.append(self.symbols(one, _shapes_by_image.get(_key(one[0]), {})))
-            v += n
         table = self.embed[0](self.word_ids)  # (FEATURES, d)
-        return torch.cat(feats).to(table.dtype) @ table
+        return self.batch_symbols(images).to(table.dtype) @ table
 
 
 def install_embed(model: nn.Module) -> None:
