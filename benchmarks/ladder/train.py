@@ -59,7 +59,7 @@ class RunSpec:
     patches: list[str] = field(default_factory=list)  # FILE.py:FUNC, each called as FUNC(model)
     log: Callable[[str], None] = print
     save_llm: str | None = None  # write the trained LLM here (safetensors, --init-llm reads it)
-    dense: int = 1  # questions per training image (turns of one dialogue); needs the task's probes
+    dense: int = 1  # single-question sequences per training image (Encoder.expand); needs the task's probes
     extra: dict[str, Any] = field(default_factory=dict)
 
 
