@@ -194,45 +194,82 @@ def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
+# torch's antialiased bicubic resize, the op `F.interpolate(mode="bicubic", antialias=True)` runs; called
+# directly for its out= form, which writes a resize into a slice of the canvas or the views without a copy.
+_resize_aa = torch.ops.aten._upsample_bicubic2d_aa
+
+
 def resize_uint8(x: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """uint8 (N, 3, H, W) -> (N, 3, height, width), antialiased bicubic as PIL's BICUBIC resize computes it
-    (torch's uint8 path: a few times faster than PIL; values within 1 of PIL's, equal for most pixels)."""
+    (torch's uint8 path: a few times faster than PIL; values within 1 of PIL's, equal for most pixels).
+    Channels-last input (as `to_uint8_tensor` gives) takes the faster vectorised kernel; same values."""
     if x.shape[-2:] == (height, width):
         return x
     return F.interpolate(x, size=(height, width), mode="bicubic", antialias=True)
 
 
+def _pad_rows(color: tuple[int, int, int], side: int) -> torch.Tensor:
+    """One canvas row of the pad colour, (side, 3) uint8: copied row by row into padding strips."""
+    return torch.tensor(list(color) * side, dtype=torch.uint8).view(side, 3)
+
+
 def canvas_tensor(x: torch.Tensor, side: int, canvas: CanvasConfig) -> torch.Tensor:
     """`make_canvas` on a uint8 (1, 3, h, w) image tensor: longer side resized to `side`, pasted on a padded
-    square (1, 3, side, side)."""
+    square (1, 3, side, side).
+
+    The canvas is channels-last (a (side, side, 3) buffer), the layout in which torch's uint8 resize is
+    fastest, for both this resize and the global view's resize of the canvas. Only the padding strips are
+    filled (with whole rows of pad colour: contiguous copies); when the pasted image spans whole canvas rows
+    (wide images, top-left or centred) the resize writes straight into the canvas."""
     h, w = x.shape[-2:]
     m = max(w, h)
     nw, nh = max(1, round(w * side / m)), max(1, round(h * side / m))
-    out = torch.tensor(canvas.pad_color, dtype=torch.uint8).view(1, 3, 1, 1).repeat(1, 1, side, side)
     x0, y0 = (0, 0) if canvas.pad_anchor == "top-left" else ((side - nw) // 2, (side - nh) // 2)
-    out[..., y0 : y0 + nh, x0 : x0 + nw] = resize_uint8(x, nw, nh)
+    hwc = torch.empty((side, side, 3), dtype=torch.uint8)
+    if (nw, nh) != (side, side):
+        row = _pad_rows(tuple(canvas.pad_color), side)
+        hwc[:y0] = row
+        hwc[y0 + nh:] = row
+        hwc[y0 : y0 + nh, :x0] = row[:x0]
+        hwc[y0 : y0 + nh, x0 + nw:] = row[x0 + nw:]
+    out = hwc.permute(2, 0, 1)[None]
+    image = out[..., y0 : y0 + nh, x0 : x0 + nw]
+    if (nw, nh) == (w, h):
+        image.copy_(x)
+    elif nw == side:  # whole rows: a channels-last contiguous slice, written in place
+        _resize_aa.out(x, [nh, nw], False, None, None, out=image)
+    else:
+        image.copy_(_resize_aa(x, [nh, nw], False, None, None))
     return out
 
 
 def prepare_image(img: Image.Image, vision: VisionConfig) -> ImageViews:
     """Cut an RGB image into each expert's global view and non-skipped grid cells. The image becomes a
-    tensor once; each view size's canvas and global view are resized on tensors (`resize_uint8`), shared by
-    experts with the same view size."""
+    tensor once; each view size's canvas (`canvas_tensor`) and global view are resized on tensors, shared by
+    experts with the same view size. The views come out contiguous, channels-first: the global view is
+    resized straight into them, the kept cells copied."""
     canvas = vision.canvas
     g = canvas.grid
     skipped = skipped_cells(img.width, img.height, canvas)
     if canvas.preprocess == "accessory":
         square = to_uint8_tensor(accessory_canvas(img, canvas))[None]
         return ImageViews(views={}, skipped=torch.tensor(skipped, dtype=torch.bool), size=img.size, canvas=square)
-    pixels = to_uint8_tensor(img)[None]
+    pixels = to_uint8_tensor(img)[None]  # channels-last strides: numpy's (h, w, 3) permuted
     kept = [divmod(idx, g) for idx, skip in enumerate(skipped) if not skip]
     by_size: dict[int, torch.Tensor] = {}
     for expert in vision.experts:
         r = expert.view_size
-        if r not in by_size:
-            full = canvas_tensor(pixels, max(g, 1) * r, canvas)
-            tiles = [resize_uint8(full, r, r)] + [full[..., i * r : (i + 1) * r, j * r : (j + 1) * r] for i, j in kept]
-            by_size[r] = torch.cat(tiles)
+        if r in by_size:
+            continue
+        full = canvas_tensor(pixels, max(g, 1) * r, canvas)
+        views = torch.empty((1 + len(kept), 3, r, r), dtype=torch.uint8)
+        if g > 1:
+            _resize_aa.out(full, [r, r], False, None, None, out=views[:1])
+        else:  # the canvas is the global view
+            views[:1] = full
+        for k, (i, j) in enumerate(kept, start=1):
+            views[k] = full[0, :, i * r : (i + 1) * r, j * r : (j + 1) * r]
+        by_size[r] = views
     views = {expert.name: by_size[expert.view_size] for expert in vision.experts}
     return ImageViews(views=views, skipped=torch.tensor(skipped, dtype=torch.bool), size=img.size)
 

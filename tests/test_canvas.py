@@ -129,3 +129,45 @@ def test_refuses_oversized_zero_and_broken_images(tmp_path):
         load_image(tmp_path / "missing.png")
     with pytest.raises(ImageError, match="zero size"):
         load_image(Image.new("RGB", (0, 5)))
+
+
+def _reference_views(img: Image.Image, vision) -> dict[str, torch.Tensor]:
+    """The plain form of `prepare_image` (before the channels-last canvas): pad by repeat, paste the
+    resize, `F.interpolate` the global view, concatenate the crops."""
+    import torch.nn.functional as F
+
+    def resize(x, w, h):
+        return x if x.shape[-2:] == (h, w) else F.interpolate(x, size=(h, w), mode="bicubic", antialias=True)
+
+    canvas, g = vision.canvas, vision.canvas.grid
+    pixels = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)[None]
+    kept = [divmod(i, g) for i, s in enumerate(skipped_cells(img.width, img.height, canvas)) if not s]
+    out = {}
+    for e in vision.experts:
+        r = e.view_size
+        side = max(g, 1) * r
+        m = max(img.width, img.height)
+        nw, nh = max(1, round(img.width * side / m)), max(1, round(img.height * side / m))
+        x0, y0 = (0, 0) if canvas.pad_anchor == "top-left" else ((side - nw) // 2, (side - nh) // 2)
+        full = torch.tensor(canvas.pad_color, dtype=torch.uint8).view(1, 3, 1, 1).repeat(1, 1, side, side)
+        full[..., y0 : y0 + nh, x0 : x0 + nw] = resize(pixels, nw, nh)
+        out[e.name] = torch.cat([resize(full, r, r)] + [full[..., i * r:(i + 1) * r, j * r:(j + 1) * r]
+                                                        for i, j in kept])
+    return out
+
+
+@pytest.mark.parametrize("anchor", ["top-left", "center"])
+@pytest.mark.parametrize("grid", [2, 3, 1])
+def test_views_equal_the_plain_tensor_procedure(anchor, grid):
+    """The channels-last canvas and in-place resizes give exactly the plain procedure's views, contiguous
+    channels-first: wide, tall, square, exact-size and one-pixel images."""
+    vision = SphinxXConfig.from_name("nano").vision
+    vision.canvas = CanvasConfig(grid=grid, pad_anchor=anchor)
+    rng = np.random.default_rng(grid)
+    for w, h in [(384, 384), (512, 256), (97, 61), (1000, 40), (90, 200), (256, 256), (112, 112), (1, 1),
+                 (3, 300), (255, 256), (300, 100)]:
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        views = prepare_image(img, vision).views
+        for name, ref in _reference_views(img, vision).items():
+            assert views[name].is_contiguous() and views[name].dtype == torch.uint8
+            assert torch.equal(views[name], ref), (w, h, name)
