@@ -7,7 +7,7 @@ from _helpers.infer import noise_image
 from sphinx_x.canvas import collate_images
 from sphinx_x.infer import fastpath
 from sphinx_x.infer.chat import encode
-from sphinx_x.infer.fastpath import LeanLLM, step_mask
+from sphinx_x.infer.fastpath import LeanLLM, StaticKV, step_mask
 from sphinx_x.model import SphinxX
 
 N = 6
@@ -47,8 +47,8 @@ def test_lean_logits_equal_forward_logits_padded_batch(model):
     with torch.inference_mode():
         embeds = model.embed_inputs(ids, images)
         ref = model(ids, attention_mask=mask, position_ids=positions, inputs_embeds=embeds, use_cache=True)
-        cache = lean.new_cache()
-        got = lean(embeds, positions, cache, mask.bool())
+        cache = lean.new_cache(2, width + 2)
+        got = lean(embeds, positions, cache, mask.bool())  # packed: row 1 is padded
         torch.testing.assert_close(got[:, -1], ref.logits[:, -1], rtol=1e-5, atol=1e-5)
         ref_cache, pos, full = ref.cache, positions[:, -1:], mask
         for token in (5, 17):
@@ -91,3 +91,55 @@ def test_unsupported_models_keep_their_forward(model):
     finally:
         handle.remove()
     assert LeanLLM.supports(model.llm)
+
+
+def test_packed_prefill_equals_unpadded_rows_and_fills_the_cache_left_padded(model):
+    """Three rows of three lengths: the packed prefill's logits are each row's own (batch 1, no padding)
+    logits, and the cache holds each row's K and V in its last columns, zeros in the padding."""
+    lean = LeanLLM(model.llm)
+    torch.manual_seed(0)
+    lengths, d = [7, 12, 3], model.llm.config.hidden_size
+    width = max(lengths)
+    embeds = torch.randn(3, width, d)
+    keys = torch.zeros(3, width, dtype=torch.bool)
+    for i, n in enumerate(lengths):
+        keys[i, width - n:] = True
+    positions = (keys.long().cumsum(-1) - 1).clamp(min=0)
+    with torch.inference_mode():
+        packed = StaticKV(4, 3, lean.kv_heads, width + 1, lean.head_dim, torch.float32, torch.device("cpu"))
+        got = lean(embeds, positions, packed, keys)
+        assert got.shape == (3, 1, model.config.llm.vocab_size) and packed.length == width
+        for i, n in enumerate(lengths):
+            own = lean.new_cache(1, n)
+            ref = lean(embeds[i:i + 1, width - n:], positions[i:i + 1, width - n:], own, None)
+            torch.testing.assert_close(got[i], ref[0], rtol=1e-5, atol=1e-5)
+            for layer in range(len(packed.keys)):
+                torch.testing.assert_close(packed.keys[layer][i, :, width - n:width], own.keys[layer][0],
+                                           rtol=1e-5, atol=1e-5)
+                assert not packed.values[layer][i, :, :width - n].any()
+        # the cached step after the packed prefill: each row's next logits equal its own cached step
+        step = torch.full((3, 1), 9)
+        grown = torch.cat([keys, torch.ones(3, 1, dtype=torch.bool)], 1)
+        nxt = lean(lean.embed(step), positions[:, -1:] + 1, packed, grown)
+        for i, n in enumerate(lengths):
+            own = lean.new_cache(1, n + 1)
+            lean(embeds[i:i + 1, width - n:], positions[i:i + 1, width - n:], own, None)
+            ref = lean(lean.embed(step[i:i + 1]), positions[i:i + 1, -1:] + 1, own, None)
+            torch.testing.assert_close(nxt[i], ref[0], rtol=1e-5, atol=1e-5)
+
+
+def test_several_new_positions_after_the_cache_are_causal(model):
+    """A prefill split in two calls (no padding) gives the one-call logits: the second call's queries see
+    the cached keys and their own past, not their future."""
+    lean = LeanLLM(model.llm)
+    torch.manual_seed(1)
+    embeds = torch.randn(2, 10, model.llm.config.hidden_size)
+    positions = torch.arange(10).expand(2, 10)
+    with torch.inference_mode():
+        whole = lean(embeds, positions, lean.new_cache(2, 10), None)
+        split = lean.new_cache(2, 10)
+        lean(embeds[:, :6], positions[:, :6], split, None)
+        got = lean(embeds[:, 6:], positions[:, 6:], split, None)
+        torch.testing.assert_close(got, whole, rtol=1e-5, atol=1e-5)
+        with pytest.raises(ValueError, match="cannot take"):
+            lean(embeds[:, :1], positions[:, :1], split, None)

@@ -272,7 +272,8 @@ def decode_batch(
 def _llm_step(model: Any, full_mask: torch.Tensor, has_padding: bool, last_only: dict):
     """`step(ids, embeds, positions, cache, seen) -> (logits, cache)`: one LLM call over the new positions
     (`embeds`, or the embeddings of `ids` when None), `seen` positions in all. A plain Llama LLM takes
-    `sphinx_x.infer.fastpath.LeanLLM` (the same layers without the model-level wrappers); any other
+    `sphinx_x.infer.fastpath.LeanLLM` (the same weights without the model-level wrappers, a KV cache of the
+    prompt plus the answer budget, a packed prefill when rows are padded); any other
     model goes through its own forward with the 2-D attention mask."""
     llm = getattr(model, "llm", None)
     if getattr(type(model), "forward", None) is SphinxX.forward and LeanLLM.supports(llm):
@@ -280,7 +281,7 @@ def _llm_step(model: Any, full_mask: torch.Tensor, has_padding: bool, last_only:
         keys = full_mask.bool() if has_padding else None
 
         def lean_step(ids, embeds, positions, cache, seen):
-            cache = cache if cache is not None else lean.new_cache()
+            cache = cache if cache is not None else lean.new_cache(full_mask.shape[0], full_mask.shape[1])
             embeds = embeds if embeds is not None else lean.embed(ids)
             return lean(embeds, positions, cache, None if keys is None else keys[:, :seen]), cache
 
