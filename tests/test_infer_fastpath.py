@@ -143,3 +143,21 @@ def test_several_new_positions_after_the_cache_are_causal(model):
         torch.testing.assert_close(got, whole, rtol=1e-5, atol=1e-5)
         with pytest.raises(ValueError, match="cannot take"):
             lean(embeds[:, :1], positions[:, :1], split, None)
+
+
+def test_rotation_by_roll_equals_transformers_rotary_exactly(model):
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    lean = LeanLLM(model.llm)
+    torch.manual_seed(2)
+    q, k = torch.randn(2, 4, 5, lean.head_dim), torch.randn(2, 2, 5, lean.head_dim)
+    positions = torch.tensor([[0, 1, 2, 3, 4], [7, 8, 9, 10, 11]])
+    cos, sin = model.llm.get_decoder().rotary_emb(q, position_ids=positions)
+    ref_q, ref_k = apply_rotary_pos_emb(q, k, cos, sin)
+    rotary = lean._rotary(q, positions)
+    assert torch.equal(lean._rotate(q, *rotary), ref_q) and torch.equal(lean._rotate(k, *rotary), ref_k)
+
+
+def test_a_non_silu_llama_keeps_its_forward(model, monkeypatch):
+    monkeypatch.setattr(model.llm.config, "hidden_act", "gelu")
+    assert not LeanLLM.supports(model.llm)

@@ -4,9 +4,9 @@ At the sizes SPHINX-X runs on a CPU, a decode step's matmuls are small and most 
 dispatch around them: `LlamaForCausalLM.forward`'s decorators (argument merging, output capturing,
 deprecation checks), building a 4-D causal mask through `create_causal_mask` every step, the
 gradient-checkpointing wrapper of every layer, `LlamaRMSNorm`'s five tensor ops, and `DynamicCache`, which
-concatenates every layer's whole K and V with the new column at every step. This step calls the library's
-modules for everything with weights (the projections, the MLP, the LM head) and its rotary embedding and
-`apply_rotary_pos_emb`, and does the rest itself:
+concatenates every layer's whole K and V with the new column at every step. This step runs the same
+computation on the LLM's own weights (read once per generation into `_LayerWeights`: no `Module.__call__`
+or attribute lookups per step) and its own rotary embedding module, and does the rest itself:
 
 - the KV cache (`StaticKV`): one (B, kv_heads, capacity, head_dim) buffer per layer for K and V, allocated
   once for the prompt plus the answer budget; a step writes its columns in place;
@@ -19,7 +19,8 @@ modules for everything with weights (the projections, the MLP, the LM head) and 
   steps. Padding is the difference of the prompts' lengths: mixed images (95 and 59 visual tokens in nano)
   give a batch of eight about 15% of padding;
 - the RMS norms: `torch.nn.functional.rms_norm` in float32 (one kernel) times the weight, as
-  `LlamaRMSNorm` computes it;
+  `LlamaRMSNorm` computes it; rotary: transformers' `q * cos + rotate_half(q) * sin` as
+  `q * cos + roll(q, half) * signed_sin`, the same products and sums in half the ops;
 - the LM head on each row's last position only.
 
 Only a plain Llama LLM with SDPA attention and no module hooks takes this path (`LeanLLM.supports`);
@@ -30,21 +31,12 @@ that both paths give the same logits (1e-5) and the same greedy answers, batched
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers.models.llama.modeling_llama import (
-    LlamaDecoderLayer,
-    LlamaForCausalLM,
-    LlamaRMSNorm,
-    apply_rotary_pos_emb,
-)
-
-
-def _rms_norm(norm: LlamaRMSNorm, x: torch.Tensor) -> torch.Tensor:
-    """`LlamaRMSNorm.forward` in one float32 kernel: weight * normalised(x).to(x.dtype)."""
-    return norm.weight * F.rms_norm(x.float(), norm.weight.shape, eps=norm.variance_epsilon).to(x.dtype)
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaForCausalLM, LlamaRMSNorm
 
 
 def _has_hooks(module: torch.nn.Module) -> bool:
@@ -84,6 +76,39 @@ class StaticKV:
         return self.keys[0].shape[2]
 
 
+@dataclass(frozen=True)
+class _LayerWeights:
+    """One decoder layer's tensors, read once per generation (module attribute lookups and `Module.__call__`
+    are a visible share of a nano decode step)."""
+
+    input_norm: torch.Tensor
+    post_norm: torch.Tensor
+    eps: float
+    q: tuple[torch.Tensor, torch.Tensor | None]  # (weight, bias) of each projection
+    k: tuple[torch.Tensor, torch.Tensor | None]
+    v: tuple[torch.Tensor, torch.Tensor | None]
+    o: tuple[torch.Tensor, torch.Tensor | None]
+    gate: tuple[torch.Tensor, torch.Tensor | None]
+    up: tuple[torch.Tensor, torch.Tensor | None]
+    down: tuple[torch.Tensor, torch.Tensor | None]
+
+    @classmethod
+    def of(cls, layer: LlamaDecoderLayer) -> _LayerWeights:
+        attn, mlp = layer.self_attn, layer.mlp
+
+        def wb(linear: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+            return linear.weight, linear.bias
+
+        return cls(layer.input_layernorm.weight, layer.post_attention_layernorm.weight,
+                   layer.input_layernorm.variance_epsilon, wb(attn.q_proj), wb(attn.k_proj), wb(attn.v_proj),
+                   wb(attn.o_proj), wb(mlp.gate_proj), wb(mlp.up_proj), wb(mlp.down_proj))
+
+
+def _norm(weight: torch.Tensor, eps: float, x: torch.Tensor) -> torch.Tensor:
+    """`LlamaRMSNorm.forward` in one float32 kernel: weight * normalised(x).to(x.dtype)."""
+    return weight * F.rms_norm(x.float(), weight.shape, eps=eps).to(x.dtype)
+
+
 class LeanLLM:
     """One generation step of a Llama LLM: embeddings in, each row's last logits out, K and V into a `StaticKV`."""
 
@@ -94,13 +119,14 @@ class LeanLLM:
         self.head_dim = attn.head_dim
         self.scaling = attn.scaling
         self.kv_heads = llm.config.num_key_value_heads
+        self.layers = [_LayerWeights.of(layer) for layer in self.decoder.layers]
 
     @staticmethod
     def supports(llm: Any) -> bool:
-        """A plain Llama with SDPA attention, no hooks, and its forward not replaced (torch.compile)."""
+        """A plain Llama (SiLU MLP) with SDPA attention, no hooks, and its forward not replaced (torch.compile)."""
         if type(llm) is not LlamaForCausalLM or "forward" in vars(llm):
             return False
-        if getattr(llm.config, "_attn_implementation", None) != "sdpa":
+        if getattr(llm.config, "_attn_implementation", None) != "sdpa" or llm.config.hidden_act != "silu":
             return False
         decoder = llm.get_decoder()
         layers = list(decoder.layers)
@@ -116,10 +142,22 @@ class LeanLLM:
 
     def new_cache(self, batch: int, capacity: int) -> StaticKV:
         p = self.llm.lm_head.weight
-        return StaticKV(len(self.decoder.layers), batch, self.kv_heads, capacity, self.head_dim, p.dtype, p.device)
+        return StaticKV(len(self.layers), batch, self.kv_heads, capacity, self.head_dim, p.dtype, p.device)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.decoder.embed_tokens(ids)
+
+    def _rotary(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The LLM's rotary embedding as (cos, signed sin), (B, 1, q, head_dim) each: `_rotate` then computes
+        transformers' `q * cos + rotate_half(q) * sin` as `q * cos + roll(q, half) * signed_sin` (the same
+        products and sums, so the same values) in four ops instead of eight."""
+        cos, sin = self.decoder.rotary_emb(x, position_ids=position_ids)
+        half = self.head_dim // 2
+        signed = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
+        return cos[:, None], signed[:, None]
+
+    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+        return x * cos + torch.roll(x, self.head_dim // 2, dims=-1) * signed_sin
 
     def __call__(self, embeds: torch.Tensor, position_ids: torch.Tensor, cache: StaticKV,
                  keys: torch.Tensor | None) -> torch.Tensor:
@@ -135,56 +173,61 @@ class LeanLLM:
         if keys is None and q > 1 and start > 0:  # several new positions after cached ones: causal with an offset
             keys = torch.ones((embeds.shape[0], end), dtype=torch.bool, device=embeds.device)
         mask = step_mask(keys, q)
-        cos, sin = self.decoder.rotary_emb(embeds, position_ids=position_ids)
+        rotary = self._rotary(embeds, position_ids)
         h = embeds
-        for i, layer in enumerate(self.decoder.layers):
-            attn = layer.self_attn
-            qs, ks, vs = self._qkv(attn, _rms_norm(layer.input_layernorm, h), cos, sin)
+        for i, w in enumerate(self.layers):
+            qs, ks, vs = self._qkv(w, h, rotary)
             cache.keys[i][:, :, start:end] = ks
             cache.values[i][:, :, start:end] = vs
             out = F.scaled_dot_product_attention(
                 qs, cache.keys[i][:, :, :end], cache.values[i][:, :, :end], attn_mask=mask,
                 is_causal=mask is None and q > 1 and start == 0, scale=self.scaling, enable_gqa=True)
-            h = self._finish_layer(layer, h, out)
+            h = self._finish_layer(w, h, out)
         cache.length = end
-        return self.llm.lm_head(_rms_norm(self.decoder.norm, h[:, -1:]))
+        return self._logits(h[:, -1:])
 
-    def _qkv(self, attn: torch.nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """Queries, keys, values (B, heads, q, head_dim) of normalised hidden states x (B, q, d), rotated."""
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        norm = self.decoder.norm
+        return self.llm.lm_head(_norm(norm.weight, norm.variance_epsilon, h))
+
+    def _qkv(self, w: _LayerWeights, h: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]):
+        """Queries, keys, values (B, heads, q, head_dim) of hidden states h (B, q, d): normalised, projected,
+        rotated."""
+        x = _norm(w.input_norm, w.eps, h)
         shape = (*x.shape[:-1], -1, self.head_dim)
-        qs = attn.q_proj(x).view(shape).transpose(1, 2)
-        ks = attn.k_proj(x).view(shape).transpose(1, 2)
-        vs = attn.v_proj(x).view(shape).transpose(1, 2)
-        qs, ks = apply_rotary_pos_emb(qs, ks, cos, sin)
-        return qs, ks, vs
+        qs = F.linear(x, *w.q).view(shape).transpose(1, 2)
+        ks = F.linear(x, *w.k).view(shape).transpose(1, 2)
+        vs = F.linear(x, *w.v).view(shape).transpose(1, 2)
+        return self._rotate(qs, *rotary), self._rotate(ks, *rotary), vs
 
-    def _finish_layer(self, layer: LlamaDecoderLayer, h: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
-        """Residual adds around the attention output (B, heads, q, head_dim) and the MLP."""
-        h = h + layer.self_attn.o_proj(attn_out.transpose(1, 2).reshape(*h.shape[:-1], -1))
-        return h + layer.mlp(_rms_norm(layer.post_attention_layernorm, h))
+    def _finish_layer(self, w: _LayerWeights, h: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+        """Residual adds around the attention output (B, heads, q, head_dim) and the SiLU MLP."""
+        h = h + F.linear(attn_out.transpose(1, 2).reshape(*h.shape[:-1], -1), *w.o)
+        x = _norm(w.post_norm, w.eps, h)
+        return h + F.linear(F.silu(F.linear(x, *w.gate)) * F.linear(x, *w.up), *w.down)
 
     def _packed_prefill(self, embeds: torch.Tensor, position_ids: torch.Tensor, cache: StaticKV,
                         keys: torch.Tensor) -> torch.Tensor:
         """A left-padded prefill over the real tokens only. The rows are packed into one (1, N, d) sequence
         for the projections and the MLP; attention runs row by row (causal, no mask); each row's K and V go
         into the cache's last `n_i` of the first `width` columns, as the padded layout has them."""
-        batch, width = embeds.shape[:2]
+        width = embeds.shape[1]
         real = keys[:, :width]
         lengths = real.sum(1).tolist()
         h = embeds[real][None]  # (1, N, d), row 0's tokens first
-        cos, sin = self.decoder.rotary_emb(h, position_ids=position_ids[real][None])
+        rotary = self._rotary(h, position_ids[real][None])
         bounds = [0]
         for n in lengths:
             bounds.append(bounds[-1] + n)
-        for i, layer in enumerate(self.decoder.layers):
-            qs, ks, vs = self._qkv(layer.self_attn, _rms_norm(layer.input_layernorm, h), cos, sin)
+        for i, w in enumerate(self.layers):
+            qs, ks, vs = self._qkv(w, h, rotary)
             outs = []
             for row, (a, b) in enumerate(zip(bounds, bounds[1:])):
                 cache.keys[i][row, :, width - (b - a):width] = ks[0, :, a:b]
                 cache.values[i][row, :, width - (b - a):width] = vs[0, :, a:b]
                 outs.append(F.scaled_dot_product_attention(qs[:, :, a:b], ks[:, :, a:b], vs[:, :, a:b],
                                                            is_causal=True, scale=self.scaling, enable_gqa=True))
-            h = self._finish_layer(layer, h, torch.cat(outs, dim=2))
+            h = self._finish_layer(w, h, torch.cat(outs, dim=2))
         cache.length = width
         last = torch.tensor(bounds[1:], device=h.device) - 1
-        return self.llm.lm_head(_rms_norm(self.decoder.norm, h[0, last][:, None]))
+        return self._logits(h[0, last][:, None])
