@@ -118,3 +118,25 @@ def test_token_objective_trains_the_per_token_heads(tmp_path):
     assert result.steps == 3
     # The per-token cross-entropy (two heads, 7 and 5 classes, global view and sub-image) adds ~2 x (ln 7 + ln 5)
     assert result.losses[0] > plain.losses[0] + 2.0
+
+
+def test_token_objective_alone_leaves_the_scene_probe_out(tmp_path):
+    from sphinx_x.train.expert_pretrain import pretrain_experts
+
+    alone = pretrain_experts(VISION, tmp_path, steps=2, batch_size=4, seed=0, num_workers=0, token_weight=1.0,
+                             scene_weight=0.0)
+    both = pretrain_experts(VISION, tmp_path / "both", steps=2, batch_size=4, seed=0, num_workers=0, token_weight=1.0)
+    assert alone.accuracy == {} and set(alone.token_accuracy) == {"clip_convnext", "dinov2"}
+    assert set(both.accuracy) == {"clip_convnext", "dinov2"}
+    # Same initialisation and first batch: the first loss differs by the two experts' scene cross-entropies
+    # (each about ln 5 at initialisation: 6 colours x 5 classes, none or a shape).
+    assert both.losses[0] - alone.losses[0] == pytest.approx(2 * torch.log(torch.tensor(5.0)).item(), abs=0.5)
+    with pytest.raises(ValueError, match="not both 0"):
+        pretrain_experts(VISION, tmp_path / "x", steps=1, token_weight=0.0, scene_weight=0.0)
+
+
+def test_cli_refuses_no_objective(tmp_path, capsys):
+    assert cli_main(["pretrain-experts", "--out", str(tmp_path / "e"), "--scene-weight", "0"]) == 2
+    assert "--scene-weight and --token-weight must be >= 0 and not both 0" in capsys.readouterr().err
+    assert cli_main(["build-standins", "--out", str(tmp_path / "s"), "--expert-scene-weight", "0"]) == 2
+    assert "not both 0" in capsys.readouterr().err

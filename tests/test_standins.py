@@ -115,13 +115,16 @@ def test_build_writes_a_set_that_loads_like_the_packaged_one(tmp_path, monkeypat
     monkeypatch.setattr(expert_pretrain, "HELD_OUT", 8)  # scenes in the experts' held-out score
 
     out = tmp_path / "standins"
-    settings = BuildSettings(seed=1, expert_steps=1, expert_batch=2,
+    settings = BuildSettings(seed=1, expert_steps=1, expert_batch=2, expert_lr=3e-3, expert_scene_weight=0.0,
+                             expert_token_weight=1.0,
                              llm=LlmPretrainConfig(steps=2, batch_size=2, seed=1, eval_per_kind=2))
     logged = []
     manifest = build_standins(out, settings, log=logged.append)
     assert json.loads(json.dumps(manifest)) == read_manifest(out) and has_standins(out)
     assert manifest["made"]["command"] == "sphinx-x build-standins --out DIR --seed 1 --expert-steps 1 --llm-steps 2" \
-        " --llm-batch 2"
+        " --expert-lr 0.003 --expert-scene-weight 0 --expert-token-weight 1 --llm-batch 2"
+    assert manifest["scores"]["experts_held_out_shape_accuracy"] == {}  # no scene-level probe was trained
+    assert set(manifest["scores"]["experts_held_out_token_accuracy"]) == {"clip_convnext", "dinov2"}
     assert manifest["made"]["llm"]["steps"] == 2 and manifest["made"]["experts"]["steps"] == 1
     assert set(manifest["scores"]["llm_held_out_answer_accuracy"]) == {"text", "arithmetic", "scene"}
     assert not any(out.parent.glob(".tmp-*"))  # written atomically, nothing left behind
@@ -134,6 +137,7 @@ def test_build_writes_a_set_that_loads_like_the_packaged_one(tmp_path, monkeypat
     assert all(torch.equal(v, model.llm.state_dict()[k]) for k, v in saved.items())
     card = (out / "MODEL_CARD.md").read_text()
     assert "--expert-steps 1 --llm-steps 2" in card and "2 AdamW steps of 2 samples" in card
+    assert "lr 0.003" in card and "per-token x 1" in card and "scene-level" not in card
 
 
 def test_cli_refuses_outputs_it_did_not_write(tmp_path, capsys):

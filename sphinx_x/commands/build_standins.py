@@ -24,7 +24,14 @@ from sphinx_x.commands.argtypes import positive_float, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from sphinx_x.standins.settings import EXPERT_STEPS, LLM_STEPS, LlmPretrainConfig
+    from sphinx_x.standins.settings import (
+        EXPERT_LR,
+        EXPERT_SCENE_WEIGHT,
+        EXPERT_STEPS,
+        EXPERT_TOKEN_WEIGHT,
+        LLM_STEPS,
+        LlmPretrainConfig,
+    )
 
     d = LlmPretrainConfig()
     p = subparsers.add_parser("build-standins", help="pretrain nano's stand-in experts and LLM into one folder",
@@ -33,6 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of both pretraining runs (default 0)")
     p.add_argument("--expert-steps", type=positive_int, default=EXPERT_STEPS,
                    help=f"expert pretraining steps of 64 scenes (default {EXPERT_STEPS})")
+    p.add_argument("--expert-lr", type=positive_float, default=EXPERT_LR,
+                   help=f"expert AdamW learning rate (default {EXPERT_LR:g})")
+    p.add_argument("--expert-scene-weight", type=float, default=EXPERT_SCENE_WEIGHT,
+                   help=f"weight of the experts' scene-level objective (default {EXPERT_SCENE_WEIGHT:g})")
+    p.add_argument("--expert-token-weight", type=float, default=EXPERT_TOKEN_WEIGHT,
+                   help=f"weight of the experts' per-token objective (default {EXPERT_TOKEN_WEIGHT:g})")
     p.add_argument("--llm-steps", type=positive_int, default=LLM_STEPS,
                    help=f"LLM pretraining steps (default {LLM_STEPS})")
     p.add_argument("--llm-batch", type=positive_int, default=d.batch_size,
@@ -51,6 +64,11 @@ def run(args: argparse.Namespace) -> int:
     from sphinx_x.standins.build import BuildSettings, build_standins
     from sphinx_x.standins.settings import LlmPretrainConfig
 
+    if min(args.expert_scene_weight, args.expert_token_weight) < 0 or \
+            args.expert_scene_weight + args.expert_token_weight <= 0:
+        print("sphinx-x build-standins: error: --expert-scene-weight and --expert-token-weight must be >= 0 and not "
+              f"both 0, got {args.expert_scene_weight:g} and {args.expert_token_weight:g}", file=sys.stderr)
+        return 2
     try:
         llm = LlmPretrainConfig(steps=args.llm_steps, batch_size=args.llm_batch, lr=args.llm_lr,
                                 scene_share=args.scene_share, seed=args.seed)
@@ -62,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         print(f"sphinx-x build-standins: error: {problem}", file=sys.stderr)
         return 2
-    settings = BuildSettings(seed=args.seed, expert_steps=args.expert_steps, llm=llm, note=args.note)
+    settings = BuildSettings(seed=args.seed, expert_steps=args.expert_steps, expert_lr=args.expert_lr,
+                             expert_scene_weight=args.expert_scene_weight,
+                             expert_token_weight=args.expert_token_weight, llm=llm, note=args.note)
     manifest = build_standins(out, settings, progress=not args.quiet, log=lambda m: print(m, flush=True))
     made = manifest["made"]
     total = sum(f["bytes"] for f in manifest["files"].values())

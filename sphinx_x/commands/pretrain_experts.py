@@ -34,6 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--token-weight", type=float, default=0.0,
                    help="weight of the per-token objective (each grid token names the colour and shape under it; "
                         "default 0: the scene-level objective only)")
+    p.add_argument("--scene-weight", type=float, default=1.0,
+                   help="weight of the scene-level objective (a probe on the mean token names each colour's shape; "
+                        "default 1; 0 with --token-weight > 0 trains the per-token objective alone)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -48,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, FileNotFoundError) as e:
         print(f"sphinx-x pretrain-experts: error: {e}", file=sys.stderr)
         return 2
+    if min(args.scene_weight, args.token_weight) < 0 or args.scene_weight + args.token_weight <= 0:
+        print("sphinx-x pretrain-experts: error: --scene-weight and --token-weight must be >= 0 and not both 0, got "
+              f"{args.scene_weight:g} and {args.token_weight:g}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         print(f"sphinx-x pretrain-experts: error: {out}: exists and is not a directory", file=sys.stderr)
@@ -55,10 +62,13 @@ def run(args: argparse.Namespace) -> int:
     result, model_yaml = write_pretrained(
         config, out, steps=args.steps, max_seconds=args.minutes * 60 if args.minutes else None,
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, progress=not args.quiet,
-        token_weight=args.token_weight)
+        token_weight=args.token_weight, scene_weight=args.scene_weight)
     for name, path in result.paths.items():
-        print(f"{name}: {path}  (held-out: names the shape of {100 * result.accuracy[name]:.0f}% of the objects, "
-              "chance 20%)")
+        if name in result.accuracy:
+            print(f"{name}: {path}  (held-out: names the shape of {100 * result.accuracy[name]:.0f}% of the objects, "
+                  "chance 20%)")
+        else:
+            print(f"{name}: {path}")
     for name, acc in result.token_accuracy.items():
         print(f"{name}: per-token held-out: names colour and shape under {100 * acc:.0f}% of the object tokens")
     print(f"{result.steps} steps in {result.seconds:.0f} s; model config with these experts frozen: {model_yaml}")

@@ -15,7 +15,15 @@ from typing import Any
 
 from sphinx_x.standins import CARD_NAME, MANIFEST_NAME
 from sphinx_x.standins.llm_pretrain import build_nano_llm, pretrain_llm, write_llm_dir
-from sphinx_x.standins.settings import EXPERT_BATCH, EXPERT_STEPS, LLM_STEPS, LlmPretrainConfig
+from sphinx_x.standins.settings import (
+    EXPERT_BATCH,
+    EXPERT_LR,
+    EXPERT_SCENE_WEIGHT,
+    EXPERT_STEPS,
+    EXPERT_TOKEN_WEIGHT,
+    LLM_STEPS,
+    LlmPretrainConfig,
+)
 
 
 @dataclass
@@ -23,6 +31,9 @@ class BuildSettings:
     seed: int = 0
     expert_steps: int = EXPERT_STEPS
     expert_batch: int = EXPERT_BATCH
+    expert_lr: float = EXPERT_LR
+    expert_scene_weight: float = EXPERT_SCENE_WEIGHT
+    expert_token_weight: float = EXPERT_TOKEN_WEIGHT
     llm: LlmPretrainConfig | None = None  # None: LlmPretrainConfig(steps=LLM_STEPS, seed=seed)
     note: str = ""  # a line for the model card (e.g. what else ran on the machine)
 
@@ -35,6 +46,11 @@ def command_line(s: BuildSettings) -> str:
     llm, default = s.llm_config(), LlmPretrainConfig()
     parts = ["sphinx-x build-standins --out DIR", f"--seed {s.seed}", f"--expert-steps {s.expert_steps}",
              f"--llm-steps {llm.steps}"]
+    for flag, value, default_value in (("--expert-lr", s.expert_lr, EXPERT_LR),
+                                       ("--expert-scene-weight", s.expert_scene_weight, EXPERT_SCENE_WEIGHT),
+                                       ("--expert-token-weight", s.expert_token_weight, EXPERT_TOKEN_WEIGHT)):
+        if value != default_value:
+            parts.append(f"{flag} {value:g}")
     for flag, attr in (("--llm-batch", "batch_size"), ("--llm-lr", "lr"), ("--scene-share", "scene_share")):
         if getattr(llm, attr) != getattr(default, attr):
             parts.append(f"{flag} {getattr(llm, attr)}")
@@ -69,8 +85,11 @@ def build_standins(out: str | Path, settings: BuildSettings, progress: bool = Fa
         log(f"[1/2] pretraining {preset}'s vision experts: {settings.expert_steps} steps of {settings.expert_batch} "
             "scenes")
         experts = pretrain_experts(config.vision, tmp / "experts", steps=settings.expert_steps,
-                                   batch_size=settings.expert_batch, seed=settings.seed, progress=progress)
-        log("      held-out: " + ", ".join(f"{n} {100 * a:.1f}%" for n, a in experts.accuracy.items()))
+                                   batch_size=settings.expert_batch, lr=settings.expert_lr, seed=settings.seed,
+                                   scene_weight=settings.expert_scene_weight,
+                                   token_weight=settings.expert_token_weight, progress=progress)
+        log("      held-out: " + ", ".join([f"{n} scene {100 * a:.1f}%" for n, a in experts.accuracy.items()]
+                                           + [f"{n} tokens {100 * a:.1f}%" for n, a in experts.token_accuracy.items()]))
         log(f"[2/2] pretraining {preset}'s LLM: {llm_cfg.steps} steps of {llm_cfg.batch_size} samples "
             f"({100 * llm_cfg.scene_share:.0f}% scene draws)")
         tokenizer = load_tokenizer(config.tokenizer or "nano")
@@ -86,20 +105,34 @@ def build_standins(out: str | Path, settings: BuildSettings, progress: bool = Fa
             "made": {
                 "command": command_line(settings),
                 "seed": settings.seed,
-                "experts": {"steps": experts.steps, "batch_size": settings.expert_batch,
-                            "wall_s": round(experts.seconds, 1)},
+                "experts": {"steps": experts.steps, "batch_size": settings.expert_batch, "lr": settings.expert_lr,
+                            "scene_weight": settings.expert_scene_weight,
+                            "token_weight": settings.expert_token_weight, "wall_s": round(experts.seconds, 1)},
                 "llm": {**asdict(llm_cfg), "wall_s": round(result.seconds, 1)},
                 "machine": machine(),
                 "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
                 "note": settings.note,
             },
             "scores": {"experts_held_out_shape_accuracy": {n: round(a, 4) for n, a in experts.accuracy.items()},
+                       "experts_held_out_token_accuracy": {n: round(a, 4) for n, a in experts.token_accuracy.items()},
                        "llm_held_out_answer_accuracy": {k: round(a, 4) for k, a in result.accuracy.items()}},
             "files": {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files},
         }
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         (tmp / CARD_NAME).write_text(model_card(manifest, config))
     return manifest
+
+
+def objectives(e: dict[str, Any]) -> str:
+    """The experts' objectives in words, with their weights (the manifest's made.experts)."""
+    parts = []
+    if e.get("scene_weight", 1.0) > 0:
+        parts.append(f"scene-level x {e.get('scene_weight', 1.0):g} (a linear probe on the mean token names, for each "
+                     "colour, the shape of that colour in the scene)")
+    if e.get("token_weight", 0.0) > 0:
+        parts.append(f"per-token x {e['token_weight']:g} (every grid token of the global view and of one sub-image "
+                     "view names the colour and shape of the object under it, or background)")
+    return "; ".join(parts)
 
 
 def model_card(manifest: dict[str, Any], config: Any) -> str:
@@ -127,8 +160,8 @@ def model_card(manifest: dict[str, Any], config: Any) -> str:
         "",
         f"- Date: {made['date']}; machine: {made['machine']}." + (f" Note: {made['note']}" if made.get("note") else ""),
         f"- Experts ({experts}): `sphinx-x pretrain-experts`, {e['steps']} AdamW steps of {e['batch_size']} "
-        f"synthetic scenes, lr 1e-3, seed {made['seed']}; a linear probe per expert names, for each colour, the "
-        f"shape of that colour in the scene. Wall time {e['wall_s'] / 60:.1f} min.",
+        f"synthetic scenes, lr {e.get('lr', 1e-3):g}, seed {made['seed']}; objectives: {objectives(e)}. "
+        f"Wall time {e['wall_s'] / 60:.1f} min.",
         f"- LLM (transformers LlamaForCausalLM, {d.num_layers} layers, width {d.hidden_size}, {d.num_heads} heads / "
         f"{d.num_kv_heads} KV heads, MLP {d.intermediate_size}, vocabulary {d.vocab_size}: the shipped nano BPE, "
         f"tied embeddings): `sphinx-x pretrain-llm`, {llm['steps']} AdamW steps of {llm['batch_size']} samples, "
@@ -145,6 +178,8 @@ def model_card(manifest: dict[str, Any], config: Any) -> str:
     ]
     lines += [f"| expert {n} | names the shape of each drawn object by its colour (chance 20%) | {100 * a:.1f}% |"
               for n, a in scores["experts_held_out_shape_accuracy"].items()]
+    lines += [f"| expert {n} | per grid token of the global view covered by an object: names its colour and shape "
+              f"| {100 * a:.1f}% |" for n, a in scores.get("experts_held_out_token_accuracy", {}).items()]
     what = {"text": "answers of the text dialogues (facts, arithmetic, code), greedy exact",
             "arithmetic": "synth-bench-style arithmetic (`What is a + b?`), greedy exact",
             "scene": "slot scenes (`What color is the <shape>?`), greedy exact"}

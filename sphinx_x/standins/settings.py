@@ -8,6 +8,11 @@ from dataclasses import dataclass
 # The defaults build the packaged set (sphinx_x/assets/standins/nano/MODEL_CARD.md).
 EXPERT_STEPS = 1200
 EXPERT_BATCH = 64
+EXPERT_LR = 1e-3
+# The experts' objectives (sphinx_x/train/expert_pretrain.py): scene-level (a probe on the mean token names
+# each colour's shape) and per-token (every grid token names the colour and shape under it).
+EXPERT_SCENE_WEIGHT = 1.0
+EXPERT_TOKEN_WEIGHT = 0.0
 LLM_STEPS = 800
 
 

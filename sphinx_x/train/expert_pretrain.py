@@ -137,7 +137,8 @@ class PretrainResult:
     paths: dict[str, Path]  # expert name -> saved trunk weights
     steps: int
     seconds: float
-    accuracy: dict[str, float]  # expert name -> held-out share of the drawn objects whose shape it names
+    # expert name -> held-out share of the drawn objects whose shape it names (only with the scene-level objective)
+    accuracy: dict[str, float]
     losses: list[float]  # training loss per step (summed over experts)
     # expert name -> held-out share of object-covered grid tokens whose colour and shape the token head names
     # (global views; only with the per-token objective)
@@ -146,12 +147,17 @@ class PretrainResult:
 
 def pretrain_experts(vision: VisionConfig, out: str | Path, *, steps: int = 400, max_seconds: float | None = None,
                      batch_size: int = 64, lr: float = 1e-3, seed: int = 0, device: str = "cpu",
-                     num_workers: int = 1, progress: bool = False, token_weight: float = 0.0) -> PretrainResult:
+                     num_workers: int = 1, progress: bool = False, token_weight: float = 0.0,
+                     scene_weight: float = 1.0) -> PretrainResult:
     """Train every expert of `vision` (from its random init, seeded by `seed`) for `steps` steps or until
     `max_seconds`, whichever ends first; write OUT/<expert>.safetensors and return what happened.
-    `token_weight` > 0 adds the per-token objective (`TokenHead`) with that weight."""
+    The loss is `scene_weight` x the scene-level objective (`ProbeHead`) + `token_weight` x the per-token one
+    (`TokenHead`); at least one weight must be > 0. Held-out accuracies are reported for the objectives used."""
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
+    if token_weight < 0 or scene_weight < 0 or token_weight + scene_weight <= 0:
+        raise ValueError(f"token_weight and scene_weight must be >= 0 and not both 0, got {token_weight} and "
+                         f"{scene_weight}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -161,7 +167,9 @@ def pretrain_experts(vision: VisionConfig, out: str | Path, *, steps: int = 400,
     experts.to(device).train()
     heads.to(device)
     token_heads.to(device)
-    params = list(experts.parameters()) + list(heads.parameters())
+    params = list(experts.parameters())
+    if scene_weight > 0:
+        params += list(heads.parameters())
     if token_weight > 0:
         params += list(token_heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
@@ -181,7 +189,8 @@ def pretrain_experts(vision: VisionConfig, out: str | Path, *, steps: int = 400,
         total = 0.0
         for n in experts:
             tokens = experts[n](views[n])
-            total = total + F.cross_entropy(heads[n](tokens).flatten(0, 1), labels.flatten())
+            if scene_weight > 0:
+                total = total + scene_weight * F.cross_entropy(heads[n](tokens).flatten(0, 1), labels.flatten())
             if token_weight > 0:
                 crop = experts[n](views[f"{n}.crop"])
                 dense = (token_heads[n].loss(tokens, views[f"{n}.tokens"].to(device))
@@ -200,7 +209,7 @@ def pretrain_experts(vision: VisionConfig, out: str | Path, *, steps: int = 400,
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - started
-    accuracy = held_out_accuracy(vision, experts, heads, seed, device)
+    accuracy = held_out_accuracy(vision, experts, heads, seed, device) if scene_weight > 0 else {}
     token_accuracy = held_out_token_accuracy(vision, experts, token_heads, seed, device) if token_weight > 0 else {}
     paths = {}
     for name, expert in experts.items():
