@@ -161,3 +161,10 @@ def test_rotation_by_roll_equals_transformers_rotary_exactly(model):
 def test_a_non_silu_llama_keeps_its_forward(model, monkeypatch):
     monkeypatch.setattr(model.llm.config, "hidden_act", "gelu")
     assert not LeanLLM.supports(model.llm)
+
+
+def test_int8_quantized_llm_keeps_its_forward_and_generates(nano_model_dir):
+    quantized = SphinxX.from_pretrained(nano_model_dir, quantize="int8")
+    assert not LeanLLM.supports(quantized.llm)  # its projections are no longer nn.Linear: F.linear would misread
+    (out,) = quantized.generate(["Tell me a story."], max_new_tokens=N, min_new_tokens=N)
+    assert out.completion_tokens == N and len(out.token_ids) == N and out.finish_reason == "length"

@@ -132,11 +132,19 @@ class LeanLLM:
         layers = list(decoder.layers)
         if "forward" in vars(decoder) or type(decoder.norm) is not LlamaRMSNorm or _has_hooks(decoder):
             return False
+        if type(llm.lm_head) is not torch.nn.Linear:
+            return False
         for layer in layers:
             norms = (layer.input_layernorm, layer.post_attention_layernorm)
             if type(layer) is not LlamaDecoderLayer or any(_has_hooks(m) for m in layer.modules()):
                 return False
             if any(type(norm) is not LlamaRMSNorm for norm in norms):
+                return False
+            # The step reads each projection's weight and calls F.linear on it: a module that replaced nn.Linear
+            # (int8 dynamic quantization, LoRA wrappers) computes something else and keeps its forward.
+            a, m = layer.self_attn, layer.mlp
+            projections = (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj)
+            if any(type(p) is not torch.nn.Linear for p in projections):
                 return False
         return len(layers) == llm.config.num_hidden_layers
 
