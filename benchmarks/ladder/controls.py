@@ -8,6 +8,7 @@
     frozen-pre    frozen experts from `sphinx-x pretrain-experts` (--experts DIR/model.yaml) instead of scratch
     oracle-embed  the same symbols as the LLM's own word embeddings, E[colour] + E[shape] (no projector)
     oracle        perfect symbolic features (shape and colour under each token) in the real token layout
+    oracle+experts  those symbols concatenated with the frozen experts' features (--experts), one projector
     cnn-ceiling   no LLM: a small CNN classifier trained directly on (image, question) -> answer class
 """
 
@@ -88,6 +89,12 @@ def _oracle_embed(model: nn.Module) -> None:
     install_embed(model)
 
 
+def _oracle_with_experts(model: nn.Module) -> None:
+    from .oracle import install_with_experts
+
+    install_with_experts(model)
+
+
 def _patch_embed(model: nn.Module) -> None:
     model.visual = PatchEmbedVisual(model.config.vision, model.llm.config.hidden_size)
 
@@ -123,6 +130,7 @@ CONTROLS: dict[str, Control] = {c.name: c for c in [
     Control("frozen-pre", IMAGE_RUNGS, needs_experts=True),
     Control("oracle", (1, 2, 3, 4), patch=_oracle, oracle=True),
     Control("oracle-embed", (1, 2, 3, 4), patch=_oracle_embed, oracle=True),
+    Control("oracle+experts", (1, 2, 3, 4), patch=_oracle_with_experts, oracle=True, needs_experts=True),
     Control("cnn-ceiling", (1, 2, 3, 4), ceiling=True),
 ]}
 

@@ -112,3 +112,27 @@ def install_embed(model: nn.Module) -> None:
 
     tok = model.tokenizer or load_tokenizer(model.config.tokenizer or "nano")
     model.visual = OracleEmbedVisual(model.config.vision, model.llm, tok)
+
+
+class OracleWithExpertsVisual(OracleVisual):
+    """The `oracle+experts` control: the oracle's exact symbols concatenated, token by token, with the frozen
+    pretrained experts' own features (`--experts`), through one fresh Linear + LayerNorm. It asks whether the
+    experts' other channels (their scale and variation) keep the LLM from using symbols that are there: if this
+    binds like `oracle`, what the experts lack is exactness of what their tokens say, not a clean space around it."""
+
+    def __init__(self, vision: VisionConfig, d: int, experts: nn.ModuleDict) -> None:
+        super().__init__(vision, d)
+        self.experts = experts  # frozen (requires_grad False, eval mode): from the model's own visual module
+        channels = sum(e.channels for e in vision.experts)
+        self.projector = nn.Sequential(nn.Linear(FEATURES + channels, d), nn.LayerNorm(d))
+
+    def forward(self, images: ImageBatch) -> torch.Tensor:
+        weight = self.projector[0].weight
+        feats = [self.experts[name](images.views[name]).to(weight.dtype) for name in self.experts]
+        symbols = self.batch_symbols(images).to(weight.device, weight.dtype)
+        return self.projector(torch.cat([symbols, *feats], dim=-1))
+
+
+def install_with_experts(model: nn.Module) -> None:
+    model.visual = OracleWithExpertsVisual(model.config.vision, model.llm.config.hidden_size, model.visual.experts)
+
