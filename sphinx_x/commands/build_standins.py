@@ -24,30 +24,23 @@ from sphinx_x.commands.argtypes import positive_float, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from sphinx_x.standins.settings import (
-        EXPERT_LR,
-        EXPERT_SCENE_WEIGHT,
-        EXPERT_STEPS,
-        EXPERT_TOKEN_WEIGHT,
-        LLM_STEPS,
-        LlmPretrainConfig,
-    )
+    from sphinx_x.standins import settings as defaults
 
-    d = LlmPretrainConfig()
+    d = defaults.LlmPretrainConfig()
     p = subparsers.add_parser("build-standins", help="pretrain nano's stand-in experts and LLM into one folder",
                               description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--seed", type=int, default=0, help="seed of both pretraining runs (default 0)")
-    p.add_argument("--expert-steps", type=positive_int, default=EXPERT_STEPS,
-                   help=f"expert pretraining steps of 64 scenes (default {EXPERT_STEPS})")
-    p.add_argument("--expert-lr", type=positive_float, default=EXPERT_LR,
-                   help=f"expert AdamW learning rate (default {EXPERT_LR:g})")
-    p.add_argument("--expert-scene-weight", type=float, default=EXPERT_SCENE_WEIGHT,
-                   help=f"weight of the experts' scene-level objective (default {EXPERT_SCENE_WEIGHT:g})")
-    p.add_argument("--expert-token-weight", type=float, default=EXPERT_TOKEN_WEIGHT,
-                   help=f"weight of the experts' per-token objective (default {EXPERT_TOKEN_WEIGHT:g})")
-    p.add_argument("--llm-steps", type=positive_int, default=LLM_STEPS,
-                   help=f"LLM pretraining steps (default {LLM_STEPS})")
+    p.add_argument("--expert-steps", type=positive_int, default=defaults.EXPERT_STEPS,
+                   help=f"expert pretraining steps of 64 scenes (default {defaults.EXPERT_STEPS})")
+    p.add_argument("--expert-lr", type=positive_float, default=defaults.EXPERT_LR,
+                   help=f"expert AdamW learning rate (default {defaults.EXPERT_LR:g})")
+    p.add_argument("--expert-scene-weight", type=float, default=defaults.EXPERT_SCENE_WEIGHT,
+                   help=f"weight of the experts' scene-level objective (default {defaults.EXPERT_SCENE_WEIGHT:g})")
+    p.add_argument("--expert-token-weight", type=float, default=defaults.EXPERT_TOKEN_WEIGHT,
+                   help=f"weight of the experts' per-token objective (default {defaults.EXPERT_TOKEN_WEIGHT:g})")
+    p.add_argument("--llm-steps", type=positive_int, default=defaults.LLM_STEPS,
+                   help=f"LLM pretraining steps (default {defaults.LLM_STEPS})")
     p.add_argument("--llm-batch", type=positive_int, default=d.batch_size,
                    help=f"LLM samples per step (default {d.batch_size})")
     p.add_argument("--llm-lr", type=positive_float, default=d.lr, help=f"LLM peak learning rate (default {d.lr:g})")
