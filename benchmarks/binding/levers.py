@@ -8,6 +8,8 @@ every built SphinxX) and for the binding testbed.
                 about the text embeddings' norm (~0.3) instead of ~16 (sqrt of the width).
   embed_scale   multiply the input embeddings by sqrt(hidden_size) (Gemma's convention), so tokens enter the
                 residual stream at norm ~16 instead of ~0.3 and the first MLP need not re-embed them.
+  projector_fast
+                the shared projector's Linear takes 10x larger Adam steps (stored weight / 10, used x 10).
 
 Measured (docs/experiments.md, 2026-12-02): QK-norm softens the layer-0 attention collapse but nano still answers
 with the bag of colours after 300 steps of batch 32 on the text testbed. projector_ln_small made a learnt projector
@@ -54,6 +56,21 @@ def projector_ln_small(model) -> None:
     import torch
 
     torch.nn.init.constant_(model.visual.projector[1].weight, 0.02)
+
+
+def projector_fast(model, factor: float = 10.0) -> None:
+    """SphinxX patch: the shared projector's Linear learns `factor` x faster under Adam (its weight is stored
+    divided by `factor` and multiplied back in the forward: Adam's steps are the same size in the stored units, so
+    10x larger in the used ones). Asks whether the projector is too slow to find the few useful directions among
+    the experts' channels."""
+    import torch
+
+    linear = model.visual.projector[0]
+    with torch.no_grad():
+        linear.weight.div_(factor)
+        linear.bias.div_(factor)
+    forward = linear.forward
+    linear.forward = lambda x: factor * forward(x)
 
 
 def freeze_llm(model) -> None:
