@@ -10,6 +10,8 @@ every built SphinxX) and for the binding testbed.
                 residual stream at norm ~16 instead of ~0.3 and the first MLP need not re-embed them.
   projector_fast
                 the shared projector's Linear takes 10x larger Adam steps (stored weight / 10, used x 10).
+  expert_features_small
+                the experts' output tokens x 0.1 (a diagnostic next to the ladder's oracle+experts control).
 
 Measured (docs/experiments.md, 2026-12-02): QK-norm softens the layer-0 attention collapse but nano still answers
 with the bag of colours after 300 steps of batch 32 on the text testbed. projector_ln_small made a learnt projector
@@ -71,6 +73,14 @@ def projector_fast(model, factor: float = 10.0) -> None:
         linear.bias.div_(factor)
     forward = linear.forward
     linear.forward = lambda x: factor * forward(x)
+
+
+def expert_features_small(model, factor: float = 0.1) -> None:
+    """SphinxX patch (a diagnostic for the `oracle+experts` ladder control): every vision expert's output tokens
+    are multiplied by `factor`, so next to the oracle's 0/1 symbols the experts' channels carry less of the
+    projector input's variation. Asks whether their scale, rather than their number, hides the symbols."""
+    for expert in model.visual.experts.values():
+        expert.register_forward_hook(lambda module, args, out: out * factor)
 
 
 def freeze_llm(model) -> None:
