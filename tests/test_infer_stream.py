@@ -14,7 +14,7 @@ from _helpers.infer import noise_image
 
 from sphinx_x.config import SphinxXConfig
 from sphinx_x.infer.chat import encode
-from sphinx_x.infer.detok import SentencePieceStream, WindowStream, text_stream
+from sphinx_x.infer.detok import ByteLevelStream, SentencePieceStream, text_stream
 from sphinx_x.infer.generate import _Row, generate_batch
 from sphinx_x.infer.options import GenerationConfig
 from sphinx_x.infer.prompts import EncodedPrompt
@@ -59,7 +59,7 @@ def test_incremental_text_equals_decoding_all_ids_at_every_step(which, spm_tok, 
     for _ in range(150):
         ids = random_ids(tok, rng, rng.randint(1, 24))
         stream = text_stream(dec)
-        assert isinstance(stream, SentencePieceStream if which == "spm" else WindowStream)
+        assert isinstance(stream, SentencePieceStream if which == "spm" else ByteLevelStream)
         for k, i in enumerate(ids, 1):
             stream.push(i)
             full = dec.decode(ids[:k])
