@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -208,8 +209,10 @@ def resize_uint8(x: torch.Tensor, width: int, height: int) -> torch.Tensor:
     return F.interpolate(x, size=(height, width), mode="bicubic", antialias=True)
 
 
+@lru_cache(maxsize=16)
 def _pad_rows(color: tuple[int, int, int], side: int) -> torch.Tensor:
-    """One canvas row of the pad colour, (side, 3) uint8: copied row by row into padding strips."""
+    """One canvas row of the pad colour, (side, 3) uint8: copied row by row into padding strips (only read,
+    so one per colour and side is kept)."""
     return torch.tensor(list(color) * side, dtype=torch.uint8).view(side, 3)
 
 
@@ -247,7 +250,8 @@ def prepare_image(img: Image.Image, vision: VisionConfig) -> ImageViews:
     """Cut an RGB image into each expert's global view and non-skipped grid cells. The image becomes a
     tensor once; each view size's canvas (`canvas_tensor`) and global view are resized on tensors, shared by
     experts with the same view size. The views come out contiguous, channels-first: the global view is
-    resized straight into them, the kept cells copied."""
+    resized straight into them, the kept cells copied by numpy (its transposing copy from the channels-last
+    canvas is about 4x faster than torch's for uint8 with 3 channels innermost)."""
     canvas = vision.canvas
     g = canvas.grid
     skipped = skipped_cells(img.width, img.height, canvas)
@@ -267,8 +271,9 @@ def prepare_image(img: Image.Image, vision: VisionConfig) -> ImageViews:
             _resize_aa.out(full, [r, r], False, None, None, out=views[:1])
         else:  # the canvas is the global view
             views[:1] = full
+        hwc, out = full[0].permute(1, 2, 0).numpy(), views.numpy()  # views of the same memory
         for k, (i, j) in enumerate(kept, start=1):
-            views[k] = full[0, :, i * r : (i + 1) * r, j * r : (j + 1) * r]
+            out[k] = hwc[i * r : (i + 1) * r, j * r : (j + 1) * r].transpose(2, 0, 1)
         by_size[r] = views
     views = {expert.name: by_size[expert.view_size] for expert in vision.experts}
     return ImageViews(views=views, skipped=torch.tensor(skipped, dtype=torch.bool), size=img.size)
