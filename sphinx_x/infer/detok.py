@@ -17,7 +17,7 @@
   text is not a prefix of the window's text (a decoder that rewrites across the boundary) it falls back to
   decoding all ids, so the text stays exact.
 
-Both expose `text` (all ids so far), `stable` (length of the text that later ids cannot change) and
+All three expose `text` (all ids so far), `stable` (length of the text that later ids cannot change) and
 `prefix_text(k)` (the text of the first k ids), which the stop rule needs to cut or hold back trailing ids.
 """
 
