@@ -131,12 +131,43 @@ def test_token_objective_alone_leaves_the_scene_probe_out(tmp_path):
     # Same initialisation and first batch: the first loss differs by the two experts' scene cross-entropies
     # (each about ln 5 at initialisation: 6 colours x 5 classes, none or a shape).
     assert both.losses[0] - alone.losses[0] == pytest.approx(2 * torch.log(torch.tensor(5.0)).item(), abs=0.5)
-    with pytest.raises(ValueError, match="not both 0"):
+    with pytest.raises(ValueError, match="must be >= 0 and not all 0"):
         pretrain_experts(VISION, tmp_path / "x", steps=1, token_weight=0.0, scene_weight=0.0)
+
+
+def test_reading_objective_trains_word_heads_on_crops_that_widen_to_the_page(tmp_path):
+    import random
+
+    from sphinx_x.canvas import make_canvas, to_uint8_tensor
+    from sphinx_x.data.synth.ocr import WORDS, generate_ocr
+    from sphinx_x.train import expert_words
+    from sphinx_x.train.expert_pretrain import pretrain_experts
+
+    page, word = expert_words.word_example(VISION, 3, 5, None)  # the whole page, as synth-bench renders it
+    sample = generate_ocr(random.Random("sphinx-x-expert-words:3:5"), task="ocr")
+    assert WORDS[word] == sample.bench["answer"]
+    for e in VISION.experts:
+        assert torch.equal(page[e.name], to_uint8_tensor(make_canvas(sample.image, e.view_size, VISION.canvas)))
+    # at the curriculum's start a crop shows the word large: far more ink pixels than on the whole page
+    ink = lambda v: int((v.float().mean(0) < 70).sum())  # noqa: E731  (the inks; paper and padding are lighter)
+    crops = [expert_words.word_example(VISION, 3, i, 0.0) for i in range(12)]
+    pages = [expert_words.word_example(VISION, 3, i, None) for i in range(12)]
+    name = VISION.experts[0].name
+    assert [w for _, w in crops] == [w for _, w in pages]
+    assert sum(ink(c[name]) for c, _ in crops) > 3 * sum(ink(p[name]) for p, _ in pages)
+    result = pretrain_experts(VISION, tmp_path, steps=2, batch_size=4, seed=0, num_workers=0, scene_weight=0.0,
+                              ocr_weight=1.0, ocr_batch=3)
+    assert result.accuracy == {} and result.token_accuracy == {}
+    assert set(result.word_accuracy) == {"clip_convnext", "dinov2"}
+    assert all(0.0 <= a <= 1.0 for a in result.word_accuracy.values())
+    # at initialisation each expert's reading loss is about ln 24 (24 words)
+    assert result.losses[0] == pytest.approx(2 * torch.log(torch.tensor(24.0)).item(), abs=0.6)
 
 
 def test_cli_refuses_no_objective(tmp_path, capsys):
     assert cli_main(["pretrain-experts", "--out", str(tmp_path / "e"), "--scene-weight", "0"]) == 2
-    assert "--scene-weight and --token-weight must be >= 0 and not both 0" in capsys.readouterr().err
+    assert "must be >= 0 and not all 0 (--scene-weight, --token-weight, --ocr-weight)" in capsys.readouterr().err
     assert cli_main(["build-standins", "--out", str(tmp_path / "s"), "--expert-scene-weight", "0"]) == 2
-    assert "not both 0" in capsys.readouterr().err
+    assert "not all 0" in capsys.readouterr().err
+    assert cli_main(["pretrain-experts", "--out", str(tmp_path / "e"), "--ocr-weight", "-1"]) == 2
+    assert "reading -1" in capsys.readouterr().err

@@ -140,6 +140,56 @@ def test_build_writes_a_set_that_loads_like_the_packaged_one(tmp_path, monkeypat
     assert "lr 0.003" in card and "per-token x 1" in card and "scene-level" not in card
 
 
+@pytest.mark.slow
+def test_build_with_experts_from_copies_them_and_says_so(tmp_path, monkeypatch):
+    from sphinx_x.train import expert_pretrain
+
+    monkeypatch.setattr(expert_pretrain, "HELD_OUT", 8)
+    first = tmp_path / "first"
+    llm = LlmPretrainConfig(steps=1, batch_size=2, seed=1, eval_per_kind=2)
+    made = build_standins(first, BuildSettings(seed=1, expert_steps=1, expert_batch=2, llm=llm), log=lambda m: None)
+    second = tmp_path / "second"
+    logged = []
+    manifest = build_standins(second, BuildSettings(seed=1, experts_from=str(first), llm=llm), log=logged.append)
+    for name, rel in made["experts"].items():
+        assert (second / rel).read_bytes() == (first / rel).read_bytes(), name
+        assert manifest["files"][rel] == made["files"][rel]
+    assert manifest["scores"]["experts_held_out_shape_accuracy"] == made["scores"]["experts_held_out_shape_accuracy"]
+    e = manifest["made"]["experts"]
+    assert e["steps"] == 1 and e["copied_from"]["command"] == made["made"]["command"]
+    assert manifest["made"]["command"].startswith(f"sphinx-x build-standins --out DIR --seed 1 --experts-from {first}")
+    assert "--experts-from" not in manifest["made"]["rebuild_command"]
+    assert any("copying nano's vision experts" in line for line in logged)
+    card = (second / "MODEL_CARD.md").read_text()
+    assert "copied from an earlier set" in card and manifest["made"]["rebuild_command"] in card
+    # the set may rebuild its own LLM in place; a tampered expert file is refused
+    build_standins(second, BuildSettings(seed=1, experts_from=str(second), llm=llm), log=lambda m: None)
+    assert (second / made["experts"]["dinov2"]).read_bytes() == (first / made["experts"]["dinov2"]).read_bytes()
+    # an LLM made alone by pretrain-llm is copied with the settings its summary records
+    from sphinx_x.standins.llm_pretrain import build_nano_llm, pretrain_llm, write_llm_dir
+    from sphinx_x.tokenizer import load_tokenizer
+
+    alone_cfg = LlmPretrainConfig(steps=1, batch_size=2, seed=1, eval_per_kind=2, arithmetic_share=0.25)
+    tok, llm_alone = load_tokenizer("nano"), build_nano_llm("nano", seed=1)
+    write_llm_dir(llm_alone, tok, tmp_path / "llm-alone", alone_cfg, pretrain_llm(llm_alone, tok, alone_cfg))
+    both = build_standins(tmp_path / "both", BuildSettings(seed=1, experts_from=str(first),
+                                                          llm_from=str(tmp_path / "llm-alone")), log=lambda m: None)
+    assert (tmp_path / "both" / "llm" / "model.safetensors").read_bytes() == \
+        (tmp_path / "llm-alone" / "model.safetensors").read_bytes()
+    assert both["made"]["llm"]["arithmetic_share"] == 0.25 and both["made"]["llm"]["steps"] == 1
+    with pytest.raises(ValueError, match="pretrained with seed 1, the set's seed is 0"):
+        build_standins(tmp_path / "x", BuildSettings(seed=0, llm_from=str(tmp_path / "llm-alone")), log=print)
+    assert both["made"]["command"].endswith(f"--llm-from {tmp_path / 'llm-alone'}")
+    assert "--llm-steps 1" in both["made"]["rebuild_command"] and "--arithmetic-share 0.25" in \
+        both["made"]["rebuild_command"] and "-from" not in both["made"]["rebuild_command"]
+    assert "`sphinx-x pretrain-llm --out DIR --seed 1 --steps 1 --batch 2 --lr 0.001 --arithmetic-share 0.25 " \
+        "--scene-share 0`, and copied in (`--llm-from`)" in (tmp_path / "both" / "MODEL_CARD.md").read_text()
+    (second / made["experts"]["dinov2"]).write_bytes(b"not the listed bytes")
+    with pytest.raises(ValueError, match="sha256 differs"):
+        build_standins(tmp_path / "third", BuildSettings(seed=1, experts_from=str(second), llm=llm), log=print)
+    assert not (tmp_path / "third").exists()
+
+
 def test_cli_refuses_outputs_it_did_not_write(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     assert cli_main(["build-standins", "--out", str(tmp_path / "file")]) == 2
@@ -152,6 +202,8 @@ def test_cli_refuses_outputs_it_did_not_write(tmp_path, capsys):
     assert "holds no pretrain_llm.json" in capsys.readouterr().err
     assert cli_main(["pretrain-llm", "--out", str(tmp_path / "x"), "--scene-share", "2"]) == 2
     assert "scene_share must be in [0, 1]" in capsys.readouterr().err
+    assert cli_main(["build-standins", "--out", str(tmp_path / "x"), "--experts-from", str(tmp_path / "none")]) == 2
+    assert "--experts-from" in capsys.readouterr().err and not (tmp_path / "x").exists()
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
 
 

@@ -79,6 +79,29 @@ def test_stream_is_deterministic_and_mixes_by_the_share(tok):
     assert not {tuple(s.input_ids) for s in sets["text"]} & {tuple(ids) for ids, _ in first}
 
 
+def test_arithmetic_drills_hold_several_right_answers_and_take_their_share(tok):
+    for i in range(20):
+        [s] = llm_data.arithmetic_drill_samples(llm_data.sample_rng(2, "train", i), tok)
+        text = tok.decode(s.input_ids)
+        questions = text.split("What is ")[1:]
+        lo, hi = llm_data.ARITHMETIC_DRILL_TURNS
+        assert s.kind == "arithmetic" and lo <= len(questions) <= hi
+        answers = _supervised_text(tok, s).split("\n###")
+        for q, answer in zip(questions, [a.strip() for a in answers if a.strip()], strict=True):
+            a, op, b = q.split("?")[0].split()
+            assert int(answer) == (int(a) + int(b) if op == "+" else int(a) - int(b)) >= 0, q
+    kinds = [s.kind for s in itertools.islice(sample_stream(tok, 1, 0.25, arithmetic_share=0.5), 400)]
+    assert 0.17 < kinds.count("scene") / 400 < 0.33 and 0.42 < kinds.count("arithmetic") / 400 < 0.58
+    assert kinds.count("text") > 0
+    # arithmetic_share 0 draws exactly the two-kind stream (the packaged LLM before drills was made with it)
+    plain = [s.input_ids for s in itertools.islice(sample_stream(tok, 1, 0.25), 30)]
+    assert plain == [s.input_ids for s in itertools.islice(sample_stream(tok, 1, 0.25, arithmetic_share=0.0), 30)]
+    with pytest.raises(ValueError, match=r"scene_share \+ arithmetic_share must be <= 1"):
+        next(sample_stream(tok, 1, 0.6, arithmetic_share=0.5))
+    with pytest.raises(ValueError, match="arithmetic_share must be in"):
+        LlmPretrainConfig(arithmetic_share=-0.1)
+
+
 def test_slot_embeddings_overwrite_exactly_the_slot_positions_with_sums():
     embed = torch.nn.Embedding(10, 3)
     ids = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])

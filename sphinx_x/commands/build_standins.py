@@ -39,6 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"weight of the experts' scene-level objective (default {defaults.EXPERT_SCENE_WEIGHT:g})")
     p.add_argument("--expert-token-weight", type=float, default=defaults.EXPERT_TOKEN_WEIGHT,
                    help=f"weight of the experts' per-token objective (default {defaults.EXPERT_TOKEN_WEIGHT:g})")
+    p.add_argument("--expert-ocr-weight", type=float, default=defaults.EXPERT_OCR_WEIGHT,
+                   help=f"weight of the experts' reading objective (default {defaults.EXPERT_OCR_WEIGHT:g})")
     p.add_argument("--llm-steps", type=positive_int, default=defaults.LLM_STEPS,
                    help=f"LLM pretraining steps (default {defaults.LLM_STEPS})")
     p.add_argument("--llm-batch", type=positive_int, default=d.batch_size,
@@ -46,6 +48,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--llm-lr", type=positive_float, default=d.lr, help=f"LLM peak learning rate (default {d.lr:g})")
     p.add_argument("--scene-share", type=float, default=d.scene_share,
                    help=f"share of the LLM's draws that are slot scenes (default {d.scene_share:g})")
+    p.add_argument("--arithmetic-share", type=float, default=d.arithmetic_share,
+                   help=f"share of the LLM's draws that are arithmetic drills (default {d.arithmetic_share:g})")
+    p.add_argument("--experts-from", default=None, metavar="DIR",
+                   help="copy the experts of the stand-ins set in DIR (checked against its manifest) instead of "
+                        "pretraining them: rebuild only the LLM (DIR may be --out itself: the set is replaced only "
+                        "when the new one is complete)")
+    p.add_argument("--llm-from", default=None, metavar="DIR",
+                   help="copy the LLM that `sphinx-x pretrain-llm --out DIR` wrote (its pretrain_llm.json gives the "
+                        "settings and scores the manifest records) instead of pretraining it; --llm-* and "
+                        "--*-share are then ignored")
     p.add_argument("--note", default="", help="a line for the model card, e.g. what else ran on the machine")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -55,27 +67,42 @@ def run(args: argparse.Namespace) -> int:
     from sphinx_x.commands.pretrain_llm import usable_out
     from sphinx_x.standins import MANIFEST_NAME
     from sphinx_x.standins.build import BuildSettings, build_standins
-    from sphinx_x.standins.settings import LlmPretrainConfig
+    from sphinx_x.standins.settings import LlmPretrainConfig, check_expert_weights
 
-    if min(args.expert_scene_weight, args.expert_token_weight) < 0 or \
-            args.expert_scene_weight + args.expert_token_weight <= 0:
-        print("sphinx-x build-standins: error: --expert-scene-weight and --expert-token-weight must be >= 0 and not "
-              f"both 0, got {args.expert_scene_weight:g} and {args.expert_token_weight:g}", file=sys.stderr)
-        return 2
     try:
+        check_expert_weights(args.expert_scene_weight, args.expert_token_weight, args.expert_ocr_weight)
         llm = LlmPretrainConfig(steps=args.llm_steps, batch_size=args.llm_batch, lr=args.llm_lr,
-                                scene_share=args.scene_share, seed=args.seed)
+                                scene_share=args.scene_share, arithmetic_share=args.arithmetic_share,
+                                seed=args.seed)
     except ValueError as e:
         print(f"sphinx-x build-standins: error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out)
+    if args.experts_from:
+        from sphinx_x.standins import StandinsError, read_manifest
+
+        try:
+            read_manifest(args.experts_from)
+        except StandinsError as e:
+            print(f"sphinx-x build-standins: error: --experts-from: {e}", file=sys.stderr)
+            return 2
+    if args.llm_from:
+        from sphinx_x.standins.llm_pretrain import read_summary
+
+        try:
+            read_summary(args.llm_from)
+        except (OSError, ValueError) as e:
+            print(f"sphinx-x build-standins: error: --llm-from: {e}", file=sys.stderr)
+            return 2
     problem = usable_out(out, MANIFEST_NAME)
     if problem:
         print(f"sphinx-x build-standins: error: {problem}", file=sys.stderr)
         return 2
     settings = BuildSettings(seed=args.seed, expert_steps=args.expert_steps, expert_lr=args.expert_lr,
                              expert_scene_weight=args.expert_scene_weight,
-                             expert_token_weight=args.expert_token_weight, llm=llm, note=args.note)
+                             expert_token_weight=args.expert_token_weight,
+                             expert_ocr_weight=args.expert_ocr_weight, llm=llm, note=args.note,
+                             experts_from=args.experts_from, llm_from=args.llm_from)
     manifest = build_standins(out, settings, progress=not args.quiet, log=lambda m: print(m, flush=True))
     made = manifest["made"]
     total = sum(f["bytes"] for f in manifest["files"].values())

@@ -37,6 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--scene-weight", type=float, default=1.0,
                    help="weight of the scene-level objective (a probe on the mean token names each colour's shape; "
                         "default 1; 0 with --token-weight > 0 trains the per-token objective alone)")
+    p.add_argument("--ocr-weight", type=float, default=0.0,
+                   help="weight of the reading objective (a grid token names the word of a synth-bench OCR page; "
+                        "crops around the word widen to the whole page over the first half of the run; default 0)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -44,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sphinx_x.config import ConfigError, SphinxXConfig
+    from sphinx_x.standins.settings import check_expert_weights
     from sphinx_x.train.expert_pretrain import write_pretrained
 
     try:
@@ -51,9 +55,10 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, FileNotFoundError) as e:
         print(f"sphinx-x pretrain-experts: error: {e}", file=sys.stderr)
         return 2
-    if min(args.scene_weight, args.token_weight) < 0 or args.scene_weight + args.token_weight <= 0:
-        print("sphinx-x pretrain-experts: error: --scene-weight and --token-weight must be >= 0 and not both 0, got "
-              f"{args.scene_weight:g} and {args.token_weight:g}", file=sys.stderr)
+    try:
+        check_expert_weights(args.scene_weight, args.token_weight, args.ocr_weight)
+    except ValueError as e:
+        print(f"sphinx-x pretrain-experts: error: {e} (--scene-weight, --token-weight, --ocr-weight)", file=sys.stderr)
         return 2
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -62,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     result, model_yaml = write_pretrained(
         config, out, steps=args.steps, max_seconds=args.minutes * 60 if args.minutes else None,
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, progress=not args.quiet,
-        token_weight=args.token_weight, scene_weight=args.scene_weight)
+        token_weight=args.token_weight, scene_weight=args.scene_weight, ocr_weight=args.ocr_weight)
     for name, path in result.paths.items():
         if name in result.accuracy:
             print(f"{name}: {path}  (held-out: names the shape of {100 * result.accuracy[name]:.0f}% of the objects, "
@@ -71,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name}: {path}")
     for name, acc in result.token_accuracy.items():
         print(f"{name}: per-token held-out: names colour and shape under {100 * acc:.0f}% of the object tokens")
+    for name, acc in result.word_accuracy.items():
+        print(f"{name}: reading held-out: names the word of {100 * acc:.0f}% of the OCR pages (chance 4%)")
     print(f"{result.steps} steps in {result.seconds:.0f} s; model config with these experts frozen: {model_yaml}")
     print(f"next: sphinx-x train configs/nano.yaml --data DATA.yaml --model.preset={model_yaml}")
     return 0

@@ -1,5 +1,5 @@
-"""`sphinx-x pretrain-llm --out DIR [--steps N] [--batch B] [--lr LR] [--scene-share F] [--seed S]`: nano's stand-in
-for the paper's pretrained LLM.
+"""`sphinx-x pretrain-llm --out DIR [--steps N] [--batch B] [--lr LR] [--arithmetic-share F] [--seed S]`: nano's
+stand-in for the paper's pretrained LLM.
 
 Trains the preset's LLM alone (transformers LlamaForCausalLM with the preset's dims, the shipped nano
 tokenizer) from random initialisation on sphinx_x/standins/llm_data.py's samples: the synthetic corpus's
@@ -44,7 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--grad-clip", type=positive_float, default=d.grad_clip,
                    help=f"gradient norm clip (default {d.grad_clip:g})")
     p.add_argument("--scene-share", type=float, default=d.scene_share,
-                   help=f"share of the draws that are slot scenes, the rest text dialogues (default {d.scene_share:g})")
+                   help=f"share of the draws that are slot scenes (default {d.scene_share:g})")
+    p.add_argument("--arithmetic-share", type=float, default=d.arithmetic_share,
+                   help="share of the draws that are arithmetic drills (several `What is a + b?` questions); the rest "
+                        f"are text dialogues (default {d.arithmetic_share:g})")
     p.add_argument("--seed", type=int, default=d.seed, help=f"initialisation and data seed (default {d.seed})")
     p.add_argument("--eval-per-kind", type=positive_int, default=d.eval_per_kind,
                    help=f"held-out samples per kind (default {d.eval_per_kind})")
@@ -71,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = SphinxXConfig.resolve(args.preset)
         cfg = LlmPretrainConfig(steps=args.steps, batch_size=args.batch, lr=args.lr, warmup_ratio=args.warmup_ratio,
-                                grad_clip=args.grad_clip, scene_share=args.scene_share, seed=args.seed,
+                                grad_clip=args.grad_clip, scene_share=args.scene_share,
+                                arithmetic_share=args.arithmetic_share, seed=args.seed,
                                 template=config.template, eval_per_kind=args.eval_per_kind)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"sphinx-x pretrain-llm: error: {e}", file=sys.stderr)
@@ -87,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(config.tokenizer)
     llm = build_nano_llm(config, seed=args.seed, device=args.device)
     print(f"pretraining {config.name}'s LLM: {cfg.steps} steps of {cfg.batch_size} samples "
-          f"({100 * cfg.scene_share:.0f}% slot scenes), lr {cfg.lr:g}", flush=True)
+          f"({100 * cfg.scene_share:.0f}% slot scenes, {100 * cfg.arithmetic_share:.0f}% arithmetic drills), "
+          f"lr {cfg.lr:g}", flush=True)
     result = pretrain_llm(llm, tokenizer, cfg, progress=not args.quiet)
     write_llm_dir(llm.cpu(), tokenizer, out, cfg, result)
     print(f"loss: {result.losses[0]:.3f} (first {min(cfg.steps, 10)} steps) -> {result.losses[-1]:.3f} (last)")

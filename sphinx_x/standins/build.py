@@ -8,16 +8,17 @@ import hashlib
 import json
 import os
 import platform
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sphinx_x.standins import CARD_NAME, MANIFEST_NAME
-from sphinx_x.standins.llm_pretrain import build_nano_llm, pretrain_llm, write_llm_dir
+from sphinx_x.standins import CARD_NAME, MANIFEST_NAME, read_manifest
+from sphinx_x.standins.llm_pretrain import build_nano_llm, pretrain_llm, read_summary, write_llm_dir
 from sphinx_x.standins.settings import (
     EXPERT_BATCH,
     EXPERT_LR,
+    EXPERT_OCR_WEIGHT,
     EXPERT_SCENE_WEIGHT,
     EXPERT_STEPS,
     EXPERT_TOKEN_WEIGHT,
@@ -34,8 +35,15 @@ class BuildSettings:
     expert_lr: float = EXPERT_LR
     expert_scene_weight: float = EXPERT_SCENE_WEIGHT
     expert_token_weight: float = EXPERT_TOKEN_WEIGHT
+    expert_ocr_weight: float = EXPERT_OCR_WEIGHT
     llm: LlmPretrainConfig | None = None  # None: LlmPretrainConfig(steps=LLM_STEPS, seed=seed)
     note: str = ""  # a line for the model card (e.g. what else ran on the machine)
+    # A stand-ins set whose experts are copied instead of pretrained (rebuild only the LLM); the manifest keeps
+    # that set's expert record and command, so the card still says how the experts were made.
+    experts_from: str | None = None
+    # A `sphinx-x pretrain-llm` output directory copied instead of pretraining the LLM; its pretrain_llm.json
+    # supplies the LLM settings and scores the manifest records.
+    llm_from: str | None = None
 
     def llm_config(self) -> LlmPretrainConfig:
         return self.llm or LlmPretrainConfig(steps=LLM_STEPS, seed=self.seed)
@@ -46,12 +54,19 @@ def command_line(s: BuildSettings) -> str:
     llm, default = s.llm_config(), LlmPretrainConfig()
     parts = ["sphinx-x build-standins --out DIR", f"--seed {s.seed}", f"--expert-steps {s.expert_steps}",
              f"--llm-steps {llm.steps}"]
+    if s.experts_from:
+        parts = [*parts[:2], f"--experts-from {s.experts_from}", parts[3]]
+    if s.llm_from:
+        parts = [p for p in parts if not p.startswith("--llm-steps")] + [f"--llm-from {s.llm_from}"]
+        return " ".join(parts)
     for flag, value, default_value in (("--expert-lr", s.expert_lr, EXPERT_LR),
                                        ("--expert-scene-weight", s.expert_scene_weight, EXPERT_SCENE_WEIGHT),
-                                       ("--expert-token-weight", s.expert_token_weight, EXPERT_TOKEN_WEIGHT)):
+                                       ("--expert-token-weight", s.expert_token_weight, EXPERT_TOKEN_WEIGHT),
+                                       ("--expert-ocr-weight", s.expert_ocr_weight, EXPERT_OCR_WEIGHT)):
         if value != default_value:
             parts.append(f"{flag} {value:g}")
-    for flag, attr in (("--llm-batch", "batch_size"), ("--llm-lr", "lr"), ("--scene-share", "scene_share")):
+    for flag, attr in (("--llm-batch", "batch_size"), ("--llm-lr", "lr"), ("--scene-share", "scene_share"),
+                       ("--arithmetic-share", "arithmetic_share")):
         if getattr(llm, attr) != getattr(default, attr):
             parts.append(f"{flag} {getattr(llm, attr)}")
     return " ".join(parts)
@@ -79,48 +94,113 @@ def build_standins(out: str | Path, settings: BuildSettings, progress: bool = Fa
     from sphinx_x.train.expert_pretrain import pretrain_experts
 
     config = SphinxXConfig.from_name(preset)
+    llm_summary = read_summary(settings.llm_from) if settings.llm_from else None
+    if llm_summary is not None:  # the copied LLM's own settings, so the manifest and commands say what made it
+        settings = replace(settings, llm=config_from_summary(llm_summary, settings.llm_from))
+        if settings.llm.seed != settings.seed:  # one seed makes the set: the rebuild command has one --seed
+            raise ValueError(f"{settings.llm_from}: pretrained with seed {settings.llm.seed}, the set's seed is "
+                             f"{settings.seed}")
     llm_cfg = settings.llm_config()
     out = Path(out)
+    source = read_manifest(settings.experts_from) if settings.experts_from else None
     with atomic_directory(out) as tmp:
-        log(f"[1/2] pretraining {preset}'s vision experts: {settings.expert_steps} steps of {settings.expert_batch} "
-            "scenes")
-        experts = pretrain_experts(config.vision, tmp / "experts", steps=settings.expert_steps,
-                                   batch_size=settings.expert_batch, lr=settings.expert_lr, seed=settings.seed,
-                                   scene_weight=settings.expert_scene_weight,
-                                   token_weight=settings.expert_token_weight, progress=progress)
-        log("      held-out: " + ", ".join([f"{n} scene {100 * a:.1f}%" for n, a in experts.accuracy.items()]
-                                           + [f"{n} tokens {100 * a:.1f}%" for n, a in experts.token_accuracy.items()]))
-        log(f"[2/2] pretraining {preset}'s LLM: {llm_cfg.steps} steps of {llm_cfg.batch_size} samples "
-            f"({100 * llm_cfg.scene_share:.0f}% scene draws)")
-        tokenizer = load_tokenizer(config.tokenizer or "nano")
-        llm = build_nano_llm(config, seed=llm_cfg.seed)
-        result = pretrain_llm(llm, tokenizer, llm_cfg, progress=progress)
-        write_llm_dir(llm, tokenizer, tmp / "llm", llm_cfg, result)
-        log("      held-out: " + ", ".join(f"{k} {100 * a:.1f}%" for k, a in result.accuracy.items()))
+        if source is None:
+            log(f"[1/2] pretraining {preset}'s vision experts: {settings.expert_steps} steps of "
+                f"{settings.expert_batch} scenes")
+            experts = pretrain_experts(config.vision, tmp / "experts", steps=settings.expert_steps,
+                                       batch_size=settings.expert_batch, lr=settings.expert_lr, seed=settings.seed,
+                                       scene_weight=settings.expert_scene_weight,
+                                       token_weight=settings.expert_token_weight,
+                                       ocr_weight=settings.expert_ocr_weight, progress=progress)
+            expert_paths, expert_scores = experts.paths, {"experts_held_out_shape_accuracy": experts.accuracy,
+                                                          "experts_held_out_token_accuracy": experts.token_accuracy,
+                                                          "experts_held_out_word_accuracy": experts.word_accuracy}
+            experts_made = {"steps": experts.steps, "batch_size": settings.expert_batch, "lr": settings.expert_lr,
+                            "scene_weight": settings.expert_scene_weight,
+                            "token_weight": settings.expert_token_weight, "ocr_weight": settings.expert_ocr_weight,
+                            "wall_s": round(experts.seconds, 1)}
+        else:
+            log(f"[1/2] copying {preset}'s vision experts from {settings.experts_from}")
+            expert_paths, expert_scores, experts_made = copy_experts(Path(settings.experts_from), source, tmp)
+        log("      held-out: " + ", ".join(
+            [f"{n} scene {100 * a:.1f}%" for n, a in expert_scores["experts_held_out_shape_accuracy"].items()]
+            + [f"{n} tokens {100 * a:.1f}%" for n, a in expert_scores["experts_held_out_token_accuracy"].items()]
+            + [f"{n} words {100 * a:.1f}%" for n, a in expert_scores["experts_held_out_word_accuracy"].items()]))
+        if llm_summary is None:
+            log(f"[2/2] pretraining {preset}'s LLM: {llm_cfg.steps} steps of {llm_cfg.batch_size} samples "
+                f"({100 * llm_cfg.scene_share:.0f}% scene draws, {100 * llm_cfg.arithmetic_share:.0f}% arithmetic "
+                "drills)")
+            tokenizer = load_tokenizer(config.tokenizer or "nano")
+            llm = build_nano_llm(config, seed=llm_cfg.seed)
+            result = pretrain_llm(llm, tokenizer, llm_cfg, progress=progress)
+            write_llm_dir(llm, tokenizer, tmp / "llm", llm_cfg, result)
+            llm_accuracy, llm_seconds = result.accuracy, result.seconds
+        else:
+            import shutil
+
+            log(f"[2/2] copying {preset}'s LLM from {settings.llm_from}")
+            shutil.copytree(settings.llm_from, tmp / "llm")
+            llm_accuracy, llm_seconds = llm_summary["accuracy"], llm_summary["seconds"]
+        log("      held-out: " + ", ".join(f"{k} {100 * a:.1f}%" for k, a in llm_accuracy.items()))
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         manifest = {
             "preset": preset,
-            "experts": {name: f"experts/{Path(p).name}" for name, p in experts.paths.items()},
+            "experts": {name: f"experts/{Path(p).name}" for name, p in expert_paths.items()},
             "llm": "llm",
             "made": {
                 "command": command_line(settings),
+                # from nothing: the same settings with the experts pretrained instead of copied
+                "rebuild_command": command_line(replace(settings, experts_from=None, llm_from=None)),
                 "seed": settings.seed,
-                "experts": {"steps": experts.steps, "batch_size": settings.expert_batch, "lr": settings.expert_lr,
-                            "scene_weight": settings.expert_scene_weight,
-                            "token_weight": settings.expert_token_weight, "wall_s": round(experts.seconds, 1)},
-                "llm": {**asdict(llm_cfg), "wall_s": round(result.seconds, 1)},
+                "experts": experts_made,
+                "llm": {**asdict(llm_cfg), "wall_s": round(llm_seconds, 1),
+                        **({"copied_from": settings.llm_from} if settings.llm_from else {})},
                 "machine": machine(),
                 "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
                 "note": settings.note,
             },
-            "scores": {"experts_held_out_shape_accuracy": {n: round(a, 4) for n, a in experts.accuracy.items()},
-                       "experts_held_out_token_accuracy": {n: round(a, 4) for n, a in experts.token_accuracy.items()},
-                       "llm_held_out_answer_accuracy": {k: round(a, 4) for k, a in result.accuracy.items()}},
+            "scores": {**{k: {n: round(a, 4) for n, a in v.items()} for k, v in expert_scores.items()},
+                       "llm_held_out_answer_accuracy": {k: round(a, 4) for k, a in llm_accuracy.items()}},
             "files": {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files},
         }
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         (tmp / CARD_NAME).write_text(model_card(manifest, config))
     return manifest
+
+
+def config_from_summary(summary: dict[str, Any], directory: str) -> LlmPretrainConfig:
+    """The LlmPretrainConfig a `pretrain-llm` run recorded in its pretrain_llm.json (runs from before arithmetic
+    drills existed had none: arithmetic_share 0)."""
+    try:
+        recorded = dict(summary["config"])
+        recorded.setdefault("arithmetic_share", 0.0)
+        recorded["betas"] = tuple(recorded["betas"])
+        return LlmPretrainConfig(**recorded)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{directory}: pretrain_llm.json does not describe a pretrain-llm run ({e})") from e
+
+
+def copy_experts(directory: Path, source: dict[str, Any], tmp: Path) -> tuple[dict[str, Path], dict, dict]:
+    """The experts of the stand-ins set in `directory` (its manifest `source`) copied into tmp/experts, checked
+    against the sha256 that manifest lists; returns their paths, scores and the record of how they were made
+    (that set's, plus where they were copied from)."""
+    import shutil
+
+    paths = {}
+    (tmp / "experts").mkdir(parents=True, exist_ok=True)
+    for name, rel in source["experts"].items():
+        listed = source.get("files", {}).get(rel, {}).get("sha256")
+        if listed and _sha256(directory / rel) != listed:
+            raise ValueError(f"{directory / rel}: sha256 differs from {directory / MANIFEST_NAME}; refusing to copy")
+        paths[name] = tmp / "experts" / Path(rel).name
+        shutil.copyfile(directory / rel, paths[name])
+    scores = {k: dict(source["scores"].get(k, {})) for k in ("experts_held_out_shape_accuracy",
+                                                               "experts_held_out_token_accuracy",
+                                                               "experts_held_out_word_accuracy")}
+    made = {**source["made"]["experts"],
+            "copied_from": {"command": source["made"]["command"], "date": source["made"]["date"],
+                            "machine": source["made"]["machine"]}}
+    return paths, scores, made
 
 
 def objectives(e: dict[str, Any]) -> str:
@@ -132,7 +212,29 @@ def objectives(e: dict[str, Any]) -> str:
     if e.get("token_weight", 0.0) > 0:
         parts.append(f"per-token x {e['token_weight']:g} (every grid token of the global view and of one sub-image "
                      "view names the colour and shape of the object under it, or background)")
+    if e.get("ocr_weight", 0.0) > 0:
+        parts.append(f"reading x {e['ocr_weight']:g} (a grid token names the word of a synth-bench OCR page; crops "
+                     "around the word widen to the whole page over the first half of the run)")
     return "; ".join(parts)
+
+
+def copied(e: dict[str, Any]) -> str:
+    """The model card's words for experts copied from an earlier set (`--experts-from`), else ''."""
+    src = e.get("copied_from")
+    if not src:
+        return ""
+    return (f" These experts were copied from an earlier set (made {src['date']} on {src['machine']} by "
+            f"`{src['command']}`).")
+
+
+def copied_llm(llm: dict[str, Any]) -> str:
+    """The model card's words for an LLM made alone and copied in (`--llm-from`), else ''."""
+    if not llm.get("copied_from"):
+        return ""
+    command = (f"sphinx-x pretrain-llm --out DIR --seed {llm['seed']} --steps {llm['steps']} --batch "
+               f"{llm['batch_size']} --lr {llm['lr']:g} --arithmetic-share {llm.get('arithmetic_share', 0.0):g} "
+               f"--scene-share {llm['scene_share']:g}")
+    return f" This LLM was made alone, by `{command}`, and copied in (`--llm-from`)."
 
 
 def model_card(manifest: dict[str, Any], config: Any) -> str:
@@ -157,19 +259,23 @@ def model_card(manifest: dict[str, Any], config: Any) -> str:
         "```bash",
         made["command"],
         "```",
+        *([] if made.get("rebuild_command", made["command"]) == made["command"] else
+          ["", f"From nothing (the experts pretrained too): `{made['rebuild_command']}`."]),
         "",
         f"- Date: {made['date']}; machine: {made['machine']}." + (f" Note: {made['note']}" if made.get("note") else ""),
         f"- Experts ({experts}): `sphinx-x pretrain-experts`, {e['steps']} AdamW steps of {e['batch_size']} "
         f"synthetic scenes, lr {e.get('lr', 1e-3):g}, seed {made['seed']}; objectives: {objectives(e)}. "
-        f"Wall time {e['wall_s'] / 60:.1f} min.",
+        f"Wall time {e['wall_s'] / 60:.1f} min." + copied(e),
         f"- LLM (transformers LlamaForCausalLM, {d.num_layers} layers, width {d.hidden_size}, {d.num_heads} heads / "
         f"{d.num_kv_heads} KV heads, MLP {d.intermediate_size}, vocabulary {d.vocab_size}: the shipped nano BPE, "
         f"tied embeddings): `sphinx-x pretrain-llm`, {llm['steps']} AdamW steps of {llm['batch_size']} samples, "
         f"lr {llm['lr']:g} (warm-up {llm['warmup_ratio']:g} then cosine), grad clip {llm['grad_clip']:g}, seed "
         f"{llm['seed']}. Data (sphinx_x/standins/llm_data.py): the synthetic corpus's text-only dialogues in "
-        f"nano's `{llm['template']}` template, and, for {100 * llm['scene_share']:.0f}% of the draws, slot scenes: "
-        "objects given as bag-of-words soft tokens right after BOS (where image tokens go), asked about by "
-        f"content. Wall time {llm['wall_s'] / 60:.1f} min.",
+        f"nano's `{llm['template']}` template; for {100 * llm.get('arithmetic_share', 0.0):.0f}% of the draws, "
+        "arithmetic drills (4-8 synth-bench arithmetic questions in one dialogue); for "
+        f"{100 * llm['scene_share']:.0f}% of the draws, slot scenes: objects given as bag-of-words soft tokens "
+        "right after BOS (where image tokens go), asked about by content. "
+        f"Wall time {llm['wall_s'] / 60:.1f} min." + copied_llm(llm),
         "",
         "## What they score (held-out)",
         "",
@@ -180,6 +286,8 @@ def model_card(manifest: dict[str, Any], config: Any) -> str:
               for n, a in scores["experts_held_out_shape_accuracy"].items()]
     lines += [f"| expert {n} | per grid token of the global view covered by an object: names its colour and shape "
               f"| {100 * a:.1f}% |" for n, a in scores.get("experts_held_out_token_accuracy", {}).items()]
+    lines += [f"| expert {n} | names the word of a whole synth-bench OCR page (24 words, chance 4%) | {100 * a:.1f}% |"
+              for n, a in scores.get("experts_held_out_word_accuracy", {}).items()]
     what = {"text": "answers of the text dialogues (facts, arithmetic, code), greedy exact",
             "arithmetic": "synth-bench-style arithmetic (`What is a + b?`), greedy exact",
             "scene": "slot scenes (`What color is the <shape>?`), greedy exact"}

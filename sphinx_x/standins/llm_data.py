@@ -12,7 +12,10 @@ positions. Labels follow transformers: aligned with `input_ids`, IGNORE_INDEX wh
 Kinds of samples (`kind`, which the held-out evaluation scores separately):
   - "text":       the synthetic corpus's text-only dialogues (sphinx_x/data/synth/text.py), 3-5 turns of
                   facts, arithmetic and code tracing, every answer supervised;
-  - "arithmetic": one synth-bench-style arithmetic question (held-out scoring; the "text" dialogues train it);
+  - "arithmetic": one synth-bench-style arithmetic question (held-out scoring); training draws with
+                  probability `arithmetic_share` are arithmetic *drills*, ARITHMETIC_DRILL_TURNS such questions
+                  in one dialogue (the system prompt paid once), next to the arithmetic turns of the text
+                  dialogues;
   - "scene":      `scene_samples`, a question about objects given as slots (the recipe's knob for teaching
                   the LLM to look a slot up by content before it ever sees an image).
 
@@ -31,10 +34,12 @@ from sphinx_x.constants import IMAGE_TOKEN_ID
 from sphinx_x.data.encode import DialogueEncoder, SampleRejected
 from sphinx_x.data.synth.common import COLORS
 from sphinx_x.data.synth.scenes import SHAPES
-from sphinx_x.data.synth.text import generate_text
+from sphinx_x.data.synth.text import arithmetic, generate_text
+from sphinx_x.standins.settings import check_shares
 
 KINDS = ("text", "arithmetic", "scene")
 MAX_LEN = 512  # as the nano recipe (configs/nano.yaml data.max_len)
+ARITHMETIC_DRILL_TURNS = (4, 8)  # questions per drill dialogue (uniform, inclusive)
 
 
 @dataclass
@@ -101,6 +106,12 @@ def arithmetic_samples(rng: random.Random, tokenizer: Any, template: str = "acce
     return [dialogue_sample(tokenizer, template, generate_text(rng, "arithmetic").turns, "arithmetic")]
 
 
+def arithmetic_drill_samples(rng: random.Random, tokenizer: Any, template: str = "accessory") -> list[LlmSample]:
+    """One dialogue of ARITHMETIC_DRILL_TURNS synth-bench arithmetic questions, every answer supervised."""
+    turns = [arithmetic(rng) for _ in range(rng.randint(*ARITHMETIC_DRILL_TURNS))]
+    return [dialogue_sample(tokenizer, template, turns, "arithmetic")]
+
+
 def scene_samples(rng: random.Random, tokenizer: Any, template: str = "accessory") -> list[LlmSample]:
     """A scene of 2-4 objects with distinct colours and shapes, one slot per object holding the tokens of
     "<colour> <shape>" (in a random order), and the question "What color is the <shape>?" about one of them,
@@ -118,15 +129,17 @@ MAKERS = {"text": text_samples, "arithmetic": arithmetic_samples, "scene": scene
 
 # ---- streams -------------------------------------------------------------------------------------------
 def sample_stream(tokenizer: Any, seed: int = 0, scene_share: float = 0.5, template: str = "accessory",
-                  split: str = "train") -> Iterator[LlmSample]:
-    """Endless training samples: each draw is scene samples with probability `scene_share`, else a text
-    dialogue. Deterministic in (seed, split)."""
-    if not 0.0 <= scene_share <= 1.0:
-        raise ValueError(f"scene_share must be in [0, 1], got {scene_share}")
+                  split: str = "train", arithmetic_share: float = 0.0) -> Iterator[LlmSample]:
+    """Endless training samples: each draw is scene samples with probability `scene_share`, an arithmetic
+    drill with probability `arithmetic_share`, else a text dialogue. Deterministic in (seed, split); with
+    `arithmetic_share` 0 the stream is the one of the earlier two-kind version."""
+    check_shares(scene_share, arithmetic_share)
     index = 0
     while True:
         rng = sample_rng(seed, split, index)
-        make = scene_samples if rng.random() < scene_share else text_samples
+        draw = rng.random()
+        make = (scene_samples if draw < scene_share
+                else arithmetic_drill_samples if draw < scene_share + arithmetic_share else text_samples)
         try:
             yield from make(rng, tokenizer, template)
         except SampleRejected:  # nothing supervised left after truncation: cannot happen at these lengths

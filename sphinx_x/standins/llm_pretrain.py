@@ -145,7 +145,7 @@ def pretrain_llm(llm: nn.Module, tokenizer: Any, cfg: LlmPretrainConfig, progres
     llm.train()
     optimizer = torch.optim.AdamW(llm.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     scheduler = build_scheduler(optimizer, cfg.steps, cfg.warmup_ratio)
-    stream = sample_stream(tokenizer, cfg.seed, cfg.scene_share, cfg.template)
+    stream = sample_stream(tokenizer, cfg.seed, cfg.scene_share, cfg.template, arithmetic_share=cfg.arithmetic_share)
     bar = None
     if progress:
         from tqdm import tqdm

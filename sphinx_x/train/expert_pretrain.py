@@ -34,6 +34,8 @@ from sphinx_x.config import SphinxXConfig, VisionConfig
 from sphinx_x.data.synth.common import BACKGROUND, COLORS
 from sphinx_x.data.synth.scenes import SHAPES, make_scene, render_scene
 from sphinx_x.fileio import write_atomic
+from sphinx_x.standins.settings import check_expert_weights
+from sphinx_x.train.expert_words import WordHead, held_out_word_accuracy, word_batch
 from sphinx_x.vision import VisionExpert
 
 NUM_COLORS, NUM_CLASSES = len(COLORS), 1 + len(SHAPES)  # per colour: none, or one of the shapes
@@ -84,10 +86,13 @@ def scene_example(vision: VisionConfig, seed: int, index: int) -> tuple[dict[str
 
 
 class SceneStream(IterableDataset):
-    """Endless batches of scenes; worker w of W draws indices w, w + W, ... (no overlap, deterministic)."""
+    """Endless batches of scenes; worker w of W draws indices w, w + W, ... (no overlap, deterministic). With
+    `words` > 0 each batch also holds that many OCR word images (sphinx_x/train/expert_words.py) under
+    "<expert>.word" and their labels under "word", crops widening over `curriculum` batches."""
 
-    def __init__(self, vision: VisionConfig, batch_size: int, seed: int):
+    def __init__(self, vision: VisionConfig, batch_size: int, seed: int, words: int = 0, curriculum: int = 1):
         self.vision, self.batch_size, self.seed = vision, batch_size, seed
+        self.words, self.curriculum = words, max(1, curriculum)
 
     def __iter__(self) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
         info = get_worker_info()
@@ -97,7 +102,12 @@ class SceneStream(IterableDataset):
             if batch % n == k:
                 examples = [scene_example(self.vision, self.seed, batch * self.batch_size + i)
                             for i in range(self.batch_size)]
-                yield collate(examples)
+                views, labels = collate(examples)
+                if self.words:
+                    word_views, words = word_batch(self.vision, self.seed, batch * self.words, self.words,
+                                                   progress=batch / self.curriculum)
+                    views.update({f"{name}.word": v for name, v in word_views.items()}, word=words)
+                yield views, labels
             batch += 1
 
 
@@ -143,39 +153,48 @@ class PretrainResult:
     # expert name -> held-out share of object-covered grid tokens whose colour and shape the token head names
     # (global views; only with the per-token objective)
     token_accuracy: dict[str, float] = dataclasses.field(default_factory=dict)
+    # expert name -> held-out share of whole OCR pages whose word the reading head names (only with ocr_weight)
+    word_accuracy: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def pretrain_experts(vision: VisionConfig, out: str | Path, *, steps: int = 400, max_seconds: float | None = None,
                      batch_size: int = 64, lr: float = 1e-3, seed: int = 0, device: str = "cpu",
                      num_workers: int = 1, progress: bool = False, token_weight: float = 0.0,
-                     scene_weight: float = 1.0) -> PretrainResult:
+                     scene_weight: float = 1.0, ocr_weight: float = 0.0, ocr_batch: int | None = None,
+                     ocr_curriculum: int | None = None) -> PretrainResult:
     """Train every expert of `vision` (from its random init, seeded by `seed`) for `steps` steps or until
     `max_seconds`, whichever ends first; write OUT/<expert>.safetensors and return what happened.
     The loss is `scene_weight` x the scene-level objective (`ProbeHead`) + `token_weight` x the per-token one
-    (`TokenHead`); at least one weight must be > 0. Held-out accuracies are reported for the objectives used."""
+    (`TokenHead`) + `ocr_weight` x the reading one (`WordHead` on `ocr_batch` word images a step, default half
+    the batch, crops widening over `ocr_curriculum` steps, default half the run); at least one weight must be > 0.
+    Held-out accuracies are reported for the objectives used."""
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
-    if token_weight < 0 or scene_weight < 0 or token_weight + scene_weight <= 0:
-        raise ValueError(f"token_weight and scene_weight must be >= 0 and not both 0, got {token_weight} and "
-                         f"{scene_weight}")
+    check_expert_weights(scene_weight, token_weight, ocr_weight)
+    ocr_batch = (ocr_batch or max(1, batch_size // 2)) if ocr_weight > 0 else 0
+    ocr_curriculum = ocr_curriculum or max(1, steps // 2)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     experts = nn.ModuleDict({e.name: VisionExpert(_trainable(e), vision.feature_grid) for e in vision.experts})
     heads = nn.ModuleDict({e.name: ProbeHead(e.channels) for e in vision.experts})
     token_heads = nn.ModuleDict({e.name: TokenHead(e.channels) for e in vision.experts})
+    word_heads = nn.ModuleDict({e.name: WordHead(e.channels) for e in vision.experts})
     experts.to(device).train()
     heads.to(device)
     token_heads.to(device)
+    word_heads.to(device)
     params = list(experts.parameters())
     if scene_weight > 0:
         params += list(heads.parameters())
     if token_weight > 0:
         params += list(token_heads.parameters())
+    if ocr_weight > 0:
+        params += list(word_heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     warmup = max(1, steps // 20)
-    loader = DataLoader(SceneStream(vision, batch_size, seed), batch_size=None, num_workers=num_workers,
-                        persistent_workers=False)
+    loader = DataLoader(SceneStream(vision, batch_size, seed, ocr_batch, ocr_curriculum), batch_size=None,
+                        num_workers=num_workers, persistent_workers=False)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -196,6 +215,9 @@ def pretrain_experts(vision: VisionConfig, out: str | Path, *, steps: int = 400,
                 dense = (token_heads[n].loss(tokens, views[f"{n}.tokens"].to(device))
                          + token_heads[n].loss(crop, views[f"{n}.crop.tokens"].to(device)))
                 total = total + token_weight * dense
+            if ocr_weight > 0:
+                words = views["word"].to(device)
+                total = total + ocr_weight * word_heads[n].loss(experts[n](views[f"{n}.word"].to(device)), words)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
@@ -211,12 +233,14 @@ def pretrain_experts(vision: VisionConfig, out: str | Path, *, steps: int = 400,
     seconds = time.perf_counter() - started
     accuracy = held_out_accuracy(vision, experts, heads, seed, device) if scene_weight > 0 else {}
     token_accuracy = held_out_token_accuracy(vision, experts, token_heads, seed, device) if token_weight > 0 else {}
+    word_accuracy = (held_out_word_accuracy(vision, experts, word_heads, seed, HELD_OUT, device)
+                     if ocr_weight > 0 else {})
     paths = {}
     for name, expert in experts.items():
         paths[name] = out / f"{name}.safetensors"
         trunk = {k: v.detach().cpu().contiguous() for k, v in expert.trunk.state_dict().items()}
         write_atomic(paths[name], save(trunk))  # a reader never sees half a file
-    return PretrainResult(paths, step, seconds, accuracy, losses, token_accuracy)
+    return PretrainResult(paths, step, seconds, accuracy, losses, token_accuracy, word_accuracy)
 
 
 @torch.no_grad()
