@@ -1,5 +1,5 @@
-"""nano's stand-in LLM: the sample stream (text dialogues and slot scenes), the slot embeddings, the loop,
-the held-out scoring and the model directory that `llm.path` loads."""
+"""nano's stand-in LLM: the sample stream (text dialogues, arithmetic drills and slot scenes), the slot
+embeddings, the loop, the held-out scoring and the model directory that `llm.path` loads."""
 
 from __future__ import annotations
 

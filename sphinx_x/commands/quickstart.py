@@ -280,8 +280,8 @@ def pretrain_standins(out: Path, plan: Plan, seed: int, progress: bool, phases: 
         print(note, file=sys.stderr, flush=True)
 
     cfg = LlmPretrainConfig(steps=plan.llm_steps, seed=seed, template=nano.template, eval_per_kind=LLM_EVAL_PER_KIND)
-    print(f"[2/5] pretraining nano's LLM on text dialogues and slot scenes: {cfg.steps} steps of {cfg.batch_size} "
-          "samples", flush=True)
+    print(f"[2/5] pretraining nano's LLM on text dialogues and arithmetic drills: {cfg.steps} steps of "
+          f"{cfg.batch_size} samples", flush=True)
     t = clock()
     tokenizer = load_tokenizer(nano.tokenizer)
     llm = build_nano_llm(nano, seed=seed)
