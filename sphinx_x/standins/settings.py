@@ -15,8 +15,8 @@ EXPERT_SCENE_WEIGHT = 1.0
 EXPERT_TOKEN_WEIGHT = 0.0
 # The reading objective (sphinx_x/train/expert_words.py): a grid token names the OCR word on the page.
 EXPERT_OCR_WEIGHT = 0.0
-LLM_STEPS = 2000
-ARITHMETIC_SHARE = 0.5
+LLM_STEPS = 800
+ARITHMETIC_SHARE = 0.0
 
 
 def check_expert_weights(scene: float, token: float, ocr: float) -> None:
@@ -49,8 +49,9 @@ class LlmPretrainConfig:
     # Bag-of-words scene slots did not teach nano's LLM to look objects up (docs/experiments.md, 2026-12-02,
     # the oracle-embed control), so the packaged LLM is text-only; the knob stays for experiments.
     scene_share: float = 0.0
-    # Arithmetic drills (several synth-bench arithmetic questions per dialogue): the text dialogues alone
-    # left the LLM at about 20% on synth-bench arithmetic after 800 steps (docs/experiments.md).
+    # Arithmetic drills (several synth-bench arithmetic questions per dialogue): 0.5 over 2000 steps takes the
+    # stand-in from 21% to 100% on held-out arithmetic, but the one-stage run then forgot most of it (30%) and
+    # the quickstart lost counting, so the packaged LLM is made without them (docs/experiments.md, stop 22).
     arithmetic_share: float = ARITHMETIC_SHARE
     seed: int = 0
     template: str = "accessory"
