@@ -207,7 +207,7 @@ def pretrain_experts(vision: VisionConfig, out: str | Path, *, steps: int = 400,
         labels = labels.to(device)
         total = 0.0
         for n in experts:
-            tokens = experts[n](views[n])
+            tokens = experts[n](views[n]) if scene_weight > 0 or token_weight > 0 else None  # scenes unused otherwise
             if scene_weight > 0:
                 total = total + scene_weight * F.cross_entropy(heads[n](tokens).flatten(0, 1), labels.flatten())
             if token_weight > 0:
