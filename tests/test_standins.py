@@ -159,6 +159,7 @@ def test_build_with_experts_from_copies_them_and_says_so(tmp_path, monkeypatch):
     assert e["steps"] == 1 and e["copied_from"]["command"] == made["made"]["command"]
     assert manifest["made"]["command"].startswith(f"sphinx-x build-standins --out DIR --seed 1 --experts-from {first}")
     assert "--experts-from" not in manifest["made"]["rebuild_command"]
+    assert " --expert-steps 1 " in manifest["made"]["rebuild_command"]  # the copied experts' settings, not defaults
     assert any("copying nano's vision experts" in line for line in logged)
     card = (second / "MODEL_CARD.md").read_text()
     assert "copied from an earlier set" in card and manifest["made"]["rebuild_command"] in card

@@ -103,6 +103,14 @@ def build_standins(out: str | Path, settings: BuildSettings, progress: bool = Fa
     llm_cfg = settings.llm_config()
     out = Path(out)
     source = read_manifest(settings.experts_from) if settings.experts_from else None
+    if source is not None:  # the copied experts' own settings, so the from-nothing command makes them again
+        e = source["made"]["experts"]
+        if source["made"]["seed"] != settings.seed:
+            raise ValueError(f"{settings.experts_from}: experts pretrained with seed {source['made']['seed']}, the "
+                             f"set's seed is {settings.seed}")
+        settings = replace(settings, expert_steps=e["steps"], expert_batch=e["batch_size"],
+                           expert_lr=e.get("lr", EXPERT_LR), expert_scene_weight=e.get("scene_weight", 1.0),
+                           expert_token_weight=e.get("token_weight", 0.0), expert_ocr_weight=e.get("ocr_weight", 0.0))
     with atomic_directory(out) as tmp:
         if source is None:
             log(f"[1/2] pretraining {preset}'s vision experts: {settings.expert_steps} steps of "
