@@ -5,6 +5,7 @@ position of all logits, `min_new_tokens`, and the batched streaming API (`stream
 from __future__ import annotations
 
 import random
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -139,6 +140,26 @@ def test_stream_generate_streams_every_row_and_joins_to_generate(model):
     configs = [GenerationConfig(max_new_tokens=n, stop_strings=(), eos_token_id=-1) for n in (2, 5, 3)]
     lengths = {row: res.completion_tokens for row, _, res in model.stream_generate(prompts, configs) if res}
     assert lengths == {0: 2, 1: 5, 2: 3}
+
+
+def test_stream_resumed_on_another_thread_every_step_gives_the_same_answer(model):
+    # Gradio's demo resumes the answer's generator in a worker pool, one step at a time; inference mode is
+    # thread-local, so a loop that held it across its yields failed on the next thread ("Inplace update to
+    # inference tensor outside InferenceMode") when writing the KV cache
+    prompts = [{"images": noise_image(64, 64, 1), "question": "What is this?"}, "Tell me a story."]
+    gen = dict(max_new_tokens=6, stop_strings=(), eos_token_id=-1)
+    expected = model.generate(prompts, **gen)
+    stream = model.stream_generate(prompts, **gen)
+    pieces, items = ["", ""], []
+    while True:
+        with ThreadPoolExecutor(max_workers=1) as fresh_thread:  # a new thread for every resumption
+            item = fresh_thread.submit(next, stream, None).result()
+        if item is None:
+            break
+        items.append(item)
+        pieces[item[0]] += item[1]
+    assert pieces == [g.text for g in expected]
+    assert len([i for i in items if i[2] is not None]) == 2
 
 
 class EosFirstModel(torch.nn.Module):

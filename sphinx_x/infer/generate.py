@@ -244,23 +244,28 @@ def decode_batch(
 
     step = _llm_step(model, full_mask, has_padding=bool((mask == 0).any()), last_only=last_only)
 
+    # inference mode is entered around each computation, never held across a `yield`: it is thread-local,
+    # and a caller may resume this generator on another thread (Gradio runs each step in a worker pool),
+    # where the cache (inference tensors) could not be written outside it
     with torch.inference_mode():
         embeds = model.embed_inputs(ids, images.to(device) if images is not None else None)
         logits, cache = step(ids, embeds, positions, None, width)
         next_pos = positions[:, -1:] + 1
-        step_no = 0
-        while True:
+    step_no = 0
+    while True:
+        with torch.inference_mode():
             tokens = _pick_tokens(logits[:, -1].float(), rows, history, processors, generators, pad_id)
-            events = []
-            for i, (row, tok) in enumerate(zip(rows, tokens)):
-                if row.finished:
-                    continue
-                row.push(tok)
-                piece = row.take_piece()
-                events.append(RowEvent(i, piece, row.result() if row.finished else None))
-            yield events
-            if all(r.finished for r in rows):
-                return
+        events = []
+        for i, (row, tok) in enumerate(zip(rows, tokens)):
+            if row.finished:
+                continue
+            row.push(tok)
+            piece = row.take_piece()
+            events.append(RowEvent(i, piece, row.result() if row.finished else None))
+        yield events
+        if all(r.finished for r in rows):
+            return
+        with torch.inference_mode():
             new_ids = torch.tensor(tokens, dtype=torch.long, device=device)[:, None]
             if history is not None:
                 history = torch.cat([history, new_ids], dim=1)
