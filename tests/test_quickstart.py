@@ -222,6 +222,39 @@ def test_quickstart_refuses_a_file_as_output(tmp_path, capsys):
     assert "not a directory" in capsys.readouterr().err
 
 
+def test_quickstart_standins_option_uses_the_given_set_and_refuses_a_bad_one(tmp_path, capsys):
+    import shutil
+
+    from sphinx_x.config import SphinxXConfig
+    from sphinx_x.standins import read_manifest, standins_dir
+
+    # a set elsewhere (a copy of the packaged one): the model config points at its files, not the package's
+    given = tmp_path / "mine"
+    shutil.copytree(standins_dir("nano"), given)
+    out = tmp_path / "qs"
+    out.mkdir()
+    phases: list = []
+    model_yaml = qs.use_packaged(out, phases, given)
+    config = SphinxXConfig.load(model_yaml)
+    manifest = read_manifest(given)
+    assert [Path(e.checkpoint) for e in config.vision.experts] == [
+        given.resolve() / manifest["experts"][e.name] for e in config.vision.experts]
+    assert Path(config.llm.path) == given.resolve() / "llm"
+    assert "[2/5] starting from the given (--standins) pretrained stand-ins in " + str(given.resolve()) in (
+        capsys.readouterr().out)
+    assert phases[0].work == "given (mine: experts + LLM, no pretraining)"
+
+    # an incomplete set: a clear error naming the missing file, nothing trained
+    (given / "llm" / "config.json").unlink()
+    assert cli_main(["quickstart", "--out", str(tmp_path / "q2"), "--standins", str(given), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--standins" in err and str(given / "llm" / "config.json") in err and "missing" in err
+    assert not (tmp_path / "q2").exists()
+    # and it cannot be combined with --from-scratch
+    assert cli_main(["quickstart", "--out", str(tmp_path / "q3"), "--standins", str(given), "--from-scratch"]) == 2
+    assert "exclude each other" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_quickstart_from_scratch_pretrains_the_standins_itself(tmp_path, capsys, monkeypatch):
     from time import perf_counter

@@ -110,6 +110,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"--from-scratch: cap on expert pretraining steps (default {EXPERTS_MAX_STEPS})")
     p.add_argument("--llm-steps", type=positive_int, default=LLM_MAX_STEPS,
                    help=f"--from-scratch: cap on LLM pretraining steps (default {LLM_MAX_STEPS})")
+    p.add_argument("--standins", metavar="DIR", default=None,
+                   help="start from the stand-ins set in DIR (as `sphinx-x build-standins --out DIR` writes it) "
+                        "instead of the packaged one")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -236,23 +239,26 @@ def steps_run(metrics: Path) -> int:
 
 
 # ---- the stand-ins -------------------------------------------------------------------------------
-def use_packaged(out: Path, phases: list[Phase]) -> Path:
-    """OUT/model.yaml: nano with the packaged stand-in experts (frozen) and LLM; says what they scored."""
+def use_packaged(out: Path, phases: list[Phase], directory: Path | None = None) -> Path:
+    """OUT/model.yaml: nano with the packaged stand-in experts (frozen) and LLM, or those of the set in
+    `directory` (--standins); says what they scored."""
     from sphinx_x.standins import nano_model_yaml, read_manifest, standins_dir
 
     t = clock()
-    directory = standins_dir("nano")
+    which = "packaged" if directory is None else "given (--standins)"
+    directory = standins_dir("nano") if directory is None else directory.resolve()
     manifest = read_manifest(directory)
     model_yaml = nano_model_yaml(out / "model.yaml", directory)
     scores = manifest["scores"]
-    print(f"[2/5] starting from the packaged pretrained stand-ins in {directory} (made by "
+    print(f"[2/5] starting from the {which} pretrained stand-ins in {directory} (made by "
           f"`{manifest['made']['command']}`, MODEL_CARD.md; --from-scratch pretrains them in the run instead)",
           flush=True)
     print("      held-out: experts name shapes " + ", ".join(
         f"{n} {100 * a:.0f}%" for n, a in scores["experts_held_out_shape_accuracy"].items()) + " (chance 20%); LLM "
         "answers " + ", ".join(f"{k} {100 * a:.0f}%" for k, a in scores["llm_held_out_answer_accuracy"].items()),
         flush=True)
-    phases.append(Phase("stand-ins", f"packaged ({directory.name}: experts + LLM, no pretraining)", 0.0, clock() - t))
+    phases.append(Phase("stand-ins", f"{which.split()[0]} ({directory.name}: experts + LLM, no pretraining)", 0.0,
+                        clock() - t))
     return model_yaml
 
 
@@ -319,14 +325,27 @@ def run(args: argparse.Namespace) -> int:
 
     progress = not args.quiet
     from_scratch = args.from_scratch
-    if not from_scratch and not has_standins():
+    given = Path(args.standins) if args.standins else None
+    if given is not None:
+        if from_scratch:
+            print("sphinx-x quickstart: error: --standins and --from-scratch exclude each other", file=sys.stderr)
+            return 2
+        if not has_standins(given):
+            from sphinx_x.standins import StandinsError, read_manifest
+
+            try:
+                read_manifest(given)
+            except StandinsError as e:
+                print(f"sphinx-x quickstart: error: --standins: {e}", file=sys.stderr)
+            return 2
+    elif not from_scratch and not has_standins():
         print(f"note: the packaged stand-ins ({standins_dir()}) are missing or incomplete; pretraining them in this "
               "run (as --from-scratch)", file=sys.stderr, flush=True)
         from_scratch = True
     plan = plan_run(args.minutes, args.train_samples, args.bench_rows, args.expert_steps, args.max_steps,
                     from_scratch, args.llm_steps)
     pretraining = (f"{plan.expert_steps} expert and {plan.llm_steps} LLM pretraining steps, " if from_scratch
-                   else "the packaged pretrained stand-ins, ")
+                   else "the packaged pretrained stand-ins, " if given is None else "the given pretrained stand-ins, ")
     print(f"plan for --minutes {args.minutes:g} on 2 idle CPU cores: {pretraining}{plan.train_steps} one-stage steps "
           "(fixed: a busier machine takes longer, it does not train less)", flush=True)
     if plan.starved:
@@ -347,7 +366,7 @@ def run(args: argparse.Namespace) -> int:
 
     shutil.rmtree(out / "train", ignore_errors=True)  # a fresh model every time
     model_yaml = (pretrain_standins(out, plan, args.seed, progress, phases) if from_scratch
-                  else use_packaged(out, phases))
+                  else use_packaged(out, phases, given))
 
     cfg = train_config(out / "train", corpus / "train.yaml", plan.train_steps, args.seed, progress, model_yaml)
     print(f"[3/5] training nano (experts frozen, LLM from the stand-in) on CPU: {plan.train_steps} steps of "
@@ -398,7 +417,8 @@ def run(args: argparse.Namespace) -> int:
     phases.append(Phase("demo answer", "1 question", plan.reserve_s, clock() - t))
 
     table, warnings = summary(phases, plan, args.minutes)
-    made = "pretrained in this run (--from-scratch)" if from_scratch else f"packaged ({standins_dir()})"
+    made = ("pretrained in this run (--from-scratch)" if from_scratch else f"packaged ({standins_dir()})"
+            if given is None else f"given (--standins {given.resolve()})")
     print(f"run summary (stand-in experts and LLM: {made}):\n" + table, end="", flush=True)
     for w in warnings:
         print(w, file=sys.stderr, flush=True)
