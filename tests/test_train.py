@@ -168,6 +168,39 @@ def test_vision_lr_scale_multiplies_only_the_experts_updates(corpus, tmp_path):
         load_train_config(NANO_YAML, fast_overrides(corpus, tmp_path / "bad", **{"optim.vision_lr_scale": 0}))
 
 
+def test_llm_lr_scale_multiplies_only_the_llms_updates(corpus, tmp_path):
+    """As above for `llm_lr_scale`: the LLM's weights move that many times as far as with 1, the projector and
+    the (trainable, from-scratch) experts the same; the projector's group is the first (the logged rate)."""
+    from sphinx_x.train.distributed import DistInfo
+    from sphinx_x.train.loop import Trainer
+
+    def first_update(scale: float) -> tuple[Trainer, dict[str, torch.Tensor]]:
+        cfg = load_train_config(NANO_YAML, fast_overrides(corpus, tmp_path / f"llm{scale}", **{
+            "optim.llm_lr_scale": scale, "optim.warmup_ratio": 0}))
+        trainer = Trainer(cfg, DistInfo())
+        named = dict(trainer.model.named_parameters())
+        before = {n: p.detach().clone() for n, p in named.items()}
+        micro = next(b for b in trainer._micro_batches() if b["images"] is not None)
+        trainer._forward_backward([micro])
+        trainer.optimizer.step()
+        return trainer, {n: (named[n].detach() - before[n]).abs().max() for n in named}
+
+    _, base = first_update(1.0)
+    scaled, less = first_update(0.25)
+    groups = scaled.optimizer.param_groups
+    assert [g["lr"] for g in groups] == [pytest.approx(2e-3), pytest.approx(5e-4)]
+    llm = {id(p) for n, p in scaled.model.named_parameters() if n.startswith("llm.")}
+    assert {id(p) for p in groups[1]["params"]} == llm and llm
+    assert "visual.projector.0.weight" in {n for n, p in scaled.model.named_parameters()
+                                            if any(p is q for q in groups[0]["params"])}
+    for name in ("llm.model.layers.0.mlp.up_proj.weight", "llm.model.embed_tokens.weight"):
+        assert less[name] / base[name] == pytest.approx(0.25, rel=1e-3), name
+    for name in ("visual.projector.0.weight", "visual.experts.clip_convnext.trunk.stem.0.weight"):
+        assert less[name] / base[name] == pytest.approx(1.0, rel=1e-3), name
+    with pytest.raises(ConfigError, match="optim.llm_lr_scale must be > 0"):
+        load_train_config(NANO_YAML, fast_overrides(corpus, tmp_path / "bad2", **{"optim.llm_lr_scale": -1}))
+
+
 def test_checkpoint_write_is_atomic_and_keeps_last_n(tmp_path, monkeypatch):
     from sphinx_x.config import SphinxXConfig
     from sphinx_x.model import SphinxX

@@ -179,14 +179,29 @@ def is_vision_expert_parameter(name: str) -> bool:
     return name.startswith("visual.experts.") or ".visual.experts." in name
 
 
-def param_groups(named: list[tuple[str, nn.Parameter]], lr: float, vision_lr_scale: float) -> list[dict[str, Any]]:
-    """AdamW groups: everything at `lr`, trainable vision-expert weights at `lr * vision_lr_scale`.
-    The first group is the main one (its rate is the one logged); an empty group is left out."""
+def is_llm_parameter(name: str) -> bool:
+    """True for an LLM weight, under any wrapper prefix (DDP's `module.`, FSDP's)."""
+    return name.startswith("llm.") or ".llm." in name
+
+
+def param_groups(named: list[tuple[str, nn.Parameter]], lr: float, vision_lr_scale: float,
+                 llm_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    """AdamW groups: everything at `lr`, trainable vision-expert weights at `lr * vision_lr_scale`, the LLM's
+    at `lr * llm_lr_scale`. The first group is the main one (its rate is the one logged: the projector's when
+    the LLM has its own); an empty group is left out."""
     vision = [p for n, p in named if is_vision_expert_parameter(n)]
-    if vision_lr_scale == 1.0 or not vision:
+    llm = [p for n, p in named if is_llm_parameter(n)]
+    if (vision_lr_scale == 1.0 or not vision) and (llm_lr_scale == 1.0 or not llm):
         return [{"params": [p for _, p in named], "lr": lr}]  # one group, in model order (resumable as before)
-    rest = [p for n, p in named if not is_vision_expert_parameter(n)]
-    return [g for g in ({"params": rest, "lr": lr}, {"params": vision, "lr": lr * vision_lr_scale}) if g["params"]]
+    split_vision, split_llm = vision_lr_scale != 1.0, llm_lr_scale != 1.0
+    rest = [p for n, p in named if not (split_vision and is_vision_expert_parameter(n))
+            and not (split_llm and is_llm_parameter(n))]
+    groups = [{"params": rest, "lr": lr}]
+    if split_vision:
+        groups.append({"params": vision, "lr": lr * vision_lr_scale})
+    if split_llm:
+        groups.append({"params": llm, "lr": lr * llm_lr_scale})
+    return [g for g in groups if g["params"]]
 
 
 def build_loader(cfg: TrainConfig, model_cfg: SphinxXConfig, tokenizer: Any, rank: int, world_size: int):

@@ -72,6 +72,10 @@ class OptimSection:
     # LR multiplier for trainable vision-expert weights (projector and LLM keep `lr`). Frozen experts
     # (the SPHINX-X recipe) have no such weights; a from-scratch expert may learn faster with more.
     vision_lr_scale: float = 1.0
+    # LR multiplier for the LLM's weights (projector, skip token and tags keep `lr`). Below 1 when the LLM
+    # starts pretrained and the projector from random: the projector learns at `lr` while the LLM moves less
+    # far from what it knows (nano's stand-in LLM; SPHINX-X trains both at one rate).
+    llm_lr_scale: float = 1.0
     # "token": the loss is the mean over the global batch's supervised tokens (SPHINX-X, LLaVA); "turn":
     # the mean over its answer turns, each turn's tokens averaged first, so a one-word answer weighs as
     # much as a 40-token box list (sphinx_x/losses.py).
@@ -182,8 +186,9 @@ class TrainConfig:
                               f"got {self.optim.loss_reduction!r}")
         if not 0 <= self.optim.warmup_ratio < 1:
             raise ConfigError(f"optim.warmup_ratio must be in [0, 1), got {self.optim.warmup_ratio}")
-        if not self.optim.vision_lr_scale > 0:
-            raise ConfigError(f"optim.vision_lr_scale must be > 0, got {self.optim.vision_lr_scale}")
+        for name in ("vision_lr_scale", "llm_lr_scale"):
+            if not getattr(self.optim, name) > 0:
+                raise ConfigError(f"optim.{name} must be > 0, got {getattr(self.optim, name)}")
         if len(self.optim.betas) != 2:
             raise ConfigError(f"optim.betas must be two numbers, got {self.optim.betas}")
         if self.output.resume not in (True, False, "auto"):

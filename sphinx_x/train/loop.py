@@ -126,7 +126,7 @@ class Trainer:
         # The fused kernel (CPU and CUDA) updates every tensor in one pass; torch's default on CPU loops over
         # the parameters in Python, 3-4x slower (benchmarks/bench_train_step.py).
         fused = True if o.fused and info.device.type in ("cpu", "cuda") else None
-        self.optimizer = torch.optim.AdamW(param_groups(self.named_params, o.lr, o.vision_lr_scale),
+        self.optimizer = torch.optim.AdamW(param_groups(self.named_params, o.lr, o.vision_lr_scale, o.llm_lr_scale),
                                            lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
                                            fused=fused)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, o.warmup_ratio)
