@@ -12,6 +12,12 @@ every built SphinxX) and for the binding testbed.
                 the shared projector's Linear takes 10x larger Adam steps (stored weight / 10, used x 10).
   expert_features_small
                 the experts' output tokens x 0.1 (a diagnostic next to the ladder's oracle+experts control).
+  projector_grouped
+                one Linear + LayerNorm per input group (each expert; on oracle+experts also the oracle's symbols),
+                outputs summed: a group's share of the image token no longer shrinks with the others' width/scale.
+  projector_token_heads
+                projector_grouped plus one more group: each expert's per-token colour/shape probabilities from a
+                frozen read-out (benchmarks/binding/fit_token_heads.py writes DIR/token_heads.pt).
 
 Measured (docs/experiments.md, 2026-12-02): QK-norm softens the layer-0 attention collapse but nano still answers
 with the bag of colours after 300 steps of batch 32 on the text testbed. projector_ln_small made a learnt projector
@@ -89,3 +95,90 @@ def freeze_llm(model) -> None:
     still producing noise."""
     for p in model.llm.parameters():
         p.requires_grad_(False)
+
+
+def _grouped_projector_class():
+    import torch
+    from torch import nn
+
+    class Grouped(nn.Module):
+        """Linear + LayerNorm per group of input channels (the oracle's symbols, each expert), outputs summed:
+        each group enters the LLM at the same norm whatever the others' width, scale or growth under training."""
+
+        def __init__(self, sizes: list[int], d: int, norm_weight: torch.Tensor) -> None:
+            super().__init__()
+            self.sizes = list(sizes)
+            self.groups = nn.ModuleList(nn.Sequential(nn.Linear(s, d), nn.LayerNorm(d)) for s in sizes)
+            with torch.no_grad():
+                for g in self.groups:
+                    g[1].weight.copy_(norm_weight)
+
+        def __getitem__(self, i: int) -> nn.Module:  # callers read projector[0].weight for its dtype and device
+            return self.groups[0][i]
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            parts = torch.split(x, self.sizes, dim=-1)
+            return sum(g(p) for g, p in zip(self.groups, parts))
+
+    return Grouped
+
+
+def projector_grouped(model) -> None:
+    """SphinxX patch: the shared projector becomes one Linear + LayerNorm per input group, summed. Groups: on the
+    ladder's oracle+experts control, the oracle's symbols and then each expert; on the real model, each expert.
+    The LayerNorm weights start as the replaced projector's (so apply after projector_ln_small)."""
+    visual = model.visual
+    norm_weight = visual.projector[1].weight.detach()
+    d = norm_weight.shape[0]
+    sizes = [e.channels for e in model.config.vision.experts if not e.own_projector]
+    if hasattr(visual, "batch_symbols") and hasattr(visual, "experts"):  # ladder oracle+experts
+        sizes = [visual.projector[0].in_features - sum(sizes), *sizes]
+    if sum(sizes) != visual.projector[0].in_features:
+        raise ValueError(f"projector_grouped: groups {sizes} do not cover {visual.projector[0].in_features} inputs")
+    visual.projector = _grouped_projector_class()(sizes, d, norm_weight)
+
+
+def projector_token_heads(model) -> None:
+    """SphinxX patch (real experts, e.g. the ladder's frozen-pre control with experts from `pretrain-experts
+    --token-weight 1`): each expert's frozen per-token read-out (DIR/token_heads.pt beside the experts' weights,
+    written by benchmarks/binding/fit_token_heads.py) turns every token into colour and shape probabilities; these
+    enter as one more projector group (its own Linear + LayerNorm) beside one group per expert (projector_grouped),
+    all summed: the real-model form of the ladder's oracle+experts control, with the experts' own soft symbols in
+    place of the oracle's exact ones."""
+    from pathlib import Path
+
+    import torch
+    from torch import nn
+
+    visual = model.visual
+    experts = [e for e in model.config.vision.experts if not e.own_projector]
+    path = Path(experts[0].checkpoint).parent / "token_heads.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"projector_token_heads: no {path} (run benchmarks/binding/fit_token_heads.py)")
+    heads = torch.load(path)
+    readout = nn.Module()
+    for e in experts:
+        for k, v in heads[e.name].items():
+            readout.register_buffer(f"{e.name}__{k.replace('.', '_')}", v.float(), persistent=False)
+    sizes = [sum(heads[e.name]["colour.bias"].numel() + heads[e.name]["shape.bias"].numel() for e in experts),
+             *[e.channels for e in experts]]
+    norm_weight = visual.projector[1].weight.detach()
+    d = norm_weight.shape[0]
+    visual.readout = readout
+    visual.projector = _grouped_projector_class()(sizes, d, norm_weight)
+
+    def forward(images):
+        inputs = visual.expert_inputs(images)
+        feats, probs = [], []
+        for e in experts:
+            x, expert = inputs[e.name], visual.experts[e.name]
+            f = (expert(x) if x.dtype == torch.uint8 else expert.forward_normalized(x)).float()
+            b = {k: getattr(readout, f"{e.name}__{k}") for k in
+                 ("mean", "std", "colour_weight", "colour_bias", "shape_weight", "shape_bias")}
+            z = (f - b["mean"]) / b["std"]
+            probs += [torch.softmax(z @ b["colour_weight"].T + b["colour_bias"], -1),
+                      torch.softmax(z @ b["shape_weight"].T + b["shape_bias"], -1)]
+            feats.append(f)
+        return visual.projector(torch.cat([*probs, *feats], dim=-1))
+
+    visual.forward = forward
