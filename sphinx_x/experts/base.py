@@ -13,6 +13,7 @@ under `no_grad`.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar
 
@@ -77,6 +78,16 @@ def summary_and_grid(summary: torch.Tensor, fmap: torch.Tensor, grid: int) -> to
     """(V, C) summary + (V, C, h, w) map -> (V, 1 + grid*grid, C) tokens."""
     cells = resample_grid(fmap, grid).flatten(2).transpose(1, 2)
     return torch.cat([summary[:, None], cells], dim=1)
+
+
+@lru_cache(maxsize=32)
+def _normalize_affine(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device):
+    """(offset, scale), float32 (1, 3, 1, 1) each on `device`, with (x / 255 - mean) / std = (x - offset) * scale:
+    offset = 255 * mean, scale = 1 / (255 * std), computed in float64 (a uint8 colour equal to 255 * mean still
+    normalises to exactly zero). Only read, so one pair per statistics and device is kept."""
+    m = torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float64).view(1, 3, 1, 1)
+    return (255.0 * m).to(device, torch.float32), (1.0 / (255.0 * s)).to(device, torch.float32)
 
 
 class VisionExpert(nn.Module):
@@ -167,7 +178,8 @@ class VisionExpert(nn.Module):
 
     def normalize(self, views: torch.Tensor) -> torch.Tensor:
         """uint8 (V, 3, r, r) -> float in the trunk's dtype, normalised with this expert's mean/std.
-        Mean/std are built per call (not buffers) so meta-device construction needs no re-initialisation."""
+        Mean/std are not buffers (meta-device construction needs no re-initialisation): `_normalize_affine`
+        keeps them per device."""
         if views.dtype != torch.uint8:
             raise TypeError(f"vision expert {self.cfg.name!r}: expected uint8 views, got {views.dtype}")
         r = self.cfg.view_size
@@ -176,10 +188,11 @@ class VisionExpert(nn.Module):
                 f"vision expert {self.cfg.name!r}: expected views (V, 3, {r}, {r}), got {tuple(views.shape)}"
             )
         param = next(self.trunk.parameters())
-        x = views.to(param.device, non_blocking=True).float().div_(255.0)
-        mean = torch.tensor(self.cfg.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.cfg.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-        return ((x - mean) / std).to(param.dtype)
+        x = views.to(param.device, non_blocking=True).float()
+        # (x / 255 - mean) / std as (x - 255 * mean) / (255 * std): two in-place passes over the float copy
+        # instead of three new tensors (about twice as fast; equal to float rounding, within 1e-6)
+        offset, scale = _normalize_affine(tuple(self.cfg.mean), tuple(self.cfg.std), x.device)
+        return x.sub_(offset).mul_(scale).to(param.dtype)
 
     def resize_input(self, x: torch.Tensor) -> torch.Tensor:
         """`input_resize`: the official ConvNeXt input, `F.interpolate(x.half(), size)` (nearest) cast back."""

@@ -1,6 +1,9 @@
 """timm expert kinds: ConvNeXt (the OpenCLIP `convnext_xxlarge` trunk is a timm ConvNeXt) and DINOv2.
 
-ConvNeXt summarises with the mean of its grid tokens ("gap as cls" in the public SPHINX code); DINOv2
+ConvNeXt summarises with the mean of its grid tokens ("gap as cls" in the public SPHINX code). Without
+gradients (inference, frozen experts) a plain timm ConvNeXt runs channels-last (`convnext_nhwc`): the same
+weights and modules, the MLP as matrix products whatever its `conv_mlp` layout, so checkpoints are untouched;
+DINOv2
 uses its CLS token after the final norm. DINOv2's position table is either resampled once by timm to the
 view size (`pos_embed: resampled`, SPHINX-X's own presets) or kept at its stored size and interpolated at
 every forward the way the official DINOv2 code does (`pos_embed: runtime_bicubic`, the released SPHINX
@@ -15,6 +18,8 @@ from pathlib import Path
 import timm
 import torch
 import torch.nn.functional as F
+from timm.layers import LayerNorm as TimmLayerNorm
+from timm.layers import LayerNorm2d, Mlp
 from timm.models import convnext as timm_convnext
 from timm.models import vision_transformer as timm_vit
 from torch import nn
@@ -62,14 +67,115 @@ class ConvNeXtExpert(_TimmExpert):
         return self._create(**self.cfg.timm_kwargs)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        fmap = self.trunk.forward_features(x)  # (V, C, h, w)
         # The public SPHINX code runs the whole OpenCLIP trunk with the head's pooling removed, so the
         # head's channel LayerNorm is applied at every location; do the same.
         head_norm = getattr(self.trunk.head, "norm", None)
-        if head_norm is not None:
-            fmap = head_norm(fmap)
-        cells = resample_grid(fmap, self.feature_grid).flatten(2).transpose(1, 2)  # (V, G*G, C) raster
+        if not torch.is_grad_enabled() and convnext_nhwc_supported(self.trunk):
+            fmap = convnext_nhwc(self.trunk, x)  # (V, h, w, C)
+            if head_norm is not None:
+                fmap = _layer_norm(head_norm, fmap)
+            if fmap.shape[1:3] == (self.feature_grid, self.feature_grid):
+                cells = fmap.flatten(1, 2)  # (V, G*G, C) raster, no copy back to channels-first
+            else:
+                cells = resample_grid(fmap.permute(0, 3, 1, 2), self.feature_grid).flatten(2).transpose(1, 2)
+        else:
+            fmap = self.trunk.forward_features(x)  # (V, C, h, w)
+            if head_norm is not None:
+                fmap = head_norm(fmap)
+            cells = resample_grid(fmap, self.feature_grid).flatten(2).transpose(1, 2)  # (V, G*G, C) raster
         return torch.cat([cells.mean(dim=1, keepdim=True), cells], dim=1)
+
+
+# ---- ConvNeXt channels-last (no gradients) --------------------------------------------------------
+# timm's ConvNeXt keeps its activations channels-first: each LayerNorm2d permutes to channels-last and back,
+# and with `conv_mlp=True` (timm's small ConvNeXts, the nano expert) the MLP is two 1x1 convolutions, which
+# CPUs run through an im2col path. `convnext_nhwc` runs the same modules' weights on (V, h, w, C) activations:
+# the stem, downsample and depthwise convolutions take channels-last tensors (oneDNN's native layout, the
+# output stays channels-last), every LayerNorm is one F.layer_norm over the last dim, the MLP is two
+# F.linear over the same weights (a (o, i, 1, 1) conv weight viewed as (o, i)), and layer scale + residual is
+# one addcmul. Values equal timm's forward to float rounding (tests/test_experts_convnext_nhwc.py); the
+# module tree, parameter shapes and state dict are untouched, so every checkpoint loads as before.
+_PLAIN_NORMS = (LayerNorm2d, TimmLayerNorm, nn.LayerNorm)
+
+
+def _layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+
+def _plain_norm(m: nn.Module) -> bool:
+    return type(m) in _PLAIN_NORMS and not getattr(m, "_fast_norm", False) and len(m.normalized_shape) == 1
+
+
+def _plain_conv(m: nn.Module) -> bool:
+    return type(m) is nn.Conv2d and m.padding_mode == "zeros" and not isinstance(m.padding, str)
+
+
+def _one_by_one(m: nn.Module) -> bool:
+    if type(m) is nn.Linear:
+        return True
+    return (_plain_conv(m) and m.kernel_size == (1, 1) and m.stride == (1, 1) and m.groups == 1
+            and m.padding == (0, 0))
+
+
+def convnext_nhwc_supported(trunk: nn.Module) -> bool:
+    """A plain timm ConvNeXt in eval mode: patch stem, LayerNorms, plain-Mlp blocks, no hooks (FSDP, profilers
+    by hook), no replaced modules (quantized or LoRA layers); anything else keeps timm's forward."""
+    if type(trunk) is not timm_convnext.ConvNeXt or trunk.training or type(trunk.norm_pre) is not nn.Identity:
+        return False
+    if any(m._forward_hooks or m._forward_pre_hooks for m in trunk.modules()):
+        return False
+    stem = trunk.stem
+    if type(stem) is not nn.Sequential or len(stem) != 2 or not _plain_conv(stem[0]) or not _plain_norm(stem[1]):
+        return False
+    for stage in trunk.stages:
+        if type(stage) is not timm_convnext.ConvNeXtStage:
+            return False
+        down = stage.downsample
+        if type(down) is not nn.Identity and not (
+            type(down) is nn.Sequential and len(down) == 2 and _plain_norm(down[0]) and _plain_conv(down[1])
+        ):
+            return False
+        for block in stage.blocks:
+            if type(block) is not timm_convnext.ConvNeXtBlock or type(block.shortcut) is not nn.Identity:
+                return False
+            dw, mlp = block.conv_dw, block.mlp
+            if not _plain_conv(dw) or dw.stride != (1, 1) or dw.groups != dw.in_channels or not _plain_norm(block.norm):
+                return False
+            if type(mlp) is not Mlp or type(mlp.norm) is not nn.Identity:
+                return False
+            if any(type(d) not in (nn.Dropout, nn.Identity) for d in (mlp.drop1, mlp.drop2)):
+                return False  # dropout is inactive in eval mode: the channels-last forward skips it
+            if not (_one_by_one(mlp.fc1) and _one_by_one(mlp.fc2)):
+                return False
+    return True
+
+
+def _conv_nhwc(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """(V, h, w, C) -> (V, h', w', C'): the convolution on the channels-first view of channels-last memory."""
+    y = F.conv2d(x.permute(0, 3, 1, 2), conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return y.permute(0, 2, 3, 1)
+
+
+def _linear(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, m.weight.flatten(1), m.bias)  # a 1x1 conv's (o, i, 1, 1) weight as (o, i)
+
+
+def convnext_nhwc(trunk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`trunk.forward_features(x)` for (V, 3, H, W) input, returned channels-last (V, h, w, C); only for a trunk
+    `convnext_nhwc_supported` accepts, without gradients."""
+    stem_conv, stem_norm = trunk.stem
+    x = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)  # (V, H, W, 3), no copy if already
+    h = _layer_norm(stem_norm, _conv_nhwc(stem_conv, x))
+    for stage in trunk.stages:
+        if type(stage.downsample) is not nn.Identity:
+            norm, conv = stage.downsample
+            h = _conv_nhwc(conv, _layer_norm(norm, h))
+        for block in stage.blocks:
+            mlp = block.mlp
+            y = _layer_norm(block.norm, _conv_nhwc(block.conv_dw, h))
+            y = _linear(mlp.fc2, mlp.act(_linear(mlp.fc1, y)))
+            h = h + y if block.gamma is None else torch.addcmul(h, y, block.gamma)
+    return h
 
 
 def dinov2_runtime_pos_embed(pos_embed: torch.Tensor, h: int, w: int, dtype: torch.dtype) -> torch.Tensor:
