@@ -149,3 +149,22 @@ def test_normalize_equals_the_three_step_formula(dtype):
     with torch.enable_grad():
         torch.testing.assert_close(expert.normalize(v), ref, rtol=1e-6 if dtype == torch.float32 else 1e-2,
                                    atol=1e-6)
+
+
+@pytest.mark.parametrize("grid", [2, 8])
+def test_resampled_grids_and_other_head_norms_match_timm(grid):
+    """A feature grid coarser or finer than the 4x4 map (pooled / repeated cells), and a head norm that is not
+    a LayerNorm (run channels-first through its own forward)."""
+    expert = nano_expert(seed=1)
+    expert.feature_grid = grid
+    v = views(3, NANO_CONVNEXT.view_size, seed=2)
+    with torch.no_grad():
+        fast = expert(v)
+    assert fast.shape == (3, 1 + grid * grid, NANO_CONVNEXT.channels)
+    torch.testing.assert_close(fast, timm_tokens(expert, v), **TOL)
+    expert.trunk.head.norm = nn.GroupNorm(4, NANO_CONVNEXT.channels)
+    perturb_(expert.trunk.head.norm, seed=5)
+    assert convnext_nhwc_supported(expert.trunk)
+    with torch.no_grad():
+        fast = expert(v)
+    torch.testing.assert_close(fast, timm_tokens(expert, v), **TOL)

@@ -2,9 +2,8 @@
 
 ConvNeXt summarises with the mean of its grid tokens ("gap as cls" in the public SPHINX code). Without
 gradients (inference, frozen experts) a plain timm ConvNeXt runs channels-last (`convnext_nhwc`): the same
-weights and modules, the MLP as matrix products whatever its `conv_mlp` layout, so checkpoints are untouched;
-DINOv2
-uses its CLS token after the final norm. DINOv2's position table is either resampled once by timm to the
+weights and modules, the MLP as matrix products whatever its `conv_mlp` layout, so checkpoints are untouched.
+DINOv2 uses its CLS token after the final norm. DINOv2's position table is either resampled once by timm to the
 view size (`pos_embed: resampled`, SPHINX-X's own presets) or kept at its stored size and interpolated at
 every forward the way the official DINOv2 code does (`pos_embed: runtime_bicubic`, the released SPHINX
 models): bicubic with `scale_factor = (n + 0.1) / M`, no antialias, in float32.
@@ -72,8 +71,10 @@ class ConvNeXtExpert(_TimmExpert):
         head_norm = getattr(self.trunk.head, "norm", None)
         if not torch.is_grad_enabled() and convnext_nhwc_supported(self.trunk):
             fmap = convnext_nhwc(self.trunk, x)  # (V, h, w, C)
-            if head_norm is not None:
+            if head_norm is not None and _plain_norm(head_norm):
                 fmap = _layer_norm(head_norm, fmap)
+            elif head_norm is not None:  # another norm kind: its own forward, channels-first
+                fmap = head_norm(fmap.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
             if fmap.shape[1:3] == (self.feature_grid, self.feature_grid):
                 cells = fmap.flatten(1, 2)  # (V, G*G, C) raster, no copy back to channels-first
             else:
