@@ -135,22 +135,28 @@ def test_frozen_experts_get_no_gradient_and_no_optimizer_state(corpus, tmp_path)
     assert all(e.frozen for e in trainer.model_config.vision.experts)
 
 
-def test_vision_lr_scale_multiplies_only_the_experts_updates(corpus, tmp_path):
-    """AdamW's first update is lr * sign(grad), so with the same data and init the experts move exactly
-    `vision_lr_scale` times as far while the LLM and projector move the same."""
+def first_update_with(corpus, out, overrides: dict):
+    """A Trainer with `overrides` (no warm-up) after one optimizer step on a batch with images, and how far each
+    parameter moved (max |change|)."""
     from sphinx_x.train.distributed import DistInfo
     from sphinx_x.train.loop import Trainer
 
-    def first_update(scale: float) -> tuple[Trainer, dict[str, torch.Tensor]]:
-        cfg = load_train_config(NANO_YAML, fast_overrides(corpus, tmp_path / str(scale), **{
-            "optim.vision_lr_scale": scale, "optim.warmup_ratio": 0}))
-        trainer = Trainer(cfg, DistInfo())
-        named = dict(trainer.model.named_parameters())
-        before = {n: p.detach().clone() for n, p in named.items()}
-        micro = next(b for b in trainer._micro_batches() if b["images"] is not None)
-        trainer._forward_backward([micro])
-        trainer.optimizer.step()
-        return trainer, {n: (named[n].detach() - before[n]).abs().max() for n in named}
+    cfg = load_train_config(NANO_YAML, fast_overrides(corpus, out, **overrides, **{"optim.warmup_ratio": 0}))
+    trainer = Trainer(cfg, DistInfo())
+    named = dict(trainer.model.named_parameters())
+    before = {n: p.detach().clone() for n, p in named.items()}
+    micro = next(b for b in trainer._micro_batches() if b["images"] is not None)
+    trainer._forward_backward([micro])
+    trainer.optimizer.step()
+    return trainer, {n: (named[n].detach() - before[n]).abs().max() for n in named}
+
+
+def test_vision_lr_scale_multiplies_only_the_experts_updates(corpus, tmp_path):
+    """AdamW's first update is lr * sign(grad), so with the same data and init the experts move exactly
+    `vision_lr_scale` times as far while the LLM and projector move the same."""
+
+    def first_update(scale: float):
+        return first_update_with(corpus, tmp_path / str(scale), {"optim.vision_lr_scale": scale})
 
     plain, base = first_update(1.0)
     scaled, more = first_update(4.0)
@@ -171,19 +177,8 @@ def test_vision_lr_scale_multiplies_only_the_experts_updates(corpus, tmp_path):
 def test_llm_lr_scale_multiplies_only_the_llms_updates(corpus, tmp_path):
     """As above for `llm_lr_scale`: the LLM's weights move that many times as far as with 1, the projector and
     the (trainable, from-scratch) experts the same; the projector's group is the first (the logged rate)."""
-    from sphinx_x.train.distributed import DistInfo
-    from sphinx_x.train.loop import Trainer
-
-    def first_update(scale: float) -> tuple[Trainer, dict[str, torch.Tensor]]:
-        cfg = load_train_config(NANO_YAML, fast_overrides(corpus, tmp_path / f"llm{scale}", **{
-            "optim.llm_lr_scale": scale, "optim.warmup_ratio": 0}))
-        trainer = Trainer(cfg, DistInfo())
-        named = dict(trainer.model.named_parameters())
-        before = {n: p.detach().clone() for n, p in named.items()}
-        micro = next(b for b in trainer._micro_batches() if b["images"] is not None)
-        trainer._forward_backward([micro])
-        trainer.optimizer.step()
-        return trainer, {n: (named[n].detach() - before[n]).abs().max() for n in named}
+    def first_update(scale: float):
+        return first_update_with(corpus, tmp_path / f"llm{scale}", {"optim.llm_lr_scale": scale})
 
     _, base = first_update(1.0)
     scaled, less = first_update(0.25)

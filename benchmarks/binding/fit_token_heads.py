@@ -16,28 +16,19 @@ import dataclasses
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from sphinx_x.config import SphinxXConfig
-from sphinx_x.train.expert_pretrain import TokenHead, collate, scene_example
+from sphinx_x.train.expert_pretrain import collate, scene_example
 from sphinx_x.vision import VisionExpert
 
 try:
-    from probe_tokens import grid_tokens
+    from probe_tokens import fit_head, grid_tokens
 except ImportError:  # imported as a module of the benchmarks/binding folder from elsewhere
-    from benchmarks.binding.probe_tokens import grid_tokens
+    from benchmarks.binding.probe_tokens import fit_head, grid_tokens
 
 
 def fit(x: torch.Tensor, y: torch.Tensor, channels: int, steps: int = 500) -> dict[str, torch.Tensor]:
-    mean, std = x.mean(0), x.std(0) + 1e-5
-    head = TokenHead(channels)
-    optimizer = torch.optim.Adam(head.parameters(), lr=1e-2)
-    z = (x - mean) / std
-    for _ in range(steps):
-        loss = F.cross_entropy(head.colour(z), y[:, 0]) + F.cross_entropy(head.shape(z), y[:, 1])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    head, mean, std = fit_head(x, y, channels, steps)
     return {"mean": mean, "std": std, **{k: v.detach().clone() for k, v in head.state_dict().items()}}
 
 

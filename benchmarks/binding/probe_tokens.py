@@ -36,16 +36,22 @@ def grid_tokens(expert: VisionExpert, views: dict[str, torch.Tensor], name: str)
     return x, y
 
 
-def probe(x_train, y_train, x_test, y_test, channels: int, steps: int = 500) -> dict[str, float]:
-    mean, std = x_train.mean(0), x_train.std(0) + 1e-5
+def fit_head(x: torch.Tensor, y: torch.Tensor, channels: int, steps: int = 500):
+    """The linear read-out (colour + background, shape + background) on standardised tokens: (head, mean, std)."""
+    mean, std = x.mean(0), x.std(0) + 1e-5
     head = TokenHead(channels)
     optimizer = torch.optim.Adam(head.parameters(), lr=1e-2)
-    x = (x_train - mean) / std
+    z = (x - mean) / std
     for _ in range(steps):
-        loss = F.cross_entropy(head.colour(x), y_train[:, 0]) + F.cross_entropy(head.shape(x), y_train[:, 1])
+        loss = F.cross_entropy(head.colour(z), y[:, 0]) + F.cross_entropy(head.shape(z), y[:, 1])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    return head, mean, std
+
+
+def probe(x_train, y_train, x_test, y_test, channels: int, steps: int = 500) -> dict[str, float]:
+    head, mean, std = fit_head(x_train, y_train, channels, steps)
     with torch.no_grad():
         x = (x_test - mean) / std
         colour = head.colour(x).argmax(-1) == y_test[:, 0]
