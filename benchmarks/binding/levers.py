@@ -155,7 +155,7 @@ def projector_token_heads(model) -> None:
     path = Path(experts[0].checkpoint).parent / "token_heads.pt"
     if not path.is_file():
         raise FileNotFoundError(f"projector_token_heads: no {path} (run benchmarks/binding/fit_token_heads.py)")
-    heads = torch.load(path)
+    heads = torch.load(path, weights_only=True)
     readout = nn.Module()
     for e in experts:
         for k, v in heads[e.name].items():
