@@ -145,6 +145,8 @@ def main(argv=None) -> None:
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--save", type=Path, default=None, help="write the LLM's state dict (safetensors) here")
     ap.add_argument("--json", type=Path, default=None, help="write the records here")
+    ap.add_argument("--init-llm", type=Path, default=None,
+                    help="start from these LLM weights (safetensors file or folder, e.g. the packaged stand-in)")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(1)
@@ -152,6 +154,13 @@ def main(argv=None) -> None:
     data = PseudoImages(tok, args.fmt, args.slots)
     generic = tb.GenericScenes(tok, 4, 10)
     llm = tb.build_model("llama", args.seed)
+    if args.init_llm:
+        from safetensors.torch import load_file
+        path = args.init_llm / "model.safetensors" if args.init_llm.is_dir() else args.init_llm
+        state = {k.removeprefix("llm."): v for k, v in load_file(str(path)).items()}
+        missing, unexpected = llm.load_state_dict(state, strict=False)
+        if [k for k in missing if k != "lm_head.weight"] or unexpected:
+            raise SystemExit(f"--init-llm {path}: not nano's LLM (missing {missing[:3]}, unexpected {unexpected[:3]})")
     feats = ObjectFeatures(args.features, llm, generic.keys, generic.values, data, args.ln_weight)
     held_rng = random.Random(999_999)
     t3 = [tb.make_scene(held_rng) for _ in range(50)]
