@@ -30,8 +30,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 import textbind as tb  # noqa: E402  (the sibling testbed: scenes, nano's LLM, generic words)
+from ladder.train import load_llm_weights  # noqa: E402  (the ladder's --init-llm loader)
 
 from sphinx_x.constants import IGNORE_INDEX  # noqa: E402
 from sphinx_x.data.encode import DialogueEncoder  # noqa: E402
@@ -155,12 +156,7 @@ def main(argv=None) -> None:
     generic = tb.GenericScenes(tok, 4, 10)
     llm = tb.build_model("llama", args.seed)
     if args.init_llm:
-        from safetensors.torch import load_file
-        path = args.init_llm / "model.safetensors" if args.init_llm.is_dir() else args.init_llm
-        state = {k.removeprefix("llm."): v for k, v in load_file(str(path)).items()}
-        missing, unexpected = llm.load_state_dict(state, strict=False)
-        if [k for k in missing if k != "lm_head.weight"] or unexpected:
-            raise SystemExit(f"--init-llm {path}: not nano's LLM (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        load_llm_weights(llm, args.init_llm)
     feats = ObjectFeatures(args.features, llm, generic.keys, generic.values, data, args.ln_weight)
     held_rng = random.Random(999_999)
     t3 = [tb.make_scene(held_rng) for _ in range(50)]

@@ -105,6 +105,11 @@ def load_patch(spec: str) -> Callable[[SphinxX], None]:
 
 
 def load_llm(model: SphinxX, path: str) -> None:
+    """`load_llm_weights` into a SphinxX's LLM."""
+    load_llm_weights(model.llm, path)
+
+
+def load_llm_weights(llm: torch.nn.Module, path: str | Path) -> None:
     """LLM weights from a safetensors file (or a directory holding model.safetensors): keys of the LLM
     module itself (`model.layers.0...`), or of a whole SphinxX (`llm.` prefix, which is stripped)."""
     p = Path(path)
@@ -115,7 +120,7 @@ def load_llm(model: SphinxX, path: str) -> None:
     state = load_file(str(p))
     if any(k.startswith("llm.") for k in state):
         state = {k[4:]: v for k, v in state.items() if k.startswith("llm.")}
-    missing, unexpected = model.llm.load_state_dict(state, strict=False)
+    missing, unexpected = llm.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied head
     if missing or unexpected:
         raise ValueError(f"--init-llm {p}: does not match the model's LLM (missing {missing[:3]}, "
