@@ -159,10 +159,11 @@ def test_report_statistics_on_hand_made_curves():
 
 
 @pytest.mark.slow
-def test_quick_mode_runs_one_rung_end_to_end(tmp_path, capsys):
+@pytest.mark.parametrize("optim", ["adamw", "muon"])
+def test_quick_mode_runs_one_rung_end_to_end(tmp_path, capsys, optim):
     from ladder.run import main
 
-    assert main(["--quick", "--rungs", "3", "--controls", "base", "--out", str(tmp_path)]) == 0
+    assert main(["--quick", "--rungs", "3", "--controls", "base", "--optim", optim, "--out", str(tmp_path)]) == 0
     run = json.loads((tmp_path / "runs" / "r3-base-s0.json").read_text())
     assert [p["step"] for p in run["curve"]] == [6, 12]
     assert all(0.0 <= p["acc"] <= 1.0 for p in run["curve"])

@@ -36,6 +36,7 @@ from sphinx_x.model import SphinxX
 from sphinx_x.tokenizer import load_tokenizer
 from sphinx_x.train.build import model_config, param_groups, set_experts_frozen
 from sphinx_x.train.config import TrainConfig
+from sphinx_x.train.optim import build_optimizer
 from sphinx_x.train.schedule import build_scheduler
 
 from .controls import CeilingCNN, Control
@@ -138,39 +139,12 @@ def save_llm(model: SphinxX, path: str) -> None:
 
 
 def build_optimizers(model: SphinxX, spec: RunSpec) -> list[torch.optim.Optimizer]:
+    """The run's optimizer, as `sphinx-x train` builds it (`--optim muon`: Muon for the LLM's hidden matrices,
+    AdamW for the rest; sphinx_x/train/optim.py)."""
     o = spec.recipe.optim
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    adamw = dict(betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
-    if spec.optim == "adamw":
-        return [torch.optim.AdamW(param_groups(named, o.lr, o.vision_lr_scale), lr=o.lr, **adamw)]
-    if spec.optim == "muon":  # Muon for the LLM's hidden 2-D matrices, AdamW for embeddings, norms, vision
-        hidden = [(n, p) for n, p in named if p.ndim == 2 and n.startswith("llm.") and ".layers." in n]
-        ids = {id(p) for _, p in hidden}
-        rest = [(n, p) for n, p in named if id(p) not in ids]
-        _muon_fp32_on_cpu()
-        return [torch.optim.Muon([p for _, p in hidden], lr=o.lr, weight_decay=o.weight_decay, momentum=0.95,
-                                 adjust_lr_fn="match_rms_adamw"),
-                torch.optim.AdamW(param_groups(rest, o.lr, o.vision_lr_scale), lr=o.lr, **adamw)]
-    raise ValueError(f"--optim must be adamw or muon, got {spec.optim!r}")
-
-
-def _muon_fp32_on_cpu() -> None:
-    """torch.optim.Muon orthogonalises in bf16, which is very slow on CPUs without bf16 units: run the same
-    Newton-Schulz iteration in fp32 (changes precision only)."""
-    import torch.optim._muon as muon
-
-    def ns_fp32(grad, ns_coefficients, ns_steps, eps):
-        a, b, c = ns_coefficients
-        x = grad.float()
-        tall = x.size(0) > x.size(1)
-        x = x.T if tall else x
-        x = x / x.norm().clamp(min=eps)
-        for _ in range(ns_steps):
-            g = x @ x.T
-            x = torch.addmm(x, torch.addmm(g, g, g, beta=b, alpha=c), x, beta=a)
-        return (x.T if tall else x).to(grad.dtype)
-
-    muon._zeropower_via_newtonschulz = ns_fp32
+    return [build_optimizer(spec.optim, named, param_groups(named, o.lr, o.vision_lr_scale), lr=o.lr,
+                            betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)]
 
 
 # ---- encoding ----------------------------------------------------------------------------------

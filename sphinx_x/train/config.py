@@ -5,7 +5,8 @@ A training config has five sections:
     model:     what to train (a model directory to start from, or a preset / model config file to
                initialise randomly, with optional overrides such as local backbone weights)
     data:      the data mix (README "Data") and how samples are encoded
-    optim:     AdamW and the schedule (README "Training": betas 0.9/0.95, no weight decay, warm-up + cosine)
+    optim:     the optimizer (AdamW, or Muon + AdamW) and the schedule (README "Training": betas 0.9/0.95,
+               no weight decay, warm-up + cosine)
     train:     steps, batch sizes, precision, activation checkpointing, compile, seeds
     output:    output directory, logging, checkpoints and resume
 
@@ -25,6 +26,8 @@ import yaml
 
 from sphinx_x.config import ConfigError, _build, to_plain
 from sphinx_x.losses import LOSS_REDUCTIONS
+
+OPTIMIZERS = ("adamw", "muon")  # optim.name (sphinx_x/train/optim.py)
 
 PRECISIONS = ("fp32", "bf16")
 LORA_QUANTIZE = ("nf4",)
@@ -59,7 +62,12 @@ class DataSection:
 
 @dataclass
 class OptimSection:
-    """`optim:` AdamW, the learning rates and the warm-up + cosine schedule, the loss reduction."""
+    """`optim:` the optimizer (AdamW, or Muon + AdamW), the learning rates and the warm-up + cosine schedule,
+    the loss reduction."""
+
+    # "adamw" (the SPHINX-X recipe) or "muon": Muon for the LLM's hidden matrices, AdamW for the rest, at the same
+    # rates (sphinx_x/train/optim.py). Muon lets nano's LLM learn to find an object by what the question names.
+    name: str = "adamw"
 
     # 2e-5 is the SPHINX-X recipe for pretrained backbones (5e-6 for the MoE member). Training the
     # `nano` preset from scratch needs a much larger rate (its config uses 1e-3).
@@ -181,6 +189,8 @@ class TrainConfig:
             raise ConfigError(f"train.max_steps must be >= 1, got {t.max_steps}")
         if t.max_minutes is not None and not t.max_minutes > 0:
             raise ConfigError(f"train.max_minutes must be > 0, got {t.max_minutes}")
+        if self.optim.name not in OPTIMIZERS:
+            raise ConfigError(f"optim.name must be one of {', '.join(OPTIMIZERS)}, got {self.optim.name!r}")
         if self.optim.loss_reduction not in LOSS_REDUCTIONS:
             raise ConfigError(f"optim.loss_reduction must be one of {', '.join(LOSS_REDUCTIONS)}, "
                               f"got {self.optim.loss_reduction!r}")

@@ -42,6 +42,7 @@ from sphinx_x.train.config import TrainConfig
 from sphinx_x.train.flops import batch_flops, measure_matmul_peak
 from sphinx_x.train.logging import PLOT_NAME, RunLogger, plot_loss_lr
 from sphinx_x.train.lora import is_lora_model, save_adapter_dir, write_adapter
+from sphinx_x.train.optim import build_optimizer
 from sphinx_x.train.schedule import build_scheduler, warmup_steps
 
 
@@ -126,9 +127,10 @@ class Trainer:
         # The fused kernel (CPU and CUDA) updates every tensor in one pass; torch's default on CPU loops over
         # the parameters in Python, 3-4x slower (benchmarks/bench_train_step.py).
         fused = True if o.fused and info.device.type in ("cpu", "cuda") else None
-        self.optimizer = torch.optim.AdamW(param_groups(self.named_params, o.lr, o.vision_lr_scale, o.llm_lr_scale),
-                                           lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
-                                           fused=fused)
+        self.optimizer = build_optimizer(o.name, self.named_params,
+                                         param_groups(self.named_params, o.lr, o.vision_lr_scale, o.llm_lr_scale),
+                                         lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
+                                         fused=fused, sharded=self.sharded)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, o.warmup_ratio)
         self.step = 0
         self.consumed = 0  # micro-batches of this rank consumed in the current epoch
