@@ -65,10 +65,6 @@ class OptimSection:
     """`optim:` the optimizer (AdamW, or Muon + AdamW), the learning rates and the warm-up + cosine schedule,
     the loss reduction."""
 
-    # "adamw" (the SPHINX-X recipe) or "muon": Muon for the LLM's hidden matrices, AdamW for the rest, at the same
-    # rates (sphinx_x/train/optim.py). Muon lets nano's LLM learn to find an object by what the question names.
-    name: str = "adamw"
-
     # 2e-5 is the SPHINX-X recipe for pretrained backbones (5e-6 for the MoE member). Training the
     # `nano` preset from scratch needs a much larger rate (its config uses 1e-3).
     lr: float = 2e-5
@@ -90,6 +86,10 @@ class OptimSection:
     loss_reduction: str = "token"
     # The fused AdamW kernel (one pass over all tensors; CPU and CUDA). False: torch's default implementation.
     fused: bool = True
+    # The optimizer: "adamw" (the SPHINX-X recipe) or "muon": Muon for the LLM's hidden matrices, AdamW for the
+    # rest, at the same rates (sphinx_x/train/optim.py). Muon lets nano's LLM find an object by what the question
+    # names.
+    name: str = "adamw"
 
 
 @dataclass
