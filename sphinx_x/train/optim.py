@@ -49,15 +49,20 @@ def newton_schulz_fp32(grad: torch.Tensor, ns_coefficients: tuple[float, float, 
     return (x.T if tall else x).to(grad.dtype)
 
 
+def _closure_loss(closure):
+    """torch.optim's convention: re-evaluate the loss with gradients when a closure is given."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class Fp32Muon(torch.optim.Muon):
     """torch.optim.Muon (same arguments, state and update) with the orthogonalisation in fp32."""
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for group in self.param_groups:
             params: list[torch.Tensor] = []
             grads: list[torch.Tensor] = []
@@ -101,10 +106,7 @@ class MuonAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         self.muon.step()
         self.adamw.step()
         return loss
