@@ -120,7 +120,7 @@ def test_trainer_with_muon_orthogonalises_the_llm_matrices(corpus, tmp_path):
     the same matrix moves by lr * sign(grad), whose singular values spread far wider; the projector (AdamW in
     both) moves the same."""
     name = "llm.model.layers.0.self_attn.q_proj.weight"
-    spread, projector = {}, {}
+    after, projector = {}, {}
     for opt_name in ("muon", "adamw"):
         trainer, moved = first_update_with(corpus, tmp_path / opt_name, {"optim.name": opt_name})
         assert isinstance(trainer.optimizer, MuonAdamW) == (opt_name == "muon")
@@ -128,14 +128,15 @@ def test_trainer_with_muon_orthogonalises_the_llm_matrices(corpus, tmp_path):
         # first_update_with reports max |change|; the delta itself is the weight minus its initial value, which
         # the same seed makes identical in both runs: read it from a fresh Trainer's untouched model.
         projector[opt_name] = moved["visual.projector.0.weight"].item()
-        spread[opt_name] = p.detach().clone()
+        after[opt_name] = p.detach().clone()
     from sphinx_x.train.distributed import DistInfo
     from sphinx_x.train.loop import Trainer
 
     cfg = load_train_config(NANO_YAML, fast_overrides(corpus, tmp_path / "init", **{"optim.warmup_ratio": 0}))
     init = dict(Trainer(cfg, DistInfo()).model.named_parameters())[name].detach()
-    for opt_name, after in spread.items():
-        s = torch.linalg.svdvals(after - init)[:32]  # a first step's gradient has few large directions
+    spread = {}
+    for opt_name, weight in after.items():
+        s = torch.linalg.svdvals(weight - init)[:32]  # a first step's gradient has few large directions
         spread[opt_name] = (s.max() / s.min()).item()
     assert spread["muon"] < 2.0
     assert spread["adamw"] > 2 * spread["muon"]
