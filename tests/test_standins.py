@@ -22,7 +22,7 @@ from sphinx_x.standins import (
     read_manifest,
     standins_dir,
 )
-from sphinx_x.standins.build import BuildSettings, build_standins
+from sphinx_x.standins.build import BuildSettings, build_standins, command_line
 from sphinx_x.standins.settings import LlmPretrainConfig
 
 MAX_BYTES = 20 * 10**6  # what the package may ship
@@ -115,14 +115,14 @@ def test_build_writes_a_set_that_loads_like_the_packaged_one(tmp_path, monkeypat
     monkeypatch.setattr(expert_pretrain, "HELD_OUT", 8)  # scenes in the experts' held-out score
 
     out = tmp_path / "standins"
-    settings = BuildSettings(seed=1, expert_steps=1, expert_batch=2, expert_lr=3e-3, expert_scene_weight=0.0,
+    settings = BuildSettings(seed=1, expert_steps=1, expert_batch=2, expert_lr=2e-3, expert_scene_weight=0.0,
                              expert_token_weight=1.0,
                              llm=LlmPretrainConfig(steps=2, batch_size=2, seed=1, eval_per_kind=2))
     logged = []
     manifest = build_standins(out, settings, log=logged.append)
     assert json.loads(json.dumps(manifest)) == read_manifest(out) and has_standins(out)
     assert manifest["made"]["command"] == "sphinx-x build-standins --out DIR --seed 1 --expert-steps 1 --llm-steps 2" \
-        " --expert-lr 0.003 --expert-scene-weight 0 --expert-token-weight 1 --llm-batch 2"
+        " --expert-lr 0.002 --expert-scene-weight 0 --llm-batch 2"
     assert manifest["scores"]["experts_held_out_shape_accuracy"] == {}  # no scene-level probe was trained
     assert set(manifest["scores"]["experts_held_out_token_accuracy"]) == {"clip_convnext", "dinov2"}
     assert manifest["made"]["llm"]["steps"] == 2 and manifest["made"]["experts"]["steps"] == 1
@@ -137,7 +137,7 @@ def test_build_writes_a_set_that_loads_like_the_packaged_one(tmp_path, monkeypat
     assert all(torch.equal(v, model.llm.state_dict()[k]) for k, v in saved.items())
     card = (out / "MODEL_CARD.md").read_text()
     assert "--expert-steps 1 --llm-steps 2" in card and "2 AdamW steps of 2 samples" in card
-    assert "lr 0.003" in card and "per-token x 1" in card and "scene-level" not in card
+    assert "lr 0.002" in card and "per-token x 1" in card and "scene-level" not in card
 
 
 @pytest.mark.slow
@@ -189,6 +189,16 @@ def test_build_with_experts_from_copies_them_and_says_so(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="sha256 differs"):
         build_standins(tmp_path / "third", BuildSettings(seed=1, experts_from=str(second), llm=llm), log=print)
     assert not (tmp_path / "third").exists()
+
+
+def test_the_command_names_the_experts_settings_when_the_llm_is_copied():
+    """The experts are pretrained in the run even when the LLM comes from --llm-from: their settings stay in it."""
+    assert command_line(BuildSettings(seed=0, expert_steps=5, expert_lr=1e-3, expert_token_weight=0.0,
+                                      llm_from="L")) == \
+        "sphinx-x build-standins --out DIR --seed 0 --expert-steps 5 --expert-lr 0.001 --expert-token-weight 0 " \
+        "--llm-from L"
+    assert command_line(BuildSettings(seed=0, experts_from="E", llm_from="L")) == \
+        "sphinx-x build-standins --out DIR --seed 0 --experts-from E --llm-from L"
 
 
 def test_cli_refuses_outputs_it_did_not_write(tmp_path, capsys):

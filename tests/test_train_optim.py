@@ -112,6 +112,29 @@ def test_muon_needs_llm_matrices_and_the_name_is_checked(corpus, tmp_path):
                                  torch.nn.Parameter(torch.zeros(2, 2)))
     with pytest.raises(ConfigError, match="optim.name must be one of adamw, muon, got 'sgd'"):
         load_train_config(NANO_YAML, fast_overrides(corpus, tmp_path / "bad", **{"optim.name": "sgd"}))
+    with pytest.raises(ConfigError, match="optim.muon_matrices must be one of hidden, attention, got 'mlp'"):
+        load_train_config(NANO_YAML, fast_overrides(corpus, tmp_path / "bad", **{"optim.muon_matrices": "mlp"}))
+
+
+def test_muon_matrices_attention_leaves_the_mlp_to_adamw():
+    """`optim.muon_matrices: attention`: Muon gets the q/k/v/o projections of the LLM's layers, AdamW the MLP."""
+    from sphinx_x.config import LLMConfig
+    from sphinx_x.llm import build_llm
+
+    llm = build_llm(LLMConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
+                              num_kv_heads=2), device=torch.device("cpu"))
+    named = [(f"llm.{n}", p) for n, p in llm.named_parameters()]
+    chosen = {}
+    for matrices in ("hidden", "attention"):
+        opt = build_optimizer("muon", named, [{"params": [p for _, p in named], "lr": 1e-3}], lr=1e-3,
+                              betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, muon_matrices=matrices)
+        ids = {id(p) for g in opt.muon.param_groups for p in g["params"]}
+        chosen[matrices] = sorted(n.split(".layers.0.")[1] for n, p in named if id(p) in ids and ".layers.0." in n)
+    assert chosen["hidden"] == ["mlp.down_proj.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight",
+                                "self_attn.k_proj.weight", "self_attn.o_proj.weight", "self_attn.q_proj.weight",
+                                "self_attn.v_proj.weight"]
+    assert chosen["attention"] == ["self_attn.k_proj.weight", "self_attn.o_proj.weight", "self_attn.q_proj.weight",
+                                   "self_attn.v_proj.weight"]
 
 
 def test_trainer_with_muon_orthogonalises_the_llm_matrices(corpus, tmp_path):

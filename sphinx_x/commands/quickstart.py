@@ -60,16 +60,19 @@ from sphinx_x.fileio import write_atomic
 RECIPE: dict[str, Any] = {
     "model": {"preset": "nano"},
     "data": {"max_len": 512, "num_workers": 1},
-    "optim": {"lr": 1.0e-3, "betas": [0.9, 0.95], "weight_decay": 0.0, "warmup_ratio": 0.03, "grad_clip": 8.0},
+    "optim": {"lr": 1.0e-3, "betas": [0.9, 0.95], "weight_decay": 0.0, "warmup_ratio": 0.03, "grad_clip": 8.0,
+              "name": "muon"},
     "train": {"max_steps": 5000, "global_batch": 8, "micro_batch": 8, "precision": "fp32", "seed": 0,
               "device": "cpu", "cpu_threads": 2},
 }
 TRAIN_SAMPLES = 8000  # distinct training samples (a 10-minute run on the stand-ins sees each about 1.5 times)
 BENCH_ROWS = 520  # synth-bench: 40 rows per task
 # Rates on 2 idle CPU cores (docs/experiments.md, 2026-11-26: 545 expert steps of 64 scenes in 2.5 minutes; 900
-# one-stage steps of 8 samples in 5.0 minutes; the corpus and the rest of a 9.6-minute run in 0.5 minutes).
+# one-stage AdamW steps of 8 samples in 5.0 minutes; the corpus and the rest of a 9.6-minute run in 0.5 minutes).
+# The one-stage rate is for Muon (optim.name muon): its Newton-Schulz step costs a third of AdamW's step rate,
+# measured side by side on one machine (2026-12-03, 2 idle cores: 85 against 127 steps/min), so 180 x 85/127.
 EXPERT_STEPS_PER_MIN = 218.0
-TRAIN_STEPS_PER_MIN = 180.0
+TRAIN_STEPS_PER_MIN = 120.0
 # LLM pretraining (--from-scratch): an estimate from CPU time, not yet measured on idle cores (2026-12-02: 0.8
 # CPU-seconds per step of 16 samples on one thread, on a shared machine).
 LLM_STEPS_PER_MIN = 120.0
@@ -267,7 +270,7 @@ def pretrain_standins(out: Path, plan: Plan, seed: int, progress: bool, phases: 
     `sphinx-x build-standins` does; returns OUT/model.yaml, nano with both."""
     from sphinx_x.config import SphinxXConfig
     from sphinx_x.standins.llm_pretrain import build_nano_llm, pretrain_llm, write_llm_dir
-    from sphinx_x.standins.settings import LlmPretrainConfig
+    from sphinx_x.standins.settings import EXPERT_LR, EXPERT_SCENE_WEIGHT, EXPERT_TOKEN_WEIGHT, LlmPretrainConfig
     from sphinx_x.tokenizer import load_tokenizer
     from sphinx_x.train.expert_pretrain import write_pretrained
 
@@ -276,7 +279,8 @@ def pretrain_standins(out: Path, plan: Plan, seed: int, progress: bool, phases: 
           flush=True)
     t = clock()
     experts, experts_yaml = write_pretrained(nano, out / "experts", steps=plan.expert_steps, seed=seed,
-                                             progress=progress)
+                                             lr=EXPERT_LR, scene_weight=EXPERT_SCENE_WEIGHT,
+                                             token_weight=EXPERT_TOKEN_WEIGHT, progress=progress)
     phases.append(Phase("expert pretraining", f"{experts.steps} of {plan.expert_steps} planned steps", plan.expert_s,
                         clock() - t, experts.steps, plan.expert_steps, EXPERT_STEPS_PER_MIN))
     print("      held-out: " + ", ".join(f"{n} names {100 * a:.0f}% of the objects' shapes"

@@ -56,15 +56,16 @@ def command_line(s: BuildSettings) -> str:
              f"--llm-steps {llm.steps}"]
     if s.experts_from:
         parts = [*parts[:2], f"--experts-from {s.experts_from}", parts[3]]
+    else:  # the experts' settings, also when the LLM is copied
+        for flag, value, default_value in (("--expert-lr", s.expert_lr, EXPERT_LR),
+                                           ("--expert-scene-weight", s.expert_scene_weight, EXPERT_SCENE_WEIGHT),
+                                           ("--expert-token-weight", s.expert_token_weight, EXPERT_TOKEN_WEIGHT),
+                                           ("--expert-ocr-weight", s.expert_ocr_weight, EXPERT_OCR_WEIGHT)):
+            if value != default_value:
+                parts.append(f"{flag} {value:g}")
     if s.llm_from:
         parts = [p for p in parts if not p.startswith("--llm-steps")] + [f"--llm-from {s.llm_from}"]
         return " ".join(parts)
-    for flag, value, default_value in (("--expert-lr", s.expert_lr, EXPERT_LR),
-                                       ("--expert-scene-weight", s.expert_scene_weight, EXPERT_SCENE_WEIGHT),
-                                       ("--expert-token-weight", s.expert_token_weight, EXPERT_TOKEN_WEIGHT),
-                                       ("--expert-ocr-weight", s.expert_ocr_weight, EXPERT_OCR_WEIGHT)):
-        if value != default_value:
-            parts.append(f"{flag} {value:g}")
     for flag, attr in (("--llm-batch", "batch_size"), ("--llm-lr", "lr"), ("--scene-share", "scene_share"),
                        ("--arithmetic-share", "arithmetic_share")):
         if getattr(llm, attr) != getattr(default, attr):

@@ -6,13 +6,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # The defaults build the packaged set (sphinx_x/assets/standins/nano/MODEL_CARD.md).
-EXPERT_STEPS = 1200
+EXPERT_STEPS = 800
 EXPERT_BATCH = 64
-EXPERT_LR = 1e-3
+EXPERT_LR = 3e-3
 # The experts' objectives (sphinx_x/train/expert_pretrain.py): scene-level (a probe on the mean token names
-# each colour's shape) and per-token (every grid token names the colour and shape under it).
+# each colour's shape) and per-token (every grid token names the colour and shape under it). The per-token one
+# gives the LLM tokens that say which shape is where, which Muon's one-stage run needs to find the object a
+# question names (docs/experiments.md, stop 25: with scene-level experts Muon did not help).
 EXPERT_SCENE_WEIGHT = 1.0
-EXPERT_TOKEN_WEIGHT = 0.0
+EXPERT_TOKEN_WEIGHT = 1.0
 # The reading objective (sphinx_x/train/expert_words.py): a grid token names the OCR word on the page.
 EXPERT_OCR_WEIGHT = 0.0
 LLM_STEPS = 800

@@ -11,7 +11,9 @@ embeddings, the head, norms, the projector, image tags and LoRA adapters keep Ad
 AdamW's update RMS (`adjust_lr_fn="match_rms_adamw"`), so one `optim.lr` serves both.
 
 `Fp32Muon` is torch.optim.Muon with the Newton-Schulz iteration in fp32: torch runs it in bf16, which CPUs
-without bf16 units emulate (8 s per step for nano's 28 matrices on one AVX2 core, against ~0.05 s in fp32).
+without bf16 units emulate (8 s per step for nano's 28 matrices on one AVX2 core, against 0.27 s in fp32: 17.7
+GFLOP of matrix products at the core's matmul rate; `optim.muon_matrices: attention` leaves the MLP weights,
+73% of that, to AdamW).
 `MuonAdamW` is one `torch.optim.Optimizer` over both parts, so the LR schedule, gradient clipping and the
 checkpoint code (torch.distributed.checkpoint's full optimizer state) treat it as any optimizer.
 """
@@ -30,10 +32,11 @@ from sphinx_x.train.config import OPTIMIZERS
 MUON_MOMENTUM = 0.95
 
 
-def is_muon_parameter(name: str, param: nn.Parameter) -> bool:
+def is_muon_parameter(name: str, param: nn.Parameter, matrices: str = "hidden") -> bool:
     """A hidden matrix of the LLM: a 2-D weight inside its decoder layers (not embeddings, head, norms,
-    projector, image tags or LoRA adapters)."""
-    return param.ndim == 2 and name.startswith("llm.") and ".layers." in name and "lora_" not in name
+    projector, image tags or LoRA adapters); with `matrices` "attention", only its attention projections."""
+    hidden = param.ndim == 2 and name.startswith("llm.") and ".layers." in name and "lora_" not in name
+    return hidden and (matrices == "hidden" or ".self_attn." in name)
 
 
 def newton_schulz_fp32(grad: torch.Tensor, ns_coefficients: tuple[float, float, float], ns_steps: int,
@@ -115,7 +118,7 @@ class MuonAdamW(torch.optim.Optimizer):
 
 def build_optimizer(name: str, named: list[tuple[str, nn.Parameter]], groups: list[dict[str, Any]], *, lr: float,
                     betas: tuple[float, float], eps: float, weight_decay: float, fused: bool | None = None,
-                    sharded: bool = False) -> torch.optim.Optimizer:
+                    sharded: bool = False, muon_matrices: str = "hidden") -> torch.optim.Optimizer:
     """`name` "adamw": AdamW over `groups` (sphinx_x.train.build.param_groups). "muon": each group split into
     its LLM hidden matrices (Muon, at the group's rate) and the rest (AdamW); not on an FSDP-sharded model."""
     if name == "adamw":
@@ -125,7 +128,7 @@ def build_optimizer(name: str, named: list[tuple[str, nn.Parameter]], groups: li
     if sharded:
         raise ConfigError("optim.name muon does not run under FSDP: Muon orthogonalises each whole matrix and FSDP "
                          "gives every rank a slice of it; use adamw, or one process")
-    muon_ids = {id(p) for n, p in named if is_muon_parameter(n, p)}
+    muon_ids = {id(p) for n, p in named if is_muon_parameter(n, p, muon_matrices)}
     muon_groups, adamw_groups = [], []
     for group in groups:
         for target, keep in ((muon_groups, True), (adamw_groups, False)):
