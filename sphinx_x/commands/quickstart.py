@@ -65,7 +65,7 @@ RECIPE: dict[str, Any] = {
     "train": {"max_steps": 5000, "global_batch": 8, "micro_batch": 8, "precision": "fp32", "seed": 0,
               "device": "cpu", "cpu_threads": 2},
 }
-TRAIN_SAMPLES = 8000  # distinct training samples (a 10-minute run on the stand-ins sees each about 1.5 times)
+TRAIN_SAMPLES = 8000  # distinct training samples (a 10-minute run on the stand-ins sees each about once)
 BENCH_ROWS = 520  # synth-bench: 40 rows per task
 # Rates on 2 idle CPU cores (docs/experiments.md, 2026-11-26: 545 expert steps of 64 scenes in 2.5 minutes; 900
 # one-stage AdamW steps of 8 samples in 5.0 minutes; the corpus and the rest of a 9.6-minute run in 0.5 minutes).
