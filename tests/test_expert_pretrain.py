@@ -167,7 +167,8 @@ def test_reading_objective_trains_word_heads_on_crops_that_widen_to_the_page(tmp
 def test_cli_refuses_no_objective(tmp_path, capsys):
     assert cli_main(["pretrain-experts", "--out", str(tmp_path / "e"), "--scene-weight", "0"]) == 2
     assert "must be >= 0 and not all 0 (--scene-weight, --token-weight, --ocr-weight)" in capsys.readouterr().err
-    assert cli_main(["build-standins", "--out", str(tmp_path / "s"), "--expert-scene-weight", "0"]) == 2
+    assert cli_main(["build-standins", "--out", str(tmp_path / "s"), "--expert-scene-weight", "0",
+                     "--expert-token-weight", "0"]) == 2
     assert "not all 0" in capsys.readouterr().err
     assert cli_main(["pretrain-experts", "--out", str(tmp_path / "e"), "--ocr-weight", "-1"]) == 2
     assert "reading -1" in capsys.readouterr().err
