@@ -24,6 +24,9 @@ def fast_overrides(mix: Path, out: Path, **extra) -> list[str]:
         "train.micro_batch": 2, "train.global_batch": 4, "train.cpu_threads": 1,
         "train.precision": "fp32", "train.peak_flops": 1e10, "optim.lr": 2e-3,
         "output.progress": False, "output.resume": False, "output.save_every": 0,
+        # configs/nano.yaml trains with Muon; these tests check AdamW's mechanics (LoRA, FSDP and the LR scales
+        # take AdamW), and tests/test_train_optim.py passes optim.name=muon where it tests Muon
+        "optim.name": "adamw",
     }  # fmt: skip
     values.update(extra)
     return [f"--{k}={v}" for k, v in values.items()]
