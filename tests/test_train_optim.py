@@ -11,7 +11,7 @@ from test_train import first_update_with
 
 from sphinx_x.config import ConfigError
 from sphinx_x.train.config import load_train_config
-from sphinx_x.train.optim import Fp32Muon, MuonAdamW, build_optimizer, is_muon_parameter
+from sphinx_x.train.optim import Fp32Muon, MuonAdamW, build_optimizer, is_muon_parameter, newton_schulz_fp32
 
 
 def _matrices(seed: int) -> list[torch.nn.Parameter]:
@@ -137,6 +137,31 @@ def test_muon_matrices_attention_leaves_the_mlp_to_adamw():
                                    "self_attn.v_proj.weight"]
 
 
+def test_muon_lr_scale_and_ns_steps(corpus, tmp_path):
+    """`optim.muon_lr_scale` moves only the Muon matrices' rate (a scheduler keeps the ratio);
+    `optim.muon_ns_steps` reaches the Newton-Schulz iteration; both are config-checked."""
+    torch.manual_seed(0)
+    model = _Toy()
+    named = list(model.named_parameters())
+    opt = build_optimizer("muon", named, [{"params": [p for _, p in named], "lr": 0.01}], lr=0.01, betas=(0.9, 0.95),
+                          eps=1e-8, weight_decay=0.0, muon_lr_scale=3.0, muon_ns_steps=2)
+    assert opt.muon.param_groups[0]["lr"] == pytest.approx(0.03) and opt.adamw.param_groups[0]["lr"] == 0.01
+    assert opt.muon.param_groups[0]["ns_steps"] == 2
+    torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5)
+    assert opt.muon.param_groups[0]["lr"] == pytest.approx(0.015) and opt.adamw.param_groups[0]["lr"] == 0.005
+
+    # Fewer iterations leave the update less orthogonal: its singular values spread more.
+    g = torch.randn(32, 48, generator=torch.Generator().manual_seed(3))
+    spread = {n: (lambda s: float(s.max() / s.min()))(torch.linalg.svdvals(
+        newton_schulz_fp32(g, opt.muon.param_groups[0]["ns_coefficients"], n, 1e-7))) for n in (1, 5)}
+    assert spread[1] > 2 * spread[5]
+
+    for field, value, message in (("muon_lr_scale", 0.0, "optim.muon_lr_scale must be > 0, got 0.0"),
+                                  ("muon_ns_steps", 0, "optim.muon_ns_steps must be >= 1, got 0")):
+        with pytest.raises(ConfigError, match=message):
+            load_train_config(NANO_YAML, fast_overrides(corpus, tmp_path / "bad", **{f"optim.{field}": value}))
+
+
 def test_trainer_with_muon_orthogonalises_the_llm_matrices(corpus, tmp_path):
     """nano's first step under `optim.name: muon`: an LLM hidden matrix moves by a near-orthogonal matrix (the
     top 32 singular values within a factor 2: Newton-Schulz's S' in ~[0.5, 1.5]), while under AdamW
@@ -164,3 +189,10 @@ def test_trainer_with_muon_orthogonalises_the_llm_matrices(corpus, tmp_path):
     assert spread["muon"] < 2.0
     assert spread["adamw"] > 2 * spread["muon"]
     assert projector["muon"] == pytest.approx(projector["adamw"])
+
+    # The Trainer passes optim.muon_lr_scale / muon_ns_steps to the optimizer.
+    cfg = load_train_config(NANO_YAML, fast_overrides(corpus, tmp_path / "scaled", **{
+        "optim.name": "muon", "optim.warmup_ratio": 0, "optim.muon_lr_scale": 2.0, "optim.muon_ns_steps": 3}))
+    opt = Trainer(cfg, DistInfo()).optimizer
+    assert {g["ns_steps"] for g in opt.muon.param_groups} == {3}
+    assert opt.muon.param_groups[0]["lr"] == pytest.approx(2 * opt.adamw.param_groups[0]["lr"])

@@ -95,6 +95,10 @@ class OptimSection:
     # "attention" (q/k/v/o only; the MLP weights keep AdamW). On CPU the Newton-Schulz iteration costs 17.7 GFLOP
     # per nano step for "hidden" and 4.8 for "attention" (the MLP matrices are 73% of it).
     muon_matrices: str = "hidden"
+    # optim.name muon: LR multiplier for the Muon matrices only (AdamW's parameters keep their rates), and the
+    # Newton-Schulz iterations per Muon step (torch's 5; on CPU each costs a fifth of the step's orthogonalisation).
+    muon_lr_scale: float = 1.0
+    muon_ns_steps: int = 5
 
 
 @dataclass
@@ -204,7 +208,9 @@ class TrainConfig:
                               f"got {self.optim.loss_reduction!r}")
         if not 0 <= self.optim.warmup_ratio < 1:
             raise ConfigError(f"optim.warmup_ratio must be in [0, 1), got {self.optim.warmup_ratio}")
-        for name in ("vision_lr_scale", "llm_lr_scale"):
+        if self.optim.muon_ns_steps < 1:
+            raise ConfigError(f"optim.muon_ns_steps must be >= 1, got {self.optim.muon_ns_steps}")
+        for name in ("vision_lr_scale", "llm_lr_scale", "muon_lr_scale"):
             if not getattr(self.optim, name) > 0:
                 raise ConfigError(f"optim.{name} must be > 0, got {getattr(self.optim, name)}")
         if len(self.optim.betas) != 2:

@@ -130,7 +130,8 @@ class Trainer:
         self.optimizer = build_optimizer(o.name, self.named_params,
                                          param_groups(self.named_params, o.lr, o.vision_lr_scale, o.llm_lr_scale),
                                          lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
-                                         fused=fused, sharded=self.sharded, muon_matrices=o.muon_matrices)
+                                         fused=fused, sharded=self.sharded, muon_matrices=o.muon_matrices,
+                                         muon_lr_scale=o.muon_lr_scale, muon_ns_steps=o.muon_ns_steps)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, o.warmup_ratio)
         self.step = 0
         self.consumed = 0  # micro-batches of this rank consumed in the current epoch

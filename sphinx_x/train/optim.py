@@ -91,9 +91,10 @@ class MuonAdamW(torch.optim.Optimizer):
     are disjoint), so `state_dict()` / `load_state_dict()` are torch's, in its standard format."""
 
     def __init__(self, muon_groups: list[dict[str, Any]], adamw_groups: list[dict[str, Any]], *, lr: float,
-                 betas: tuple[float, float], eps: float, weight_decay: float, fused: bool | None = None):
+                 betas: tuple[float, float], eps: float, weight_decay: float, fused: bool | None = None,
+                 ns_steps: int = 5):
         self.muon = Fp32Muon(muon_groups, lr=lr, weight_decay=weight_decay, momentum=MUON_MOMENTUM,
-                             adjust_lr_fn="match_rms_adamw")
+                             ns_steps=ns_steps, adjust_lr_fn="match_rms_adamw")
         self.adamw = torch.optim.AdamW(adamw_groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                        fused=fused)
         super().__init__(self.adamw.param_groups + self.muon.param_groups, defaults={})
@@ -118,9 +119,11 @@ class MuonAdamW(torch.optim.Optimizer):
 
 def build_optimizer(name: str, named: list[tuple[str, nn.Parameter]], groups: list[dict[str, Any]], *, lr: float,
                     betas: tuple[float, float], eps: float, weight_decay: float, fused: bool | None = None,
-                    sharded: bool = False, muon_matrices: str = "hidden") -> torch.optim.Optimizer:
+                    sharded: bool = False, muon_matrices: str = "hidden", muon_lr_scale: float = 1.0,
+                    muon_ns_steps: int = 5) -> torch.optim.Optimizer:
     """`name` "adamw": AdamW over `groups` (sphinx_x.train.build.param_groups). "muon": each group split into
-    its LLM hidden matrices (Muon, at the group's rate) and the rest (AdamW); not on an FSDP-sharded model."""
+    its LLM hidden matrices (Muon, at the group's rate times `muon_lr_scale`) and the rest (AdamW); not on an
+    FSDP-sharded model."""
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused)
     if name != "muon":
@@ -134,8 +137,10 @@ def build_optimizer(name: str, named: list[tuple[str, nn.Parameter]], groups: li
         for target, keep in ((muon_groups, True), (adamw_groups, False)):
             params = [p for p in group["params"] if (id(p) in muon_ids) == keep]
             if params:
-                target.append({**group, "params": params})
+                scale = muon_lr_scale if keep else 1.0
+                target.append({**group, "params": params, "lr": group.get("lr", lr) * scale})
     if not muon_groups:
         raise ConfigError("optim.name muon: the model has no trainable LLM hidden matrices (a frozen or LoRA-only "
                          "LLM); use adamw")
-    return MuonAdamW(muon_groups, adamw_groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused)
+    return MuonAdamW(muon_groups, adamw_groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused,
+                     ns_steps=muon_ns_steps)
