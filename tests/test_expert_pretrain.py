@@ -110,6 +110,51 @@ def test_scene_example_gives_token_labels_for_the_global_view_and_a_sub_image():
         assert named == drawn  # every drawn object covers some patch of the global view, nothing else is named
 
 
+def test_token_boxes_give_each_covered_token_its_objects_box_in_the_views_coordinates():
+    views, _ = scene_example(VISION, seed=3, index=5)
+    g = VISION.feature_grid
+    for e in VISION.experts:
+        for key in (e.name, f"{e.name}.crop"):
+            labels, boxes = views[f"{key}.tokens"], views[f"{key}.boxes"]
+            assert boxes.shape == (g * g, 4)
+            covered = labels[:, 0] < len(COLORS)
+            assert covered.any() and boxes[covered].isfinite().all() and boxes[~covered].isnan().all()
+            for t in covered.nonzero().flatten().tolist():  # the token's patch overlaps its object's box
+                row, col = divmod(t, g)
+                x1, y1, x2, y2 = boxes[t].tolist()
+                assert x1 < (col + 1) / g and x2 > col / g and y1 < (row + 1) / g and y2 > row / g
+            same = labels[covered, 0]  # tokens of one object share one box
+            for c in same.unique().tolist():
+                rows = boxes[labels[:, 0] == c]
+                assert torch.equal(rows, rows[:1].expand_as(rows))
+        # the global view's boxes are canvas-normalised, so a sub-image's are twice as large
+        glob = views[f"{e.name}.boxes"]
+        crop = views[f"{e.name}.crop.boxes"]
+        for c in set(views[f"{e.name}.tokens"][:, 0].tolist()) & set(views[f"{e.name}.crop.tokens"][:, 0].tolist()):
+            if c == len(COLORS):
+                continue
+            b = glob[views[f"{e.name}.tokens"][:, 0] == c][0]
+            k = crop[views[f"{e.name}.crop.tokens"][:, 0] == c][0]
+            assert torch.allclose(k[2:] - k[:2], 2 * (b[2:] - b[:2]), atol=1e-5)
+
+
+def test_box_objective_trains_the_box_heads_and_reports_their_accuracy(tmp_path):
+    from sphinx_x.train.expert_pretrain import box_iou, pretrain_experts
+
+    boxed = pretrain_experts(VISION, tmp_path, steps=2, batch_size=4, seed=0, num_workers=0, token_weight=1.0,
+                             box_weight=1.0)
+    plain = pretrain_experts(VISION, tmp_path / "plain", steps=2, batch_size=4, seed=0, num_workers=0,
+                             token_weight=1.0)
+    assert set(boxed.box_accuracy) == {"clip_convnext", "dinov2"} and plain.box_accuracy == {}
+    assert all(0.0 <= a <= 1.0 for a in boxed.box_accuracy.values())
+    assert boxed.losses[0] > plain.losses[0]  # same init and batch: the box loss is added
+    a = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.2, 0.2]])
+    b = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.25, 0.0, 0.75, 0.5], [0.5, 0.5, 0.6, 0.6]])
+    assert box_iou(a, b).tolist() == pytest.approx([1.0, 1 / 3, 0.0])
+    with pytest.raises(ValueError, match="box_weight"):
+        pretrain_experts(VISION, tmp_path / "x", steps=1, box_weight=-1.0)
+
+
 def test_token_objective_trains_the_per_token_heads(tmp_path):
     from sphinx_x.train.expert_pretrain import pretrain_experts
 
@@ -172,3 +217,6 @@ def test_cli_refuses_no_objective(tmp_path, capsys):
     assert "not all 0" in capsys.readouterr().err
     assert cli_main(["pretrain-experts", "--out", str(tmp_path / "e"), "--ocr-weight", "-1"]) == 2
     assert "reading -1" in capsys.readouterr().err
+    assert cli_main(["pretrain-experts", "--out", str(tmp_path / "e"), "--box-weight", "-1"]) == 2
+    assert "--box-weight must be >= 0, got -1" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()

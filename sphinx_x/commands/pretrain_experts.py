@@ -40,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ocr-weight", type=float, default=0.0,
                    help="weight of the reading objective (a grid token names the word of a synth-bench OCR page; "
                         "crops around the word widen to the whole page over the first half of the run; default 0)")
+    p.add_argument("--box-weight", type=float, default=0.0,
+                   help="weight of the per-token box objective (each grid token covered by an object gives that "
+                        "object's box; default 0)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -60,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"sphinx-x pretrain-experts: error: {e} (--scene-weight, --token-weight, --ocr-weight)", file=sys.stderr)
         return 2
+    if args.box_weight < 0:
+        print(f"sphinx-x pretrain-experts: error: --box-weight must be >= 0, got {args.box_weight:g}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         print(f"sphinx-x pretrain-experts: error: {out}: exists and is not a directory", file=sys.stderr)
@@ -67,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
     result, model_yaml = write_pretrained(
         config, out, steps=args.steps, max_seconds=args.minutes * 60 if args.minutes else None,
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, progress=not args.quiet,
-        token_weight=args.token_weight, scene_weight=args.scene_weight, ocr_weight=args.ocr_weight)
+        token_weight=args.token_weight, scene_weight=args.scene_weight, ocr_weight=args.ocr_weight,
+        box_weight=args.box_weight)
     for name, path in result.paths.items():
         if name in result.accuracy:
             print(f"{name}: {path}  (held-out: names the shape of {100 * result.accuracy[name]:.0f}% of the objects, "
@@ -78,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name}: per-token held-out: names colour and shape under {100 * acc:.0f}% of the object tokens")
     for name, acc in result.word_accuracy.items():
         print(f"{name}: reading held-out: names the word of {100 * acc:.0f}% of the OCR pages (chance 4%)")
+    for name, acc in result.box_accuracy.items():
+        print(f"{name}: per-token box held-out: {100 * acc:.0f}% of the object tokens give their object's box "
+              "at IoU >= 0.5")
     print(f"{result.steps} steps in {result.seconds:.0f} s; model config with these experts frozen: {model_yaml}")
     print(f"next: sphinx-x train configs/nano.yaml --data DATA.yaml --model.preset={model_yaml}")
     return 0

@@ -61,24 +61,41 @@ def token_labels(view: torch.Tensor, shape_of: dict[int, int], grid: int, pad: t
     return torch.stack([colour, shape], dim=1)
 
 
+def token_boxes(labels: torch.Tensor, box_of: dict[int, torch.Tensor], scale: float,
+                offset: tuple[int, int]) -> torch.Tensor:
+    """Per grid token (`token_labels`' rows) the box of the object under it in the view's own coordinates
+    (x1, y1, x2, y2; 0-1 across the view, beyond where the object leaves a sub-image view), NaN on background.
+    `box_of` maps a colour index to the object's canvas-normalised box; a view shows the canvas at `scale` with
+    its top-left cell at `offset` (column, row) in view units: the global view is (1, (0, 0)), sub-image view
+    (i, j) of the 2x2 grid is (2, (j, i))."""
+    nan = torch.full((4,), float("nan"))
+    shift = torch.tensor([offset[0], offset[1], offset[0], offset[1]], dtype=torch.float32)
+    return torch.stack([box_of[int(c)] * scale - shift if int(c) in box_of else nan for c in labels[:, 0]])
+
+
 def scene_example(vision: VisionConfig, seed: int, index: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Scene `index` of stream `seed`: each expert's global view (uint8, 3 x r x r), the scene labels (per
-    colour: none or the shape) and, under "<expert>.tokens", each expert's per-token labels (`token_labels`)."""
+    colour: none or the shape) and, under "<expert>.tokens", each expert's per-token labels (`token_labels`),
+    under "<expert>.boxes" the box of the object under each token (`token_boxes`)."""
     rng = random.Random(seed * 1_000_003 + index)
     scene = make_scene(rng)
     image = render_scene(scene)
     i, j = rng.randrange(2), rng.randrange(2)  # the grid cell a sub-image view would show (2x2 grid)
     colors = list(COLORS)
     shape_of = {colors.index(o.color): SHAPES.index(o.shape) for o in scene.objects}
+    side = max(scene.size)  # the canvas is the image padded to a square at the top left
+    box_of = {colors.index(o.color): torch.tensor(o.box, dtype=torch.float32) / side for o in scene.objects}
     views, pad = {}, tuple(vision.canvas.pad_color)
     for expert in vision.experts:  # the global view only: the whole scene, as the labels describe it
         view = to_uint8_tensor(make_canvas(image, expert.view_size, vision.canvas))
         views[expert.name] = view
-        views[f"{expert.name}.tokens"] = token_labels(view, shape_of, vision.feature_grid, pad)
+        views[f"{expert.name}.tokens"] = labels = token_labels(view, shape_of, vision.feature_grid, pad)
+        views[f"{expert.name}.boxes"] = token_boxes(labels, box_of, 1.0, (0, 0))
         r = expert.view_size  # one sub-image view too: objects at twice the size, as the one-stage model sees them
         crop = to_uint8_tensor(make_canvas(image, 2 * r, vision.canvas))[:, i * r : (i + 1) * r, j * r : (j + 1) * r]
         views[f"{expert.name}.crop"] = crop.contiguous()
-        views[f"{expert.name}.crop.tokens"] = token_labels(crop, shape_of, vision.feature_grid, pad)
+        views[f"{expert.name}.crop.tokens"] = labels = token_labels(crop, shape_of, vision.feature_grid, pad)
+        views[f"{expert.name}.crop.boxes"] = token_boxes(labels, box_of, 2.0, (j, i))
     labels = torch.zeros(NUM_COLORS, dtype=torch.long)
     for c, s in shape_of.items():
         labels[c] = 1 + s
@@ -131,6 +148,25 @@ class TokenHead(nn.Module):
                 + F.cross_entropy(self.shape(grid).flatten(0, 1), labels[..., 1].flatten()))
 
 
+class BoxHead(nn.Module):
+    """Each grid token covered by an object -> that object's box in the view's coordinates (smooth L1), so a
+    token says not only what is under it but how far its object reaches: grounding answers are boxes, and the
+    LLM can then copy the box of the object a question names from any of its tokens."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.linear = nn.Linear(channels, 4)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.linear(tokens[:, 1:])  # token 0 is the view's summary
+
+    def loss(self, tokens: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        covered = ~boxes[..., 0].isnan()
+        if not covered.any():
+            return tokens.sum() * 0.0
+        return F.smooth_l1_loss(self(tokens)[covered], boxes[covered], beta=0.05)
+
+
 class ProbeHead(nn.Module):
     """Mean of an expert's tokens -> per-colour logits over (none, shapes)."""
 
@@ -155,21 +191,27 @@ class PretrainResult:
     token_accuracy: dict[str, float] = dataclasses.field(default_factory=dict)
     # expert name -> held-out share of whole OCR pages whose word the reading head names (only with ocr_weight)
     word_accuracy: dict[str, float] = dataclasses.field(default_factory=dict)
+    # expert name -> held-out share of object-covered grid tokens (global views) whose box head gives a box at
+    # IoU >= 0.5 with their object's (only with box_weight)
+    box_accuracy: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def pretrain_experts(vision: VisionConfig, out: str | Path, *, steps: int = 400, max_seconds: float | None = None,
                      batch_size: int = 64, lr: float = 1e-3, seed: int = 0, device: str = "cpu",
                      num_workers: int = 1, progress: bool = False, token_weight: float = 0.0,
                      scene_weight: float = 1.0, ocr_weight: float = 0.0, ocr_batch: int | None = None,
-                     ocr_curriculum: int | None = None) -> PretrainResult:
+                     ocr_curriculum: int | None = None, box_weight: float = 0.0) -> PretrainResult:
     """Train every expert of `vision` (from its random init, seeded by `seed`) for `steps` steps or until
     `max_seconds`, whichever ends first; write OUT/<expert>.safetensors and return what happened.
     The loss is `scene_weight` x the scene-level objective (`ProbeHead`) + `token_weight` x the per-token one
     (`TokenHead`) + `ocr_weight` x the reading one (`WordHead` on `ocr_batch` word images a step, default half
-    the batch, crops widening over `ocr_curriculum` steps, default half the run); at least one weight must be > 0.
+    the batch, crops widening over `ocr_curriculum` steps, default half the run) + `box_weight` x the per-token box
+    one (`BoxHead`, global and sub-image views); at least one of the first three weights must be > 0.
     Held-out accuracies are reported for the objectives used."""
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
+    if box_weight < 0:
+        raise ValueError(f"box_weight must be >= 0, got {box_weight}")
     check_expert_weights(scene_weight, token_weight, ocr_weight)
     ocr_batch = (ocr_batch or max(1, batch_size // 2)) if ocr_weight > 0 else 0
     ocr_curriculum = ocr_curriculum or max(1, steps // 2)
@@ -180,6 +222,8 @@ def pretrain_experts(vision: VisionConfig, out: str | Path, *, steps: int = 400,
     heads = nn.ModuleDict({e.name: ProbeHead(e.channels) for e in vision.experts})
     token_heads = nn.ModuleDict({e.name: TokenHead(e.channels) for e in vision.experts})
     word_heads = nn.ModuleDict({e.name: WordHead(e.channels) for e in vision.experts})
+    box_heads = nn.ModuleDict({e.name: BoxHead(e.channels) for e in vision.experts})
+    box_heads.to(device)
     experts.to(device).train()
     heads.to(device)
     token_heads.to(device)
@@ -191,6 +235,8 @@ def pretrain_experts(vision: VisionConfig, out: str | Path, *, steps: int = 400,
         params += list(token_heads.parameters())
     if ocr_weight > 0:
         params += list(word_heads.parameters())
+    if box_weight > 0:
+        params += list(box_heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     warmup = max(1, steps // 20)
     loader = DataLoader(SceneStream(vision, batch_size, seed, ocr_batch, ocr_curriculum), batch_size=None,
@@ -207,14 +253,19 @@ def pretrain_experts(vision: VisionConfig, out: str | Path, *, steps: int = 400,
         labels = labels.to(device)
         total = 0.0
         for n in experts:
-            tokens = experts[n](views[n]) if scene_weight > 0 or token_weight > 0 else None  # scenes unused otherwise
+            scenes = scene_weight > 0 or token_weight > 0 or box_weight > 0
+            tokens = experts[n](views[n]) if scenes else None  # scenes unused otherwise
+            crop = experts[n](views[f"{n}.crop"]) if token_weight > 0 or box_weight > 0 else None
             if scene_weight > 0:
                 total = total + scene_weight * F.cross_entropy(heads[n](tokens).flatten(0, 1), labels.flatten())
             if token_weight > 0:
-                crop = experts[n](views[f"{n}.crop"])
                 dense = (token_heads[n].loss(tokens, views[f"{n}.tokens"].to(device))
                          + token_heads[n].loss(crop, views[f"{n}.crop.tokens"].to(device)))
                 total = total + token_weight * dense
+            if box_weight > 0:
+                where = (box_heads[n].loss(tokens, views[f"{n}.boxes"].to(device))
+                         + box_heads[n].loss(crop, views[f"{n}.crop.boxes"].to(device)))
+                total = total + box_weight * where
             if ocr_weight > 0:
                 words = views["word"].to(device)
                 total = total + ocr_weight * word_heads[n].loss(experts[n](views[f"{n}.word"].to(device)), words)
@@ -235,12 +286,13 @@ def pretrain_experts(vision: VisionConfig, out: str | Path, *, steps: int = 400,
     token_accuracy = held_out_token_accuracy(vision, experts, token_heads, seed, device) if token_weight > 0 else {}
     word_accuracy = (held_out_word_accuracy(vision, experts, word_heads, seed, HELD_OUT, device)
                      if ocr_weight > 0 else {})
+    box_accuracy = held_out_box_accuracy(vision, experts, box_heads, seed, device) if box_weight > 0 else {}
     paths = {}
     for name, expert in experts.items():
         paths[name] = out / f"{name}.safetensors"
         trunk = {k: v.detach().cpu().contiguous() for k, v in expert.trunk.state_dict().items()}
         write_atomic(paths[name], save(trunk))  # a reader never sees half a file
-    return PretrainResult(paths, step, seconds, accuracy, losses, token_accuracy, word_accuracy)
+    return PretrainResult(paths, step, seconds, accuracy, losses, token_accuracy, word_accuracy, box_accuracy)
 
 
 @torch.no_grad()
@@ -268,6 +320,30 @@ def held_out_token_accuracy(vision: VisionConfig, experts: nn.ModuleDict, token_
         right = (token_heads[n].colour(grid).argmax(-1) == labels[..., 0]) & (
             token_heads[n].shape(grid).argmax(-1) == labels[..., 1])
         acc[n] = float(right[labels[..., 0] < NUM_COLORS].float().mean())
+    experts.train()
+    return acc
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of matching rows of two (N, 4) x1, y1, x2, y2 box tensors (degenerate predictions score 0)."""
+    w = (torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0])).clamp(min=0)
+    h = (torch.minimum(a[:, 3], b[:, 3]) - torch.maximum(a[:, 1], b[:, 1])).clamp(min=0)
+    area = lambda x: (x[:, 2] - x[:, 0]).clamp(min=0) * (x[:, 3] - x[:, 1]).clamp(min=0)  # noqa: E731
+    inter = w * h
+    return inter / (area(a) + area(b) - inter).clamp(min=1e-9)
+
+
+@torch.no_grad()
+def held_out_box_accuracy(vision: VisionConfig, experts: nn.ModuleDict, box_heads: nn.ModuleDict, seed: int,
+                          device: str) -> dict[str, float]:
+    views, _ = collate([scene_example(vision, seed + 7_919, i) for i in range(HELD_OUT)])
+    experts.eval()
+    acc = {}
+    for n in experts:
+        boxes = views[f"{n}.boxes"].to(device)
+        covered = ~boxes[..., 0].isnan()
+        pred = box_heads[n](experts[n](views[n].to(device)))
+        acc[n] = float((box_iou(pred[covered], boxes[covered]) >= 0.5).float().mean())
     experts.train()
     return acc
 
