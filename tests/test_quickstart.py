@@ -146,7 +146,10 @@ def test_quickstart_end_to_end(tmp_path, capsys, monkeypatch):
     printed, err = captured.out, captured.err
 
     # the corpus, the model, the evaluation files and the demo drawing
-    assert json.loads((out / "data" / "synth.json").read_text())["sizes"]["train"] == 40
+    sizes = json.loads((out / "data" / "synth.json").read_text())["sizes"]
+    assert sizes["train"] == 40 and sizes["drills"] == qs.ARITHMETIC_DRILLS  # the arithmetic drills by default
+    assert "train/drills.jsonl" in (out / "data" / "train.yaml").read_text()
+    assert f"40 training samples + {qs.ARITHMETIC_DRILLS} arithmetic drills" in printed
     final = out / "train" / "final"
     assert (final / "config.json").is_file()
     # the model started from the packaged stand-ins: their experts kept frozen, their LLM as initialisation

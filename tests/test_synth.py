@@ -250,3 +250,26 @@ def test_training_dialogues_are_dense_and_cannot_be_answered_from_their_own_text
     assert asked_about_named == 0
     assert set(lengths["vqa"]) >= {4, 5, 6} and sum(lengths["vqa"]) / len(lengths["vqa"]) > 4
     assert max(lengths["grounding"]) == 3
+
+
+def test_drills_add_arithmetic_dialogues_to_the_training_mix_only(corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "d"
+    summary = generate_corpus(out, **SIZES, seed=3, drills=5)
+    meta = yaml.safe_load((out / "train.yaml").read_text())["META"]
+    assert [m["path"] for m in meta] == [f"train/{d}.jsonl" for d in DOMAINS] + ["train/drills.jsonl"]
+    assert meta[-1]["type"] == "text"
+    assert "drills" not in (out / "val.yaml").read_text()
+    rows = read_jsonl(out / "train" / "drills.jsonl")
+    assert [r["id"] for r in rows] == [f"drill-{i:06d}" for i in range(5)]
+    for r in rows:
+        assert "image" not in r and 8 <= len(r["conversations"]) <= 16  # 4-8 question/answer pairs
+        for q, a in zip(r["conversations"][::2], r["conversations"][1::2]):
+            x, op, y = re.fullmatch(r"What is (\d+) ([+-]) (\d+)\?", q["value"]).groups()
+            assert int(a["value"]) == (int(x) + int(y) if op == "+" else int(x) - int(y))
+    assert summary["sizes"]["drills"] == 5 and summary["domains"]["train"]["drills"] == 5
+    # everything else is the corpus without drills, byte for byte
+    plain, drilled = tree_hashes(corpus), tree_hashes(out)
+    assert {k: v for k, v in drilled.items() if k not in ("train/drills.jsonl", "train.yaml", "synth.json")} == \
+        {k: v for k, v in plain.items() if k not in ("train.yaml", "synth.json")}
+    with pytest.raises(ValueError, match="--drills must be >= 0"):
+        generate_corpus(tmp_path / "e", 1, 0, 0, drills=-1)

@@ -1,14 +1,15 @@
-"""`sphinx-x quickstart [--out runs/quickstart] [--minutes 10] [--seed 0] [--from-scratch]`: the embedded default
-end to end.
+"""`sphinx-x quickstart [--out runs/quickstart] [--minutes 10] [--seed 0] [--drills 1600] [--from-scratch]`: the
+embedded default end to end.
 
-Generates the synthetic corpus, takes nano's pretrained stand-ins shipped in the package (its two vision
-experts, the stand-ins for the paper's pretrained CLIP and DINOv2, and its LLM, the stand-in for the paper's
-pretrained LLM: sphinx_x/assets/standins/nano, docs/standins.md), trains the `nano` preset on the CPU in one
-stage with those experts frozen and its LLM initialised from the stand-in LLM, evaluates it on synth-bench
-twice, with its images and blind (the question alone), prints the two per-task columns side by side,
-answers a question of the task it scored best on about a synth-bench image it answered right, and ends with
-what each phase ran and how long it took. `--from-scratch` makes the stand-ins in the run instead (`sphinx-x
-pretrain-experts`, then `sphinx-x pretrain-llm`, each for its share of the budget: SCRATCH_*_SHARE below).
+Generates the synthetic corpus (plus `--drills` arithmetic drill dialogues, ARITHMETIC_DRILLS by default), takes
+nano's pretrained stand-ins shipped in the package (its two vision experts, the stand-ins for the paper's
+pretrained CLIP and DINOv2, and its LLM, the stand-in for the paper's pretrained LLM: sphinx_x/assets/standins/nano,
+docs/standins.md), trains the `nano` preset on the CPU in one stage with those experts frozen and its LLM
+initialised from the stand-in LLM, evaluates it on synth-bench twice, with its images and blind (the question
+alone), prints the two per-task columns side by side, answers a question of the task it scored best on about a
+synth-bench image it answered right, and ends with what each phase ran and how long it took. `--from-scratch`
+makes the stand-ins in the run instead (`sphinx-x pretrain-experts`, then `sphinx-x pretrain-llm`, each for its
+share of the budget: SCRATCH_*_SHARE below).
 Everything is written under --out:
 
     OUT/data/              the corpus (`sphinx-x data synth`) and synth-bench (OUT/data/bench.jsonl)
@@ -45,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sphinx_x.commands.argtypes import positive_float, positive_int
+from sphinx_x.commands.argtypes import non_negative_int, positive_float, positive_int
 from sphinx_x.commands.quickstart_eval import (
     BLIND,
     blind_benchmark,
@@ -67,6 +68,9 @@ RECIPE: dict[str, Any] = {
 }
 TRAIN_SAMPLES = 8000  # distinct training samples (a 10-minute run on the stand-ins sees each about once)
 BENCH_ROWS = 520  # synth-bench: 40 rows per task
+# Arithmetic drill dialogues added to the training mix (sphinx_x/data/synth/corpus.py DRILL_TURNS): arithmetic 18 ->
+# 52 over 3 seeds with the visual tasks kept (docs/experiments.md, stop 28). Text only: nothing to the plan's steps.
+ARITHMETIC_DRILLS = 1600
 # Rates on 2 idle CPU cores (docs/experiments.md, 2026-11-26: 545 expert steps of 64 scenes in 2.5 minutes; 900
 # one-stage AdamW steps of 8 samples in 5.0 minutes; the corpus and the rest of a 9.6-minute run in 0.5 minutes).
 # The one-stage rate is for Muon (optim.name muon): its Newton-Schulz step costs a third of AdamW's step rate,
@@ -103,6 +107,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="corpus and training seed (default 0)")
     p.add_argument("--train-samples", type=positive_int, default=TRAIN_SAMPLES,
                    help=f"training samples to generate (default {TRAIN_SAMPLES})")
+    p.add_argument("--drills", type=non_negative_int, default=ARITHMETIC_DRILLS,
+                   help=f"arithmetic drill dialogues added to the training mix (default {ARITHMETIC_DRILLS})")
     p.add_argument("--bench-rows", type=positive_int, default=BENCH_ROWS,
                    help=f"synth-bench rows (default {BENCH_ROWS} = 40 per task)")
     p.add_argument("--max-steps", type=positive_int, default=None,
@@ -357,11 +363,12 @@ def run(args: argparse.Namespace) -> int:
               "reserve; training one step (or the --expert-steps / --llm-steps / --max-steps caps)", file=sys.stderr)
     phases: list[Phase] = []
     corpus = out / "data"
-    print(f"[1/5] generating the synthetic corpus ({args.train_samples} training samples, "
-          f"{args.bench_rows} synth-bench rows) into {corpus}", flush=True)
+    print(f"[1/5] generating the synthetic corpus ({args.train_samples} training samples + {args.drills} arithmetic "
+          f"drills, {args.bench_rows} synth-bench rows) into {corpus}", flush=True)
     t = clock()
     try:
-        generate_corpus(corpus, args.train_samples, 0, args.bench_rows, seed=args.seed, progress=progress)
+        generate_corpus(corpus, args.train_samples, 0, args.bench_rows, seed=args.seed, progress=progress,
+                        drills=args.drills)
     except (FileExistsError, ValueError) as e:
         print(f"sphinx-x quickstart: error: {e}", file=sys.stderr)
         return 2
