@@ -171,6 +171,7 @@ def test_quickstart_end_to_end(tmp_path, capsys, monkeypatch):
     assert f"stand-in experts and LLM: packaged ({standins_dir()})" in summary
     assert "| stand-ins | packaged (nano: experts + LLM, no pretraining) |" in summary
     assert "| one-stage training | 2 of 2 planned steps |" in summary
+    assert f"| corpus | 40 samples + {qs.ARITHMETIC_DRILLS} drills + {len(BENCH_TASKS)} bench rows |" in summary
     assert "warning: this machine was too busy (or slower) for the plan" in err
     assert (out / "summary.md").read_text().startswith(f"stand-in experts and LLM: packaged ({standins_dir()})")
 

@@ -372,8 +372,8 @@ def run(args: argparse.Namespace) -> int:
     except (FileExistsError, ValueError) as e:
         print(f"sphinx-x quickstart: error: {e}", file=sys.stderr)
         return 2
-    phases.append(Phase("corpus", f"{args.train_samples} samples + {args.bench_rows} bench rows", plan.corpus_s,
-                        clock() - t))
+    phases.append(Phase("corpus", f"{args.train_samples} samples + {args.drills} drills + {args.bench_rows} bench rows",
+                        plan.corpus_s, clock() - t))
 
     shutil.rmtree(out / "train", ignore_errors=True)  # a fresh model every time
     model_yaml = (pretrain_standins(out, plan, args.seed, progress, phases) if from_scratch
