@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -309,19 +309,26 @@ def held_out_accuracy(vision: VisionConfig, experts: nn.ModuleDict, heads: nn.Mo
 
 
 @torch.no_grad()
-def held_out_token_accuracy(vision: VisionConfig, experts: nn.ModuleDict, token_heads: nn.ModuleDict, seed: int,
-                            device: str) -> dict[str, float]:
+def _per_expert_held_out(vision: VisionConfig, experts: nn.ModuleDict, seed: int,
+                         score: Callable[[str, dict[str, torch.Tensor]], torch.Tensor]) -> dict[str, float]:
+    """`score(expert name, held-out views)` -> a 0-dim accuracy, per expert, with the experts in eval mode."""
     views, _ = collate([scene_example(vision, seed + 7_919, i) for i in range(HELD_OUT)])
     experts.eval()
-    acc = {}
-    for n in experts:
+    acc = {n: float(score(n, views)) for n in experts}
+    experts.train()
+    return acc
+
+
+def held_out_token_accuracy(vision: VisionConfig, experts: nn.ModuleDict, token_heads: nn.ModuleDict, seed: int,
+                            device: str) -> dict[str, float]:
+    def score(n: str, views: dict[str, torch.Tensor]) -> torch.Tensor:
         grid = experts[n](views[n].to(device))[:, 1:]
         labels = views[f"{n}.tokens"].to(device)
         right = (token_heads[n].colour(grid).argmax(-1) == labels[..., 0]) & (
             token_heads[n].shape(grid).argmax(-1) == labels[..., 1])
-        acc[n] = float(right[labels[..., 0] < NUM_COLORS].float().mean())
-    experts.train()
-    return acc
+        return right[labels[..., 0] < NUM_COLORS].float().mean()
+
+    return _per_expert_held_out(vision, experts, seed, score)
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -333,19 +340,15 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / (area(a) + area(b) - inter).clamp(min=1e-9)
 
 
-@torch.no_grad()
 def held_out_box_accuracy(vision: VisionConfig, experts: nn.ModuleDict, box_heads: nn.ModuleDict, seed: int,
                           device: str) -> dict[str, float]:
-    views, _ = collate([scene_example(vision, seed + 7_919, i) for i in range(HELD_OUT)])
-    experts.eval()
-    acc = {}
-    for n in experts:
+    def score(n: str, views: dict[str, torch.Tensor]) -> torch.Tensor:
         boxes = views[f"{n}.boxes"].to(device)
         covered = ~boxes[..., 0].isnan()
         pred = box_heads[n](experts[n](views[n].to(device)))
-        acc[n] = float((box_iou(pred[covered], boxes[covered]) >= 0.5).float().mean())
-    experts.train()
-    return acc
+        return (box_iou(pred[covered], boxes[covered]) >= 0.5).float().mean()
+
+    return _per_expert_held_out(vision, experts, seed, score)
 
 
 def _trainable(cfg):
