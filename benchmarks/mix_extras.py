@@ -16,9 +16,8 @@ from pathlib import Path
 import yaml
 
 from sphinx_x.data.synth.common import Sample, sample_rng
-from sphinx_x.data.synth.corpus import _conversation_row, encode_png
+from sphinx_x.data.synth.corpus import _conversation_row, drill_sample, encode_png
 from sphinx_x.data.synth.scenes import ask_color, ask_shape, distinct_turns, make_scene, render_scene, revealed
-from sphinx_x.data.synth.text import arithmetic
 
 
 def _scene_turns(scene, rng) -> list[tuple[str, str]]:
@@ -71,8 +70,7 @@ def main(argv=None) -> Path:
         rows = a.corpus / "train" / f"drills{a.drills}.jsonl"
         with rows.open("w") as f:
             for i in range(a.drills):
-                rng = sample_rng(78, "drills", i)
-                s = Sample("text", [arithmetic(rng) for _ in range(rng.randint(4, 8))], None)
+                s = drill_sample(78, i)  # the generator's drills (`sphinx-x data synth --drills`), seed 78
                 f.write(json.dumps(_conversation_row(s, f"drill-{i:06d}", None), sort_keys=True) + "\n")
         meta.append({"path": f"train/drills{a.drills}.jsonl", "type": "text", "root": "."})
     out = a.corpus / f"{a.name}.yaml"
