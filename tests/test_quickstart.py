@@ -56,6 +56,14 @@ def test_plan_spends_the_budget_at_the_idle_rates():
     assert starved.starved and (starved.expert_steps, starved.llm_steps, starved.train_steps) == (1, 1, 1)
 
 
+def test_nano_yaml_by_hand_commands_match_the_quickstart_defaults():
+    """configs/nano.yaml's by-hand commands reproduce the quickstart: its planned steps and its drills."""
+    text = (REPO / "configs" / "nano.yaml").read_text()
+    planned = qs.plan_run(10, qs.TRAIN_SAMPLES, qs.BENCH_ROWS).train_steps
+    assert f"--train.max_steps={planned}\n" in text and f"# ({planned}: the quickstart's plan" in text
+    assert f"--drills {qs.ARITHMETIC_DRILLS}\n" in text
+
+
 def _phases(plan, slowdown):
     return [qs.Phase("corpus", "x", plan.corpus_s, plan.corpus_s * slowdown),
             qs.Phase("expert pretraining", "x", plan.expert_s, plan.expert_s * slowdown, plan.expert_steps,

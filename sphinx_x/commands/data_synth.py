@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="corpus seed (default 0)")
     p.add_argument("--drills", type=non_negative_int, default=0,
                    help="arithmetic drill dialogues (4-8 sums each) added to the training mix (default 0; the "
-                        "quickstart uses 1600)")
+                        "quickstart uses 3200)")
     p.add_argument("--workers", type=positive_int, default=1, help="generator processes (output does not depend on it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -1,4 +1,4 @@
-"""`sphinx-x quickstart [--out runs/quickstart] [--minutes 10] [--seed 0] [--drills 1600] [--from-scratch]`: the
+"""`sphinx-x quickstart [--out runs/quickstart] [--minutes 10] [--seed 0] [--drills 3200] [--from-scratch]`: the
 embedded default end to end.
 
 Generates the synthetic corpus (plus `--drills` arithmetic drill dialogues, ARITHMETIC_DRILLS by default), takes
@@ -68,9 +68,10 @@ RECIPE: dict[str, Any] = {
 }
 TRAIN_SAMPLES = 8000  # distinct training samples (a 10-minute run on the stand-ins sees each about once)
 BENCH_ROWS = 520  # synth-bench: 40 rows per task
-# Arithmetic drill dialogues added to the training mix (sphinx_x/data/synth/corpus.py DRILL_TURNS): arithmetic 18 ->
-# 52 over 3 seeds with the visual tasks kept (docs/experiments.md, stop 28). Text only: nothing to the plan's steps.
-ARITHMETIC_DRILLS = 1600
+# Arithmetic drill dialogues added to the training mix (sphinx_x/data/synth/corpus.py DRILL_TURNS), over 3 seeds at
+# 981 steps: arithmetic 18 -> 52 with 1600, 73 with 3200, the visual tasks inside their spreads (docs/experiments.md,
+# stops 28-29). Text only: nothing to the plan's steps (a text step costs ~0.66x an image step).
+ARITHMETIC_DRILLS = 3200
 # Rates on 2 idle CPU cores (docs/experiments.md, 2026-11-26: 545 expert steps of 64 scenes in 2.5 minutes; 900
 # one-stage AdamW steps of 8 samples in 5.0 minutes; the corpus and the rest of a 9.6-minute run in 0.5 minutes).
 # The one-stage rate is for Muon (optim.name muon): its Newton-Schulz step costs a third of AdamW's step rate,
@@ -81,8 +82,12 @@ TRAIN_STEPS_PER_MIN = 120.0
 # CPU-seconds per step of 16 samples on one thread, on a shared machine).
 LLM_STEPS_PER_MIN = 120.0
 CORPUS_SECONDS_PER_SAMPLE = 0.0025  # 8260 samples in about 20 s
-EVAL_SECONDS_PER_ROW = 0.1  # reserved for the evaluation with images (260 rows took ~6 s on 2 idle cores)
-BLIND_SECONDS_PER_ROW = 0.05  # reserved for the blind evaluation (no vision towers, one token per image less)
+# Reserved for the evaluation with images and the blind one (no vision towers): about twice what they take. 520
+# rows with images and 520 blind took 6 s in every quickstart of 2026-12-04 (0.1 min in the run summary, on cores
+# shared with other runs); 260 rows with images took ~6 s on an AVX2 machine (2026-11-26). The old reserve (0.1 +
+# 0.05 s per row: 78 s) left a minute of the budget unused, ~120 one-stage steps.
+EVAL_SECONDS_PER_ROW = 0.03
+BLIND_SECONDS_PER_ROW = 0.015
 SAVE_RESERVE_S = 10.0  # building and saving the model, the demo answer (its planned time in the summary)
 OVERRUN_WARNING = 1.1  # warn when the run took more than this times its planned time
 # --from-scratch: shares of the training time spent pretraining the experts (capped at EXPERTS_MAX_STEPS steps

@@ -79,8 +79,8 @@ SCHEDULE = _schedule()
 
 # Arithmetic drills (`generate_corpus(drills=N)`): text dialogues of 4-8 synth-bench arithmetic questions, added to
 # the training mix beside the scheduled samples. The text domain's dialogues hold too few sums for nano's LLM to
-# learn them in the quickstart's steps; 1600 drills lift synth-bench arithmetic from 18 to 52 and keep the visual
-# tasks (docs/experiments.md, stop 28).
+# learn them in the quickstart's steps; 1600 drills lift synth-bench arithmetic from 18 to 52, 3200 to 73, and keep
+# the visual tasks (docs/experiments.md, stops 28-29).
 DRILL_TURNS = (4, 8)
 
 
