@@ -83,9 +83,9 @@ TRAIN_STEPS_PER_MIN = 120.0
 LLM_STEPS_PER_MIN = 120.0
 CORPUS_SECONDS_PER_SAMPLE = 0.0025  # 8260 samples in about 20 s
 # Reserved for the evaluation with images and the blind one (no vision towers): about twice what they take. 520
-# rows with images and 520 blind took 6 s in every quickstart of 2026-12-04 (0.1 min in the run summary, on cores
-# shared with other runs); 260 rows with images took ~6 s on an AVX2 machine (2026-11-26). The old reserve (0.1 +
-# 0.05 s per row: 78 s) left a minute of the budget unused, ~120 one-stage steps.
+# rows with images and 520 blind took 0.1 min (the run summary's rounding) in every quickstart of 2026-12-04, idle
+# or on shared cores; 260 rows with images took ~6 s on an AVX2 machine (2026-11-26). The old reserve (0.1 + 0.05 s
+# per row: 78 s) left a minute of the budget unused, ~120 one-stage steps.
 EVAL_SECONDS_PER_ROW = 0.03
 BLIND_SECONDS_PER_ROW = 0.015
 SAVE_RESERVE_S = 10.0  # building and saving the model, the demo answer (its planned time in the summary)
