@@ -77,6 +77,19 @@ def test_warmup_then_cosine_to_zero():
     assert all(a >= b for a, b in zip(values, values[1:]))
 
 
+def test_decay_ratio_holds_the_peak_then_decays_over_the_last_share():
+    f = WarmupCosine(110, 10, decay_ratio=0.2)  # the cosine spans the last 20 of the 100 steps after warm-up
+    assert [f(s) for s in range(3)] == pytest.approx([0.1, 0.2, 0.3])
+    assert [f(s) for s in (10, 50, 90)] == [1.0, 1.0, 1.0]
+    assert f(100) == pytest.approx(0.5) and f(110) == pytest.approx(0.0, abs=1e-12)
+    values = [f(s) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+    cosine, full = WarmupCosine(110, 10), WarmupCosine(110, 10, decay_ratio=1.0)
+    assert [cosine(s) for s in range(120)] == [full(s) for s in range(120)]
+    with pytest.raises(ValueError, match="decay_ratio"):
+        WarmupCosine(110, 10, decay_ratio=0.0)
+
+
 # ---- training --------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_nano_loss_falls_and_outputs_are_written(corpus, tmp_path):
@@ -194,6 +207,20 @@ def test_llm_lr_scale_multiplies_only_the_llms_updates(corpus, tmp_path):
         assert less[name] / base[name] == pytest.approx(1.0, rel=1e-3), name
     with pytest.raises(ConfigError, match="optim.llm_lr_scale must be > 0"):
         load_train_config(NANO_YAML, fast_overrides(corpus, tmp_path / "bad2", **{"optim.llm_lr_scale": -1}))
+
+
+def test_trainer_schedule_follows_optim_decay_ratio(corpus, tmp_path):
+    """`optim.decay_ratio` reaches the Trainer's schedule: the rate holds its peak until the last share of the
+    steps; it is config-checked."""
+    from sphinx_x.train.distributed import DistInfo
+    from sphinx_x.train.loop import Trainer
+
+    cfg = load_train_config(NANO_YAML, fast_overrides(corpus, tmp_path / "wsd", **{
+        "train.max_steps": 100, "optim.warmup_ratio": 0, "optim.decay_ratio": 0.25}))
+    shape = Trainer(cfg, DistInfo()).scheduler.lr_lambdas[0]
+    assert [shape(s) for s in (0, 74, 75)] == [1.0, 1.0, 1.0] and 0 < shape(80) < 1 and shape(100) == 0.0
+    with pytest.raises(ConfigError, match=r"optim.decay_ratio must be in \(0, 1\], got 1.5"):
+        load_train_config(NANO_YAML, fast_overrides(corpus, tmp_path / "bad", **{"optim.decay_ratio": 1.5}))
 
 
 def test_checkpoint_write_is_atomic_and_keeps_last_n(tmp_path, monkeypatch):

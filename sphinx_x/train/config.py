@@ -99,6 +99,9 @@ class OptimSection:
     # Newton-Schulz iterations per Muon step (torch's 5; on CPU each costs a fifth of the step's orthogonalisation).
     muon_lr_scale: float = 1.0
     muon_ns_steps: int = 5
+    # The share of the steps after the warm-up over which the cosine decays to zero; below 1 the rate holds at its
+    # peak until then (warm-up, stable, decay: the schedule Muon runs usually take). 1: SPHINX-X's cosine.
+    decay_ratio: float = 1.0
 
 
 @dataclass
@@ -208,6 +211,8 @@ class TrainConfig:
                               f"got {self.optim.loss_reduction!r}")
         if not 0 <= self.optim.warmup_ratio < 1:
             raise ConfigError(f"optim.warmup_ratio must be in [0, 1), got {self.optim.warmup_ratio}")
+        if not 0 < self.optim.decay_ratio <= 1:
+            raise ConfigError(f"optim.decay_ratio must be in (0, 1], got {self.optim.decay_ratio}")
         if self.optim.muon_ns_steps < 1:
             raise ConfigError(f"optim.muon_ns_steps must be >= 1, got {self.optim.muon_ns_steps}")
         for name in ("vision_lr_scale", "llm_lr_scale", "muon_lr_scale"):

@@ -132,7 +132,7 @@ class Trainer:
                                          lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
                                          fused=fused, sharded=self.sharded, muon_matrices=o.muon_matrices,
                                          muon_lr_scale=o.muon_lr_scale, muon_ns_steps=o.muon_ns_steps)
-        self.scheduler = build_scheduler(self.optimizer, self.total_steps, o.warmup_ratio)
+        self.scheduler = build_scheduler(self.optimizer, self.total_steps, o.warmup_ratio, o.decay_ratio)
         self.step = 0
         self.consumed = 0  # micro-batches of this rank consumed in the current epoch
         self.epoch = 0
