@@ -51,16 +51,21 @@ def test_single_object_answers_match_the_drawing(rung):
             assert _close([v * SIDE for v in parse_box(item.answer)], _bbox(pixels), tol=3)
 
 
-def test_named_shape_colour_is_the_drawn_one():
-    for item in heldout(TASKS[3], 20):
+@pytest.mark.parametrize("rung", [3, 9])
+def test_named_shape_colour_is_the_drawn_one(rung):
+    straddles = 0
+    for item in heldout(TASKS[rung], 20):
+        straddles += any(o.box[0] < SIDE // 2 < o.box[2] or o.box[1] < SIDE // 2 < o.box[3] for o in item.objects)
         shapes = [o.shape for o in item.objects]
         assert 2 <= len(shapes) <= 4 and len(set(shapes)) == len(shapes)
         asked = item.question.removeprefix("What color is the ").removesuffix("?")
         (target,) = [o for o in item.objects if o.shape == asked]
         assert item.answer == target.color
         assert _close(_bbox(_mask(item.image, COLORS[target.color])), target.box)
-        probes = TASKS[3].probes(item)
+        probes = TASKS[rung].probes(item)
         assert sorted(a for _, a in probes) == sorted(o.color for o in item.objects)
+    # rung 3 puts one object in each quadrant (one per sub-image); rung 9 places them anywhere, as synth-bench
+    assert (straddles == 0) if rung == 3 else (straddles >= 5), straddles
 
 
 def test_count_equals_the_objects_drawn():

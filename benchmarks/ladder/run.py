@@ -19,7 +19,8 @@ from .train import RunSpec, run_one
 ROOT = Path(__file__).resolve().parents[2]
 # The controls run beside each rung when --controls is not given (the cheap, telling ones).
 KEY_CONTROLS = {1: ["base", "cnn-ceiling"], 2: ["base", "cnn-ceiling"], 3: ["base", "text", "cnn-ceiling"],
-                4: ["base", "cnn-ceiling"], 5: ["base", "text"], 6: ["base", "text"], 7: ["base"], 8: ["base"]}
+                4: ["base", "cnn-ceiling"], 5: ["base", "text"], 6: ["base", "text"], 7: ["base"], 8: ["base"],
+                9: ["base", "text"]}
 OVERRIDE_SECTIONS = ("--model.", "--optim.")
 
 

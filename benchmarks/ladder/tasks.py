@@ -103,6 +103,21 @@ def make_bind_color(rng: random.Random) -> Item:
     return Item(q, target.color, img, _key(objects, q), objects, target)
 
 
+def make_bind_color_free(rng: random.Random) -> Item:
+    """Rung 3's question on synth-bench's layout: 2-4 objects with distinct shapes and colours placed anywhere
+    (the corpus's `make_scene`), so an object may straddle the sub-images and share a view with others."""
+    for _ in range(50):
+        scene = make_scene(rng, n_objects=rng.choice([2, 3, 4]), size=(SIDE, SIDE))
+        if len(scene.objects) >= 2:
+            break
+    for o, shape in zip(scene.objects, rng.sample(SHAPES, len(scene.objects))):
+        o.shape = shape
+    img = render_scene(scene)
+    target = rng.choice(scene.objects)
+    q = f"What color is the {target.shape}?"
+    return Item(q, target.color, img, _key(scene.objects, q), scene.objects, target)
+
+
 def make_count(rng: random.Random) -> Item:
     """1-6 objects in distinct cells of a 3x3 grid (colours and shapes may repeat)."""
     n = rng.randint(1, 6)
@@ -197,6 +212,9 @@ TASKS: dict[int, Task] = {t.rung: t for t in [
          max_new_tokens=28, probes=_box_probes, describe=lambda it: _scene_words(it, with_boxes=True)),
     Task(7, "word", "transcribe one word (500-word lexicon)", make_word, max_new_tokens=8),
     Task(8, "add", "two-digit addition, text only", make_add, has_image=False),
+    Task(9, "bind-color-free", "colour of the named shape, 2-4 objects placed anywhere", make_bind_color_free,
+         answers=COLOR_NAMES, questions=tuple(f"What color is the {s}?" for s in SHAPES), probes=_color_probes,
+         describe=_scene_words),
 ]}
 
 
