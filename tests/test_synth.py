@@ -106,7 +106,7 @@ def _tight_color_box(img: Image.Image, rgb: tuple[int, int, int]) -> list[int]:
 
 def test_grounding_boxes_match_the_drawn_objects() -> None:
     checked = 0
-    for i in range(80):
+    for i in range(120):
         s = make_sample(1, "train", i)
         if s.domain != "grounding":
             continue
@@ -218,7 +218,7 @@ def test_training_dialogues_are_dense_and_cannot_be_answered_from_their_own_text
     different questions. None may be answerable by copying from earlier turns: a VQA question never asks
     the colour or shape of an object whose colour and shape earlier turns both named, and a grounding
     answer never repeats a box an earlier answer gave."""
-    expected = {"vqa": (2, 6), "grounding": (1, 3), "chart": (2, 3), "text": (3, 5)}
+    expected = {"vqa": (2, 7), "grounding": (1, 3), "chart": (2, 3), "text": (3, 5)}
     lengths: dict[str, list[int]] = {d: [] for d in expected}
     asked_about_named = 0
     for i in range(240):
@@ -250,6 +250,28 @@ def test_training_dialogues_are_dense_and_cannot_be_answered_from_their_own_text
     assert asked_about_named == 0
     assert set(lengths["vqa"]) >= {4, 5, 6} and sum(lengths["vqa"]) / len(lengths["vqa"]) > 4
     assert max(lengths["grounding"]) == 3
+
+
+def test_vqa_dialogues_ask_lookups_first_and_always_count() -> None:
+    """Training VQA dialogues open with questions that must find a named object (colour of a shape, shape of a
+    colour, their multiple-choice form) while one is left to ask about, and every dialogue counts something, so
+    scenes of many objects are counted as often as small ones; scenes hold 1-4 objects, most of them several."""
+    lookup = re.compile(r"What (color is the \w+|shape is the \w+ object)\?")
+    sizes, counted, opened_with_lookup, multi = [], 0, 0, 0
+    for i in range(400):
+        s = make_sample(7, "train", i)
+        if s.domain != "vqa":
+            continue
+        sizes.append(len(s.meta["objects"]))
+        questions = [q for q, _ in s.turns]
+        counted += any(q.startswith("How many") for q in questions)
+        first = next(q for q in questions if not q.startswith("How many"))
+        if len(s.meta["objects"]) >= 2:
+            multi += 1
+            opened_with_lookup += bool(lookup.match(first))
+    assert counted == len(sizes) > 100
+    assert opened_with_lookup == multi > 50
+    assert set(sizes) <= {1, 2, 3, 4} and 1 in sizes and sum(n >= 2 for n in sizes) > 0.75 * len(sizes)
 
 
 def test_drills_add_arithmetic_dialogues_to_the_training_mix_only(corpus: Path, tmp_path: Path) -> None:
