@@ -1,7 +1,8 @@
 """Rebuild the shipped nano tokenizer, `sphinx_x/assets/nano_tokenizer.json`, from the synthetic corpus.
 
 The BPE is trained on the dialogue text of the first `--samples` training samples of the synthetic
-corpus (seed `--seed`), each rendered with the accessory template so the system prompt and the
+corpus (seed `--seed`) as it was when the tokenizer was built (`TOKENIZER_DOMAINS`: VQA at weight 8, without
+lookup questions first), each rendered with the accessory template so the system prompt and the
 " Human:" / " Assistant:" / "\\n###" markers are seen as the model sees them. Deterministic: the same
 arguments give a byte-identical file.
 
@@ -19,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from sphinx_x.constants import IMAGE_PLACEHOLDER
-from sphinx_x.data.synth.corpus import make_sample
+from sphinx_x.data.synth.corpus import tokenizer_sample
 from sphinx_x.data.templates import get_template
 from sphinx_x.tokenizer import NANO_TOKENIZER_PATH, NANO_VOCAB_SIZE, train_nano_bpe
 
@@ -29,7 +30,7 @@ DEFAULT_SAMPLES = 8000
 def corpus_texts(seed: int, samples: int) -> Iterator[str]:
     template = get_template("accessory")
     for index in range(samples):
-        sample = make_sample(seed, "train", index)
+        sample = tokenizer_sample(seed, index)
         messages = []
         for q, a in sample.turns:
             messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]

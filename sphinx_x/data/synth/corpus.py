@@ -23,6 +23,7 @@ import shutil
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -69,15 +70,27 @@ BENCH_TASKS: dict[str, str] = {
 }
 
 
-def _schedule() -> list[str]:
-    """Weighted round robin: the first len(DOMAINS) indices cover every domain once."""
+def _schedule(domains: dict[str, Domain] | None = None) -> list[str]:
+    """Weighted round robin: the first len(domains) indices cover every domain once."""
+    domains = DOMAINS if domains is None else domains
     out = []
-    for r in range(max(d.weight for d in DOMAINS.values())):
-        out += [name for name, d in DOMAINS.items() if d.weight > r]
+    for r in range(max(d.weight for d in domains.values())):
+        out += [name for name, d in domains.items() if d.weight > r]
     return out
 
 
 SCHEDULE = _schedule()
+
+# The training mix as it was when the shipped nano tokenizer was built (VQA at weight 8, dialogues without lookups
+# first): scripts/build_nano_tokenizer.py trains on it, so the tokenizer the stand-in LLM knows stays reproducible.
+TOKENIZER_DOMAINS = {**DOMAINS, "vqa": Domain(partial(generate_vqa, lookups_first=False), "image_text", 8)}
+TOKENIZER_SCHEDULE = _schedule(TOKENIZER_DOMAINS)
+
+
+def tokenizer_sample(seed: int, index: int) -> Sample:
+    """Training sample `index` of the tokenizer's mix (TOKENIZER_DOMAINS)."""
+    domain = TOKENIZER_SCHEDULE[index % len(TOKENIZER_SCHEDULE)]
+    return TOKENIZER_DOMAINS[domain].generate(sample_rng(seed, "train", index), None)
 
 # Arithmetic drills (`generate_corpus(drills=N)`): text dialogues of 4-8 synth-bench arithmetic questions, added to
 # the training mix beside the scheduled samples. The text domain's dialogues hold too few sums for nano's LLM to

@@ -336,8 +336,16 @@ def _scene_sample(domain: str, rng: random.Random, n_objects: int | None = None)
     return Sample(domain, [], img, meta=meta), scene
 
 
-def generate_vqa(rng: random.Random, task: str | None = None) -> Sample:
-    """Training: 4-6 different questions about one scene, lookup questions first. Bench: one question of `task`."""
+def _ask_unnamed(scene: Scene, rng: random.Random, turns: list[tuple[str, str]], name: str) -> tuple[str, str] | None:
+    """A question of kind `name` about an object the dialogue's turns so far have not named."""
+    named = revealed(scene, turns)
+    return VQA_ASKERS[name](scene, rng, [o for o in scene.objects if o not in named])
+
+
+def generate_vqa(rng: random.Random, task: str | None = None, lookups_first: bool = True) -> Sample:
+    """Training: 4-6 different questions about one scene, lookup questions first. Bench: one question of `task`.
+    `lookups_first=False`: the dialogues before that change (any kinds in random order, make_scene's object counts,
+    no added count question), which the shipped nano tokenizer was trained on."""
     if task is not None:
         sample, scene = _scene_sample("vqa", rng)
         asker = VQA_ASKERS[task]
@@ -347,6 +355,14 @@ def generate_vqa(rng: random.Random, task: str | None = None) -> Sample:
             qa = asker(scene, rng)
         sample.turns = [qa]
         sample.bench = {"task": task, "metric": BENCH_METRICS[task], "answer": qa[1]}
+        return sample
+    if not lookups_first:
+        sample, scene = _scene_sample("vqa", rng)
+        names = list(VQA_ASKERS)
+        want = rng.choice(VQA_TURNS)
+        rng.shuffle(names)
+        turns: list[tuple[str, str]] = []
+        sample.turns = distinct_turns((lambda n=n: _ask_unnamed(scene, rng, turns, n) for n in names * 2), want, turns)
         return sample
     sample, scene = _scene_sample("vqa", rng, rng.choice(VQA_SCENE_OBJECTS))
     # Many questions per image: the image costs ~95 tokens of compute whatever the number of turns,
@@ -359,14 +375,10 @@ def generate_vqa(rng: random.Random, task: str | None = None) -> Sample:
     rng.shuffle(names)
     lookups = list(LOOKUP_ASKERS)
     rng.shuffle(lookups)
-    turns: list[tuple[str, str]] = []
-
-    def ask(name: str) -> tuple[str, str] | None:
-        named = revealed(scene, turns)
-        return VQA_ASKERS[name](scene, rng, [o for o in scene.objects if o not in named])
-
+    turns = []
     # Lookup questions first, as long as an object is left to ask about; then rounds of the other kinds.
-    sample.turns = distinct_turns((lambda n=n: ask(n) for n in lookups * 3 + names * 2), want, turns)
+    sample.turns = distinct_turns((lambda n=n: _ask_unnamed(scene, rng, turns, n) for n in lookups * 3 + names * 2),
+                                  want, turns)
     # Every dialogue counts something, at a random place: otherwise scenes of many objects, whose turns the lookups
     # fill, would rarely be counted and the answers would lean to small counts (the model then answers "1").
     if not any(q.startswith("How many") for q, _ in sample.turns):
