@@ -103,13 +103,19 @@ def make_bind_color(rng: random.Random) -> Item:
     return Item(q, target.color, img, _key(objects, q), objects, target)
 
 
-def make_bind_color_free(rng: random.Random) -> Item:
-    """Rung 3's question on synth-bench's layout: 2-4 objects with distinct shapes and colours placed anywhere
-    (the corpus's `make_scene`), so an object may straddle the sub-images and share a view with others."""
+def _scene_of_several(rng: random.Random) -> Scene:
+    """The corpus's `make_scene` on the ladder's square image, redrawn until at least 2 of 2-4 objects fit."""
     for _ in range(50):
         scene = make_scene(rng, n_objects=rng.choice([2, 3, 4]), size=(SIDE, SIDE))
         if len(scene.objects) >= 2:
             break
+    return scene
+
+
+def make_bind_color_free(rng: random.Random) -> Item:
+    """Rung 3's question on synth-bench's layout: 2-4 objects with distinct shapes and colours placed anywhere
+    (the corpus's `make_scene`), so an object may straddle the sub-images and share a view with others."""
+    scene = _scene_of_several(rng)
     for o, shape in zip(scene.objects, rng.sample(SHAPES, len(scene.objects))):
         o.shape = shape
     img = render_scene(scene)
@@ -141,10 +147,7 @@ def make_box(rng: random.Random) -> Item:
 
 def make_bind_box(rng: random.Random) -> Item:
     """2-4 non-overlapping objects (the corpus's `make_scene`); the box of the one named by colour and shape."""
-    for _ in range(50):
-        scene = make_scene(rng, n_objects=rng.choice([2, 3, 4]), size=(SIDE, SIDE))
-        if len(scene.objects) >= 2:
-            break
+    scene = _scene_of_several(rng)
     img = render_scene(scene)
     target = rng.choice(scene.objects)
     q = REC_PROMPT.format(f"the {target.name}")
