@@ -68,6 +68,16 @@ def test_named_shape_colour_is_the_drawn_one(rung):
     assert (straddles == 0) if rung == 3 else (straddles >= 5), straddles
 
 
+def test_named_colour_shape_is_the_drawn_one():
+    for item in heldout(TASKS[10], 20):
+        assert 2 <= len(item.objects) <= 4 and len({o.shape for o in item.objects}) == len(item.objects)
+        asked = item.question.removeprefix("What shape is the ").removesuffix(" object?")
+        (target,) = [o for o in item.objects if o.color == asked]
+        assert item.answer == target.shape
+        assert _close(_bbox(_mask(item.image, COLORS[target.color])), target.box)
+        assert sorted(a for _, a in TASKS[10].probes(item)) == sorted(o.shape for o in item.objects)
+
+
 def test_count_equals_the_objects_drawn():
     counts = set()
     for item in heldout(TASKS[4], 30):

@@ -24,7 +24,7 @@ from torch import nn
 from sphinx_x.canvas import ImageBatch
 from sphinx_x.config import VisionConfig
 
-IMAGE_RUNGS = (1, 2, 3, 4, 5, 6, 7, 9)
+IMAGE_RUNGS = (1, 2, 3, 4, 5, 6, 7, 9, 10)
 
 
 @dataclass(frozen=True)
@@ -123,12 +123,12 @@ class CeilingCNN(nn.Module):
 
 CONTROLS: dict[str, Control] = {c.name: c for c in [
     Control("base", IMAGE_RUNGS + (8,)),
-    Control("text", (1, 2, 3, 4, 5, 6, 9), text_scene=True),
+    Control("text", (1, 2, 3, 4, 5, 6, 9, 10), text_scene=True),
     Control("global", IMAGE_RUNGS, edit_config=_global_only, patch=_no_tags),
     Control("one-expert", IMAGE_RUNGS, edit_config=_convnext_only),
     Control("cnn-embed", IMAGE_RUNGS, patch=_patch_embed),
     Control("frozen-pre", IMAGE_RUNGS, needs_experts=True),
-    Control("oracle", (1, 2, 3, 4, 9), patch=_oracle, oracle=True),
+    Control("oracle", (1, 2, 3, 4, 9, 10), patch=_oracle, oracle=True),
     Control("oracle-embed", (1, 2, 3, 4), patch=_oracle_embed, oracle=True),
     Control("oracle+experts", (1, 2, 3, 4), patch=_oracle_with_experts, oracle=True, needs_experts=True),
     Control("cnn-ceiling", (1, 2, 3, 4), ceiling=True),

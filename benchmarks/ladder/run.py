@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # The controls run beside each rung when --controls is not given (the cheap, telling ones).
 KEY_CONTROLS = {1: ["base", "cnn-ceiling"], 2: ["base", "cnn-ceiling"], 3: ["base", "text", "cnn-ceiling"],
                 4: ["base", "cnn-ceiling"], 5: ["base", "text"], 6: ["base", "text"], 7: ["base"], 8: ["base"],
-                9: ["base", "text"]}
+                9: ["base", "text"], 10: ["base", "text"]}
 OVERRIDE_SECTIONS = ("--model.", "--optim.")
 
 
@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--batch", type=int, default=8, help="samples per step (the nano recipe's global batch)")
     ap.add_argument("--eval-every", type=int, default=50, help="steps between held-out evaluations")
     ap.add_argument("--eval-n", type=int, default=200, help="held-out samples per rung")
-    ap.add_argument("--binding-n", type=int, default=50, help="held-out images probed for binding (rungs 3, 6)")
+    ap.add_argument("--binding-n", type=int, default=50, help="held-out images probed for binding (rungs 3, 6, 9, 10)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--out", default="runs/ladder", help="output folder (runs/*.json, table.md, ladder.png)")
     ap.add_argument("--recipe", default=str(ROOT / "configs" / "nano.yaml"), help="training recipe YAML")
@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--save-llm", default=None, metavar="DIR",
                     help="write each run's trained LLM to DIR/r<rung>-<control>-s<seed>.safetensors")
     ap.add_argument("--dense", type=int, default=1,
-                    help="sequences per training image, each asking about another object (rungs 3, 6); "
+                    help="sequences per training image, each asking about another object (rungs 3, 6, 9, 10); "
                          "--batch counts sequences")
     ap.add_argument("--experts", default=None, help="model.yaml of `sphinx-x pretrain-experts` (frozen-pre control)")
     ap.add_argument("--force", action="store_true", help="rerun runs whose JSON already exists")

@@ -124,6 +124,18 @@ def make_bind_color_free(rng: random.Random) -> Item:
     return Item(q, target.color, img, _key(scene.objects, q), scene.objects, target)
 
 
+def make_bind_shape_free(rng: random.Random) -> Item:
+    """Rung 9 the other way round, as synth-bench's shape question: the shape of the object named by its colour
+    ("What shape is the red object?"), 2-4 objects of distinct shapes and colours placed anywhere."""
+    scene = _scene_of_several(rng)
+    for o, shape in zip(scene.objects, rng.sample(SHAPES, len(scene.objects))):
+        o.shape = shape
+    img = render_scene(scene)
+    target = rng.choice(scene.objects)
+    q = f"What shape is the {target.color} object?"
+    return Item(q, target.shape, img, _key(scene.objects, q), scene.objects, target)
+
+
 def make_count(rng: random.Random) -> Item:
     """1-6 objects in distinct cells of a 3x3 grid (colours and shapes may repeat)."""
     n = rng.randint(1, 6)
@@ -196,6 +208,10 @@ def _color_probes(item: Item) -> list[tuple[str, str]]:
     return [(f"What color is the {o.shape}?", o.color) for o in item.objects]
 
 
+def _shape_probes(item: Item) -> list[tuple[str, str]]:
+    return [(f"What shape is the {o.color} object?", o.shape) for o in item.objects]
+
+
 def _box_probes(item: Item) -> list[tuple[str, str]]:
     return [(REC_PROMPT.format(f"the {o.name}"), box_text((SIDE, SIDE), o.box)) for o in item.objects]
 
@@ -217,6 +233,10 @@ TASKS: dict[int, Task] = {t.rung: t for t in [
     Task(8, "add", "two-digit addition, text only", make_add, has_image=False),
     Task(9, "bind-color-free", "colour of the named shape, 2-4 objects placed anywhere", make_bind_color_free,
          answers=COLOR_NAMES, questions=tuple(f"What color is the {s}?" for s in SHAPES), probes=_color_probes,
+         describe=_scene_words),
+    Task(10, "bind-shape-free", "shape of the object named by colour, 2-4 objects placed anywhere",
+         make_bind_shape_free, answers=tuple(SHAPES),
+         questions=tuple(f"What shape is the {c} object?" for c in COLOR_NAMES), probes=_shape_probes,
          describe=_scene_words),
 ]}
 
