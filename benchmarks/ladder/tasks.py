@@ -112,28 +112,29 @@ def _scene_of_several(rng: random.Random) -> Scene:
     return scene
 
 
-def make_bind_color_free(rng: random.Random) -> Item:
-    """Rung 3's question on synth-bench's layout: 2-4 objects with distinct shapes and colours placed anywhere
-    (the corpus's `make_scene`), so an object may straddle the sub-images and share a view with others."""
+def _distinct_free_pick(rng: random.Random) -> tuple[Image.Image, list[Obj], Obj]:
+    """2-4 objects of distinct shapes and colours placed anywhere (the corpus's `make_scene`), so an object may
+    straddle the sub-images and share a view with others; the image, its objects and the one asked about."""
     scene = _scene_of_several(rng)
     for o, shape in zip(scene.objects, rng.sample(SHAPES, len(scene.objects))):
         o.shape = shape
     img = render_scene(scene)
-    target = rng.choice(scene.objects)
+    return img, scene.objects, rng.choice(scene.objects)
+
+
+def make_bind_color_free(rng: random.Random) -> Item:
+    """Rung 3's question on synth-bench's layout (`_distinct_free_pick`)."""
+    img, objects, target = _distinct_free_pick(rng)
     q = f"What color is the {target.shape}?"
-    return Item(q, target.color, img, _key(scene.objects, q), scene.objects, target)
+    return Item(q, target.color, img, _key(objects, q), objects, target)
 
 
 def make_bind_shape_free(rng: random.Random) -> Item:
     """Rung 9 the other way round, as synth-bench's shape question: the shape of the object named by its colour
-    ("What shape is the red object?"), 2-4 objects of distinct shapes and colours placed anywhere."""
-    scene = _scene_of_several(rng)
-    for o, shape in zip(scene.objects, rng.sample(SHAPES, len(scene.objects))):
-        o.shape = shape
-    img = render_scene(scene)
-    target = rng.choice(scene.objects)
+    ("What shape is the red object?"), on the same layouts."""
+    img, objects, target = _distinct_free_pick(rng)
     q = f"What shape is the {target.color} object?"
-    return Item(q, target.shape, img, _key(scene.objects, q), scene.objects, target)
+    return Item(q, target.shape, img, _key(objects, q), objects, target)
 
 
 def make_count(rng: random.Random) -> Item:
