@@ -242,3 +242,46 @@ def test_dense_sequences_ask_about_different_objects():
     assert len({q for _, q, _ in seqs[:n]}) == n  # every object once before any repeats
     colour_of = {o.shape: o.color for o in item.objects}
     assert all(a == colour_of[q.split()[-1].rstrip("?")] for _, q, a in seqs)
+
+
+def test_attention_regions_tile_each_view_and_find_an_objects_tokens():
+    from ladder.attention import grid_regions, object_tokens
+
+    from sphinx_x.config import SphinxXConfig
+    from sphinx_x.data.synth.scenes import Obj
+
+    vision = SphinxXConfig.from_name("nano").vision
+    regions = grid_regions(vision)
+    g, per_view = vision.feature_grid, vision.feature_grid ** 2 + 3  # [start] summary grid [end]
+    assert len(regions) == 5 * per_view
+    for v, (x0, y0, side) in enumerate([(0, 0, 1), (0, 0, .5), (.5, 0, .5), (0, .5, .5), (.5, .5, .5)]):
+        view = regions[v * per_view:(v + 1) * per_view]
+        assert view[0] is None and view[1] == "summary" and view[-1] is None
+        cells = view[2:-1]
+        assert sum((r[2] - r[0]) * (r[3] - r[1]) for r in cells) == pytest.approx(side * side)
+        assert cells[0][:2] == pytest.approx((x0, y0)) and cells[-1][2:] == pytest.approx((x0 + side, y0 + side))
+    # the top-left quadrant: 2x2 tokens of the global view and all of the first sub-image's, nothing else
+    hits = object_tokens(regions, Obj("red", "square", (0, 0, SIDE // 2, SIDE // 2)).box)
+    assert hits == [2, 3, 6, 7] + list(range(per_view + 2, per_view + 2 + g * g))
+
+
+def test_attention_from_the_key_word_of_an_untrained_model(nano_model_dir):
+    from ladder.attention import lookup_attention, query_position
+    from ladder.train import Encoder
+
+    from sphinx_x.constants import IMAGE_TOKEN_ID
+    from sphinx_x.model import SphinxX
+
+    model = SphinxX.from_pretrained(nano_model_dir)
+    task = TASKS[10]
+    items = heldout(task, 6)
+    ids = Encoder(model, task, False).prompt(items[0]).input_ids
+    key = query_position(model, task, items[0], ids, "key")
+    assert items[0].target.color.startswith(model.tokenizer.decode([ids[key]]).strip())
+    assert key > ids.index(IMAGE_TOKEN_ID) and query_position(model, task, items[0], ids, "last") == len(ids) - 1
+    res = lookup_attention(model, task, items, "key")
+    assert res.share.shape == (model.config.llm.num_layers, model.config.llm.num_heads)
+    assert ((res.target + res.other) <= 1 + 1e-6).all() and (res.target > 0).all()
+    assert 0.2 < res.chance < 0.8 and res.items == 6
+    # untrained: no head singles out the named object
+    assert np.abs(res.share.mean() - res.chance) < 0.15
