@@ -39,7 +39,7 @@ def grid_regions(vision: VisionConfig) -> list[Region | str | None]:
     the view tags."""
     if any(e.own_projector for e in vision.experts):
         raise ValueError("grid_regions: experts with their own projector add token blocks this map does not know")
-    g, grid = vision.feature_grid, max(vision.canvas.grid, 0)
+    g, grid = vision.feature_grid, vision.canvas.grid
     views = [(0.0, 0.0, 1.0)] + [((c % grid) / grid, (c // grid) / grid, 1 / grid) for c in range(grid * grid)]
     out: list[Region | str | None] = []
     for ox, oy, side in views:
