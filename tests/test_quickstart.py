@@ -13,6 +13,7 @@ from sphinx_x.cli import main as cli_main
 from sphinx_x.commands import quickstart as qs
 from sphinx_x.commands.quickstart import RECIPE, train_config
 from sphinx_x.data.synth import BENCH_TASKS
+from sphinx_x.standins.settings import WARMUP_STEPS, WARMUP_TEXT_STEPS
 from sphinx_x.train.config import load_train_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,11 +48,15 @@ def test_plan_spends_the_budget_at_the_idle_rates():
     # --from-scratch: the experts and the LLM get their shares first
     scratch = qs.plan_run(10, 8000, 520, from_scratch=True)
     assert scratch.total_s == pytest.approx(600, abs=1.5) and scratch.from_scratch and not scratch.starved
-    spent = scratch.expert_s + scratch.llm_s + scratch.train_s
+    spent = scratch.expert_s + scratch.llm_s + scratch.warmup_s + scratch.train_s
     assert scratch.expert_s / spent == pytest.approx(qs.SCRATCH_EXPERTS_SHARE, abs=0.01)
     assert scratch.llm_s / spent == pytest.approx(qs.SCRATCH_LLM_SHARE, abs=0.01)
-    capped = qs.plan_run(10, 8000, 520, expert_cap=3, train_cap=5, from_scratch=True, llm_cap=4)
-    assert (capped.expert_steps, capped.llm_steps, capped.train_steps) == (3, 4, 5)
+    assert scratch.warmup_s / spent == pytest.approx(qs.SCRATCH_WARMUP_SHARE, abs=0.01)
+    assert scratch.warmup_steps > 0  # its text steps in the packaged set's ratio
+    assert scratch.warmup_text_steps == scratch.warmup_steps * WARMUP_TEXT_STEPS // WARMUP_STEPS
+    capped = qs.plan_run(10, 8000, 520, expert_cap=3, train_cap=5, from_scratch=True, llm_cap=4, warmup_cap=6)
+    assert (capped.expert_steps, capped.llm_steps, capped.train_steps, capped.warmup_steps) == (3, 4, 5, 6)
+    assert qs.plan_run(10, 8000, 520, from_scratch=True, warmup_cap=0).warmup_steps == 0
     starved = qs.plan_run(0.1, 8000, 520, from_scratch=True)
     assert starved.starved and (starved.expert_steps, starved.llm_steps, starved.train_steps) == (1, 1, 1)
 
@@ -279,13 +284,18 @@ def test_quickstart_from_scratch_pretrains_the_standins_itself(tmp_path, capsys,
     out = tmp_path / "qs"
     rc = cli_main(["quickstart", "--out", str(out), "--minutes", "0.5", "--train-samples", "30",
                    "--bench-rows", str(len(BENCH_TASKS)), "--max-steps", "2", "--expert-steps", "3",
-                   "--llm-steps", "2", "--from-scratch", "--quiet"])
+                   "--llm-steps", "2", "--warmup-steps", "2", "--from-scratch", "--quiet"])
     assert rc == 0
     captured = capsys.readouterr()
     printed, err = captured.out, captured.err
-    assert "plan for --minutes 0.5 on 2 idle CPU cores: 3 expert and 2 LLM pretraining steps, 2 one-stage" in printed
+    assert "plan for --minutes 0.5 on 2 idle CPU cores: 3 expert and 2 LLM pretraining steps, 2 lookup warm-up and " \
+        f"{2 * WARMUP_TEXT_STEPS // WARMUP_STEPS} text steps, 2 one-stage" in printed
     assert "[2/5] pretraining nano's vision experts" in printed and "[2/5] pretraining nano's LLM" in printed
-    assert read_summary(out / "llm")["steps"] == 2
+    assert "[2/5] nano's LLM: lookup warm-up on single colour / shape questions, 2 one-stage steps" in printed
+    assert "held-out lookups right: shape " in printed
+    llm_summary = read_summary(out / "llm")  # text pretraining, then the warm-up, then 1 text step
+    assert llm_summary["text_pretraining"]["steps"] == 2 and llm_summary["lookup_warmup"]["steps"] == 2
+    assert llm_summary["steps"] == 2 * WARMUP_TEXT_STEPS // WARMUP_STEPS
     model = SphinxX.from_pretrained(out / "train" / "final")
     _assert_started_from(model, {n: out / "experts" / f"{n}.safetensors" for n in model.visual.experts},
                          out / "llm", 2)
@@ -293,4 +303,6 @@ def test_quickstart_from_scratch_pretrains_the_standins_itself(tmp_path, capsys,
     assert "stand-in experts and LLM: pretrained in this run (--from-scratch)" in summary
     assert "| expert pretraining | 3 of 3 planned steps |" in summary
     assert "| LLM pretraining | 2 of 2 planned steps |" in summary
+    text_steps = 2 * WARMUP_TEXT_STEPS // WARMUP_STEPS
+    assert f"| LLM lookup warm-up | 2 of 2 planned steps + {text_steps} text steps |" in summary
     assert "note: expert pretraining ran" in err  # the early note, before the LLM and one-stage training

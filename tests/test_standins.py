@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -23,10 +24,11 @@ from sphinx_x.standins import (
     standins_dir,
 )
 from sphinx_x.standins.build import BuildSettings, build_standins, command_line
-from sphinx_x.standins.settings import LlmPretrainConfig
+from sphinx_x.standins.settings import LlmPretrainConfig, LookupWarmupConfig
 
 MAX_BYTES = 20 * 10**6  # what the package may ship
 NANO = SphinxXConfig.from_name("nano")
+NO_WARMUP = LookupWarmupConfig(steps=0)  # sets built without the LLM's lookup warm-up (tests/test_lookup_warmup.py)
 
 
 def _safetensors_shapes(path) -> dict[str, tuple[int, ...]]:
@@ -117,18 +119,31 @@ def test_build_writes_a_set_that_loads_like_the_packaged_one(tmp_path, monkeypat
     out = tmp_path / "standins"
     settings = BuildSettings(seed=1, expert_steps=1, expert_batch=2, expert_lr=2e-3, expert_scene_weight=0.0,
                              expert_token_weight=1.0,
-                             llm=LlmPretrainConfig(steps=2, batch_size=2, seed=1, eval_per_kind=2))
+                             llm=LlmPretrainConfig(steps=2, batch_size=2, seed=1, eval_per_kind=2),
+                             warmup=LookupWarmupConfig(steps=2, samples=8, text_steps=1, seed=1, eval_per_kind=2))
     logged = []
     manifest = build_standins(out, settings, log=logged.append)
     assert json.loads(json.dumps(manifest)) == read_manifest(out) and has_standins(out)
     assert manifest["made"]["command"] == "sphinx-x build-standins --out DIR --seed 1 --expert-steps 1 --llm-steps 2" \
-        " --expert-lr 0.002 --expert-scene-weight 0 --llm-batch 2"
+        " --expert-lr 0.002 --expert-scene-weight 0 --llm-batch 2 --warmup-steps 2 --warmup-samples 8" \
+        " --warmup-text-steps 1"
     assert manifest["scores"]["experts_held_out_shape_accuracy"] == {}  # no scene-level probe was trained
     assert set(manifest["scores"]["experts_held_out_token_accuracy"]) == {"clip_convnext", "dinov2"}
     assert manifest["made"]["llm"]["steps"] == 2 and manifest["made"]["experts"]["steps"] == 1
     assert set(manifest["scores"]["llm_held_out_answer_accuracy"]) == {"text", "arithmetic", "scene"}
     assert not any(out.parent.glob(".tmp-*"))  # written atomically, nothing left behind
-    assert any("[2/2] pretraining nano's LLM" in line for line in logged)
+    assert any("[2/3] pretraining nano's LLM" in line for line in logged)
+    # the LLM's lookup warm-up ran after its text pretraining, and the set records it
+    assert any("[3/3] nano's LLM: lookup warm-up (2 one-stage steps on 8 single shape / color" in line
+               for line in logged)
+    warm = manifest["made"]["llm"]["lookup_warmup"]
+    assert (warm["steps"], warm["samples"], warm["text_steps"], warm["kinds"]) == (2, 8, 1, ["shape", "color"])
+    assert set(manifest["scores"]["llm_lookup_warmup_accuracy"]) == {"shape", "color"}
+    assert set(manifest["scores"]["llm_text_pretraining_answer_accuracy"]) == {"text", "arithmetic", "scene"}
+    summary = json.loads((out / "llm" / "pretrain_llm.json").read_text())
+    assert summary["lookup_warmup"]["steps"] == 2 and summary["text_pretraining"]["steps"] == 2
+    assert summary["steps"] == 1  # the text steps after the warm-up
+    assert not any(out.parent.glob(".warmup-*"))  # its work folder (corpus, throw-away model) is removed
     model = SphinxX(model_config(out))
     for e in model.visual.experts.values():
         saved = load_file(str(out / "experts" / f"{e.cfg.name}.safetensors"))
@@ -138,6 +153,20 @@ def test_build_writes_a_set_that_loads_like_the_packaged_one(tmp_path, monkeypat
     card = (out / "MODEL_CARD.md").read_text()
     assert "--expert-steps 1 --llm-steps 2" in card and "2 AdamW steps of 2 samples" in card
     assert "lr 0.002" in card and "per-token x 1" in card and "scene-level" not in card
+    assert "LLM lookup warm-up, after the text pretraining" in card and "2 steps on 8 single questions" in card
+    assert "| LLM after its lookup warm-up (with the warm-up's own projector) | shape of the object" in card
+
+    # the warm-up changed the LLM: the same set without it has the same experts and a different LLM
+    plain = build_standins(tmp_path / "plain", dataclasses.replace(settings, warmup=NO_WARMUP),
+                           log=lambda m: None)
+    assert "lookup_warmup" not in plain["made"]["llm"] and "--warmup-steps 0" in plain["made"]["command"]
+    assert "llm_lookup_warmup_accuracy" not in plain["scores"]
+    for rel in manifest["experts"].values():
+        assert plain["files"][rel]["sha256"] == manifest["files"][rel]["sha256"]
+    assert plain["files"]["llm/model.safetensors"]["sha256"] != manifest["files"]["llm/model.safetensors"]["sha256"]
+    # a warmed LLM is not a `pretrain-llm` output: --llm-from refuses it
+    with pytest.raises(ValueError, match="has had its lookup warm-up already"):
+        build_standins(tmp_path / "again", BuildSettings(seed=1, llm_from=str(out / "llm")), log=print)
 
 
 @pytest.mark.slow
@@ -147,10 +176,12 @@ def test_build_with_experts_from_copies_them_and_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(expert_pretrain, "HELD_OUT", 8)
     first = tmp_path / "first"
     llm = LlmPretrainConfig(steps=1, batch_size=2, seed=1, eval_per_kind=2)
-    made = build_standins(first, BuildSettings(seed=1, expert_steps=1, expert_batch=2, llm=llm), log=lambda m: None)
+    made = build_standins(first, BuildSettings(seed=1, expert_steps=1, expert_batch=2, llm=llm, warmup=NO_WARMUP),
+                          log=lambda m: None)
     second = tmp_path / "second"
     logged = []
-    manifest = build_standins(second, BuildSettings(seed=1, experts_from=str(first), llm=llm), log=logged.append)
+    manifest = build_standins(second, BuildSettings(seed=1, experts_from=str(first), llm=llm, warmup=NO_WARMUP),
+                              log=logged.append)
     for name, rel in made["experts"].items():
         assert (second / rel).read_bytes() == (first / rel).read_bytes(), name
         assert manifest["files"][rel] == made["files"][rel]
@@ -164,7 +195,8 @@ def test_build_with_experts_from_copies_them_and_says_so(tmp_path, monkeypatch):
     card = (second / "MODEL_CARD.md").read_text()
     assert "copied from an earlier set" in card and manifest["made"]["rebuild_command"] in card
     # the set may rebuild its own LLM in place; a tampered expert file is refused
-    build_standins(second, BuildSettings(seed=1, experts_from=str(second), llm=llm), log=lambda m: None)
+    build_standins(second, BuildSettings(seed=1, experts_from=str(second), llm=llm, warmup=NO_WARMUP),
+                   log=lambda m: None)
     assert (second / made["experts"]["dinov2"]).read_bytes() == (first / made["experts"]["dinov2"]).read_bytes()
     # an LLM made alone by pretrain-llm is copied with the settings its summary records
     from sphinx_x.standins.llm_pretrain import build_nano_llm, pretrain_llm, write_llm_dir
@@ -173,21 +205,22 @@ def test_build_with_experts_from_copies_them_and_says_so(tmp_path, monkeypatch):
     alone_cfg = LlmPretrainConfig(steps=1, batch_size=2, seed=1, eval_per_kind=2, arithmetic_share=0.25)
     tok, llm_alone = load_tokenizer("nano"), build_nano_llm("nano", seed=1)
     write_llm_dir(llm_alone, tok, tmp_path / "llm-alone", alone_cfg, pretrain_llm(llm_alone, tok, alone_cfg))
-    both = build_standins(tmp_path / "both", BuildSettings(seed=1, experts_from=str(first),
+    both = build_standins(tmp_path / "both", BuildSettings(seed=1, experts_from=str(first), warmup=NO_WARMUP,
                                                           llm_from=str(tmp_path / "llm-alone")), log=lambda m: None)
     assert (tmp_path / "both" / "llm" / "model.safetensors").read_bytes() == \
         (tmp_path / "llm-alone" / "model.safetensors").read_bytes()
     assert both["made"]["llm"]["arithmetic_share"] == 0.25 and both["made"]["llm"]["steps"] == 1
     with pytest.raises(ValueError, match="pretrained with seed 1, the set's seed is 0"):
         build_standins(tmp_path / "x", BuildSettings(seed=0, llm_from=str(tmp_path / "llm-alone")), log=print)
-    assert both["made"]["command"].endswith(f"--llm-from {tmp_path / 'llm-alone'}")
+    assert both["made"]["command"].endswith(f"--llm-from {tmp_path / 'llm-alone'} --warmup-steps 0")
     assert "--llm-steps 1" in both["made"]["rebuild_command"] and "--arithmetic-share 0.25" in \
         both["made"]["rebuild_command"] and "-from" not in both["made"]["rebuild_command"]
     assert "`sphinx-x pretrain-llm --out DIR --seed 1 --steps 1 --batch 2 --lr 0.001 --arithmetic-share 0.25 " \
         "--scene-share 0`, and copied in (`--llm-from`)" in (tmp_path / "both" / "MODEL_CARD.md").read_text()
     (second / made["experts"]["dinov2"]).write_bytes(b"not the listed bytes")
     with pytest.raises(ValueError, match="sha256 differs"):
-        build_standins(tmp_path / "third", BuildSettings(seed=1, experts_from=str(second), llm=llm), log=print)
+        build_standins(tmp_path / "third", BuildSettings(seed=1, experts_from=str(second), llm=llm,
+                                                         warmup=NO_WARMUP), log=print)
     assert not (tmp_path / "third").exists()
 
 
@@ -199,6 +232,13 @@ def test_the_command_names_the_experts_settings_when_the_llm_is_copied():
         "--llm-from L"
     assert command_line(BuildSettings(seed=0, experts_from="E", llm_from="L")) == \
         "sphinx-x build-standins --out DIR --seed 0 --experts-from E --llm-from L"
+    # the warm-up's settings: named when they differ from the defaults, its text steps only when it runs
+    assert command_line(BuildSettings(seed=0, experts_from="E", llm_from="L",
+                                      warmup=LookupWarmupConfig(steps=0, text_steps=5))).endswith(
+        "--llm-from L --warmup-steps 0")
+    assert command_line(BuildSettings(seed=0, experts_from="E", llm_from="L",
+                                      warmup=LookupWarmupConfig(samples=9, text_steps=5))).endswith(
+        "--llm-from L --warmup-samples 9 --warmup-text-steps 5")
 
 
 def test_cli_refuses_outputs_it_did_not_write(tmp_path, capsys):

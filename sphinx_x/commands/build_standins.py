@@ -1,7 +1,9 @@
 """`sphinx-x build-standins --out DIR [--seed 0] [--expert-steps N] [--llm-steps M]`: nano's pretrained stand-ins
 from nothing.
 
-Runs `pretrain-experts` then `pretrain-llm` with fixed seeds (sphinx_x/standins/build.py) and writes, atomically,
+Runs `pretrain-experts`, then `pretrain-llm`, then the LLM's lookup warm-up (single colour / shape questions with
+the new experts frozen, then text again: sphinx_x/standins/lookup_warmup.py) with fixed seeds
+(sphinx_x/standins/build.py) and writes, atomically,
 
     DIR/experts/<expert>.safetensors   the vision experts' trunks
     DIR/llm/                           the LLM (a transformers model directory)
@@ -20,7 +22,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sphinx_x.commands.argtypes import positive_float, positive_int
+from sphinx_x.commands.argtypes import non_negative_int, positive_float, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,6 +52,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"share of the LLM's draws that are slot scenes (default {d.scene_share:g})")
     p.add_argument("--arithmetic-share", type=float, default=d.arithmetic_share,
                    help=f"share of the LLM's draws that are arithmetic drills (default {d.arithmetic_share:g})")
+    w = defaults.LookupWarmupConfig()
+    p.add_argument("--warmup-steps", type=non_negative_int, default=w.steps,
+                   help=f"the LLM's lookup warm-up after text pretraining: one-stage steps of 8 single colour / shape "
+                        f"questions, experts frozen (default {w.steps}; 0: no warm-up)")
+    p.add_argument("--warmup-samples", type=positive_int, default=w.samples,
+                   help=f"distinct warm-up questions (default {w.samples})")
+    p.add_argument("--warmup-kinds", default=",".join(w.kinds),
+                   help=f"the warm-up questions' kinds, taken in turn, comma-separated among "
+                        f"{', '.join(defaults.WARMUP_KINDS)} (default {','.join(w.kinds)})")
+    p.add_argument("--warmup-text-steps", type=non_negative_int, default=w.text_steps,
+                   help=f"text pretraining steps after the warm-up (default {w.text_steps})")
     p.add_argument("--experts-from", default=None, metavar="DIR",
                    help="copy the experts of the stand-ins set in DIR (checked against its manifest) instead of "
                         "pretraining them: rebuild only the LLM (DIR may be --out itself: the set is replaced only "
@@ -67,13 +80,16 @@ def run(args: argparse.Namespace) -> int:
     from sphinx_x.commands.pretrain_llm import usable_out
     from sphinx_x.standins import MANIFEST_NAME
     from sphinx_x.standins.build import BuildSettings, build_standins
-    from sphinx_x.standins.settings import LlmPretrainConfig, check_expert_weights
+    from sphinx_x.standins.settings import LlmPretrainConfig, LookupWarmupConfig, check_expert_weights
 
     try:
         check_expert_weights(args.expert_scene_weight, args.expert_token_weight, args.expert_ocr_weight)
         llm = LlmPretrainConfig(steps=args.llm_steps, batch_size=args.llm_batch, lr=args.llm_lr,
                                 scene_share=args.scene_share, arithmetic_share=args.arithmetic_share,
                                 seed=args.seed)
+        warmup = LookupWarmupConfig(steps=args.warmup_steps, samples=args.warmup_samples,
+                                    text_steps=args.warmup_text_steps, seed=args.seed,
+                                    kinds=tuple(k.strip() for k in args.warmup_kinds.split(",") if k.strip()))
     except ValueError as e:
         print(f"sphinx-x build-standins: error: {e}", file=sys.stderr)
         return 2
@@ -102,10 +118,12 @@ def run(args: argparse.Namespace) -> int:
                              expert_scene_weight=args.expert_scene_weight,
                              expert_token_weight=args.expert_token_weight,
                              expert_ocr_weight=args.expert_ocr_weight, llm=llm, note=args.note,
-                             experts_from=args.experts_from, llm_from=args.llm_from)
+                             experts_from=args.experts_from, llm_from=args.llm_from, warmup=warmup)
     manifest = build_standins(out, settings, progress=not args.quiet, log=lambda m: print(m, flush=True))
     made = manifest["made"]
     total = sum(f["bytes"] for f in manifest["files"].values())
+    warm = made["llm"].get("lookup_warmup")
+    warm_s = f", lookup warm-up {(warm['wall_s'] + warm['text_wall_s']) / 60:.1f} min" if warm else ""
     print(f"stand-ins in {out} ({total / 2**20:.1f} MiB): experts {made['experts']['wall_s'] / 60:.1f} min, "
-          f"LLM {made['llm']['wall_s'] / 60:.1f} min; model card {out / 'MODEL_CARD.md'}")
+          f"LLM {made['llm']['wall_s'] / 60:.1f} min{warm_s}; model card {out / 'MODEL_CARD.md'}")
     return 0

@@ -8,8 +8,9 @@ docs/standins.md), trains the `nano` preset on the CPU in one stage with those e
 initialised from the stand-in LLM, evaluates it on synth-bench twice, with its images and blind (the question
 alone), prints the two per-task columns side by side, answers a question of the task it scored best on about a
 synth-bench image it answered right, and ends with what each phase ran and how long it took. `--from-scratch`
-makes the stand-ins in the run instead (`sphinx-x pretrain-experts`, then `sphinx-x pretrain-llm`, each for its
-share of the budget: SCRATCH_*_SHARE below).
+makes the stand-ins in the run instead (`sphinx-x pretrain-experts`, then `sphinx-x pretrain-llm`, then the LLM's
+lookup warm-up and text again, as `sphinx-x build-standins` does, each for its share of the budget: SCRATCH_*_SHARE
+below).
 Everything is written under --out:
 
     OUT/data/              the corpus (`sphinx-x data synth`) and synth-bench (OUT/data/bench.jsonl)
@@ -29,8 +30,9 @@ busier machine the 10-minute run trained fewer steps and scored 20.8 overall aga
 With fixed steps the same seed and --minutes train the same recipe on any machine, so runs and seeds stay
 comparable, and a busy machine costs time, which is reported, instead of quality, which could only be
 warned about. With the packaged stand-ins the one-stage run gets all the training time; with --from-scratch
-the experts get SCRATCH_EXPERTS_SHARE of it and the LLM SCRATCH_LLM_SHARE. The training recipe is
-configs/nano.yaml's (`RECIPE` below; a test keeps the two equal).
+the experts get SCRATCH_EXPERTS_SHARE of it, the LLM SCRATCH_LLM_SHARE and its lookup warm-up
+SCRATCH_WARMUP_SHARE. The training recipe is
+configs/nano.yaml's (`RECIPE` in sphinx_x/train/recipe.py; a test keeps the two equal).
 
 Exit codes: 0 done; 2 bad arguments or an output directory that cannot be used.
 """
@@ -56,16 +58,9 @@ from sphinx_x.commands.quickstart_eval import (
     scores_side_by_side,
 )
 from sphinx_x.fileio import write_atomic
+from sphinx_x.standins.settings import WARMUP_STEPS, WARMUP_TEXT_STEPS
+from sphinx_x.train.recipe import RECIPE, train_config
 
-# configs/nano.yaml without its paths (tests/test_quickstart.py checks that the two agree).
-RECIPE: dict[str, Any] = {
-    "model": {"preset": "nano"},
-    "data": {"max_len": 512, "num_workers": 1},
-    "optim": {"lr": 1.0e-3, "betas": [0.9, 0.95], "weight_decay": 0.0, "warmup_ratio": 0.03, "grad_clip": 8.0,
-              "name": "muon"},
-    "train": {"max_steps": 5000, "global_batch": 8, "micro_batch": 8, "precision": "fp32", "seed": 0,
-              "device": "cpu", "cpu_threads": 2},
-}
 TRAIN_SAMPLES = 8000  # distinct training samples (a 10-minute run on the stand-ins sees each about once)
 BENCH_ROWS = 520  # synth-bench: 40 rows per task
 # Arithmetic drill dialogues added to the training mix (sphinx_x/data/synth/corpus.py DRILL_TURNS), over 3 seeds at
@@ -94,8 +89,13 @@ OVERRUN_WARNING = 1.1  # warn when the run took more than this times its planned
 # of 64 scenes) and the LLM (capped at LLM_MAX_STEPS); the one-stage run gets the rest. Before the stand-ins
 # shipped, docs/experiments.md (2026-11-26): experts 4.1 of 9.1 minutes read colours better than 2.5 (57.5 vs
 # 52.5 on 40 rows); the LLM's share is a first split, not yet measured.
-SCRATCH_EXPERTS_SHARE = 0.35
-SCRATCH_LLM_SHARE = 0.2
+# The LLM's lookup warm-up (sphinx_x/standins/lookup_warmup.py) gets SCRATCH_WARMUP_SHARE: its one-stage steps at
+# TRAIN_STEPS_PER_MIN plus text steps after it at LLM_STEPS_PER_MIN, in the packaged set's ratio (WARMUP_TEXT_STEPS
+# per WARMUP_STEPS). At --minutes 10 that is ~90 steps, far from the 2400 that bind both lookups: the chain runs, the
+# binding needs a larger --minutes (or the packaged set). First split, not measured.
+SCRATCH_EXPERTS_SHARE = 0.3
+SCRATCH_LLM_SHARE = 0.15
+SCRATCH_WARMUP_SHARE = 0.15
 EXPERTS_MAX_STEPS = 2000
 LLM_MAX_STEPS = 5000
 LLM_EVAL_PER_KIND = 100  # --from-scratch: held-out samples per kind scored after LLM pretraining
@@ -124,6 +124,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"--from-scratch: cap on expert pretraining steps (default {EXPERTS_MAX_STEPS})")
     p.add_argument("--llm-steps", type=positive_int, default=LLM_MAX_STEPS,
                    help=f"--from-scratch: cap on LLM pretraining steps (default {LLM_MAX_STEPS})")
+    p.add_argument("--warmup-steps", type=non_negative_int, default=WARMUP_STEPS,
+                   help=f"--from-scratch: cap on the LLM's lookup warm-up steps (default {WARMUP_STEPS}; 0: none)")
     p.add_argument("--standins", metavar="DIR", default=None,
                    help="start from the stand-ins set in DIR (as `sphinx-x build-standins --out DIR` writes it) "
                         "instead of the packaged one")
@@ -143,6 +145,7 @@ class Plan:
     eval_s: float
     reserve_s: float
     starved: bool  # the budget left no training time: one step each (or the caps)
+    warmup_steps: int = 0  # --from-scratch: the LLM's lookup warm-up (then warmup_text_steps text steps)
 
     @property
     def from_scratch(self) -> bool:
@@ -161,27 +164,41 @@ class Plan:
         return 60 * self.train_steps / TRAIN_STEPS_PER_MIN
 
     @property
+    def warmup_text_steps(self) -> int:
+        return self.warmup_steps * WARMUP_TEXT_STEPS // WARMUP_STEPS
+
+    @property
+    def warmup_s(self) -> float:
+        return 60 * self.warmup_steps / TRAIN_STEPS_PER_MIN + 60 * self.warmup_text_steps / LLM_STEPS_PER_MIN
+
+    @property
     def total_s(self) -> float:
-        return self.corpus_s + self.expert_s + self.llm_s + self.train_s + self.eval_s + self.reserve_s
+        return (self.corpus_s + self.expert_s + self.llm_s + self.warmup_s + self.train_s + self.eval_s
+                + self.reserve_s)
 
 
 def plan_run(minutes: float, train_samples: int, bench_rows: int, expert_cap: int = EXPERTS_MAX_STEPS,
-             train_cap: int | None = None, from_scratch: bool = False, llm_cap: int = LLM_MAX_STEPS) -> Plan:
+             train_cap: int | None = None, from_scratch: bool = False, llm_cap: int = LLM_MAX_STEPS,
+             warmup_cap: int = WARMUP_STEPS) -> Plan:
     """The steps --minutes buys on 2 idle cores: all the training time to the one-stage run on the packaged
-    stand-ins; with `from_scratch`, SCRATCH_EXPERTS_SHARE and SCRATCH_LLM_SHARE of it to pretraining them."""
+    stand-ins; with `from_scratch`, SCRATCH_EXPERTS_SHARE, SCRATCH_LLM_SHARE and SCRATCH_WARMUP_SHARE of it to
+    making them."""
     corpus_s = (train_samples + bench_rows) * CORPUS_SECONDS_PER_SAMPLE
     eval_s = bench_rows * (EVAL_SECONDS_PER_ROW + BLIND_SECONDS_PER_ROW)
     train_s = minutes * 60 - corpus_s - eval_s - SAVE_RESERVE_S
-    shares = (SCRATCH_EXPERTS_SHARE, SCRATCH_LLM_SHARE) if from_scratch else (0.0, 0.0)
+    shares = (SCRATCH_EXPERTS_SHARE, SCRATCH_LLM_SHARE, SCRATCH_WARMUP_SHARE) if from_scratch else (0.0, 0.0, 0.0)
     experts = math.floor(shares[0] * train_s / 60 * EXPERT_STEPS_PER_MIN)
     llm = math.floor(shares[1] * train_s / 60 * LLM_STEPS_PER_MIN)
+    # minutes per warm-up step: one one-stage step and its share of the text steps after
+    warmup = math.floor(shares[2] * train_s / 60 / (1 / TRAIN_STEPS_PER_MIN
+                                                    + WARMUP_TEXT_STEPS / WARMUP_STEPS / LLM_STEPS_PER_MIN))
     one_stage = math.floor((1 - sum(shares)) * train_s / 60 * TRAIN_STEPS_PER_MIN)
     cap = train_cap or RECIPE["train"]["max_steps"]
     starved = one_stage < 1 or (from_scratch and (experts < 1 or llm < 1))
     if not from_scratch:
         return Plan(corpus_s, 0, 0, min(cap, max(one_stage, 1)), eval_s, SAVE_RESERVE_S, starved)
     return Plan(corpus_s, min(expert_cap, max(experts, 1)), min(llm_cap, max(llm, 1)), min(cap, max(one_stage, 1)),
-                eval_s, SAVE_RESERVE_S, starved)
+                eval_s, SAVE_RESERVE_S, starved, min(warmup_cap, max(warmup, 0)))
 
 
 @dataclass
@@ -222,27 +239,11 @@ def pace_note(experts: Phase, plan: Plan, elapsed_s: float) -> str | None:
     slowdown = experts.wall_s / max(plan.expert_s, 1e-9)
     if slowdown <= OVERRUN_WARNING:
         return None
-    eta = elapsed_s + (plan.llm_s + plan.train_s + plan.eval_s + plan.reserve_s) * slowdown
+    eta = elapsed_s + (plan.llm_s + plan.warmup_s + plan.train_s + plan.eval_s + plan.reserve_s) * slowdown
     return (f"note: expert pretraining ran {experts.steps / max(experts.wall_s / 60, 1e-9):.0f} steps/min against "
             f"{experts.idle_rate:.0f} on 2 idle CPU cores: this machine is busy (or slower), so at this pace the "
             f"run takes about {eta / 60:.0f} min instead of {plan.total_s / 60:.1f}. It still runs every planned "
             "step; a smaller --minutes plans fewer.")
-
-
-def train_config(out: Path, mix: Path, steps: int, seed: int, progress: bool, model_config: Path | None = None):
-    """The TrainConfig of the quickstart: RECIPE plus this run's paths, seed and planned steps; `model_config`
-    (nano with the stand-in experts and LLM, OUT/model.yaml) replaces the bare preset."""
-    from sphinx_x.config import deep_merge
-    from sphinx_x.train.config import TrainConfig
-
-    data = deep_merge(RECIPE, {
-        **({"model": {"preset": str(model_config)}} if model_config is not None else {}),
-        "data": {"mix": str(mix)},
-        "train": {"seed": seed, "max_steps": steps},
-        "output": {"dir": str(out), "save_every": 0, "keep_last": 1, "resume": False, "tensorboard": False,
-                   "progress": progress, "log_every": 10},
-    })
-    return TrainConfig.from_dict(data)
 
 
 def steps_run(metrics: Path) -> int:
@@ -312,9 +313,33 @@ def pretrain_standins(out: Path, plan: Plan, seed: int, progress: bool, phases: 
                         clock() - t, result.steps, plan.llm_steps, LLM_STEPS_PER_MIN))
     print("      held-out answers right: " + ", ".join(f"{k} {100 * a:.0f}%" for k, a in result.accuracy.items()),
           flush=True)
+    if plan.warmup_steps > 0:
+        warm_up(out, plan, seed, progress, phases, experts.paths, tokenizer, cfg, result.accuracy)
     model_yaml = out / "model.yaml"
     SphinxXConfig.load(experts_yaml).with_overrides({"llm": {"path": str((out / "llm").resolve())}}).save(model_yaml)
     return model_yaml
+
+
+def warm_up(out: Path, plan: Plan, seed: int, progress: bool, phases: list[Phase], expert_paths: dict[str, Path],
+            tokenizer: Any, llm_cfg: Any, text_accuracy: dict[str, float]) -> None:
+    """--from-scratch: the LLM in OUT/llm through its lookup warm-up and text again, as `sphinx-x build-standins`
+    does (sphinx_x/standins/lookup_warmup.py), for the planned steps."""
+    from sphinx_x.standins.lookup_warmup import warm_up_llm_dir
+    from sphinx_x.standins.settings import LookupWarmupConfig
+
+    warm = LookupWarmupConfig(steps=plan.warmup_steps, samples=8 * plan.warmup_steps,
+                              text_steps=plan.warmup_text_steps, seed=seed, eval_per_kind=LLM_EVAL_PER_KIND)
+    print(f"[2/5] nano's LLM: lookup warm-up on single colour / shape questions, {warm.steps} one-stage steps (experts "
+          f"frozen, a throw-away projector), then {warm.text_steps} text steps", flush=True)
+    t = clock()
+    _, scores = warm_up_llm_dir(out / "llm", expert_paths, tokenizer, llm_cfg, warm, text_accuracy, progress)
+    phases.append(Phase("LLM lookup warm-up", f"{warm.steps} of {plan.warmup_steps} planned steps + "
+                        f"{warm.text_steps} text steps", plan.warmup_s, clock() - t, warm.steps, plan.warmup_steps,
+                        TRAIN_STEPS_PER_MIN))
+    print("      held-out lookups right: " + ", ".join(
+        f"{k} {100 * a:.0f}%" for k, a in scores["llm_lookup_warmup_accuracy"].items()) + "; answers right after the "
+        "text steps: " + ", ".join(f"{k} {100 * a:.0f}%" for k, a in scores["llm_held_out_answer_accuracy"].items()),
+        flush=True)
 
 
 # ---- the command ---------------------------------------------------------------------------------
@@ -358,8 +383,9 @@ def run(args: argparse.Namespace) -> int:
               "run (as --from-scratch)", file=sys.stderr, flush=True)
         from_scratch = True
     plan = plan_run(args.minutes, args.train_samples, args.bench_rows, args.expert_steps, args.max_steps,
-                    from_scratch, args.llm_steps)
-    pretraining = (f"{plan.expert_steps} expert and {plan.llm_steps} LLM pretraining steps, " if from_scratch
+                    from_scratch, args.llm_steps, args.warmup_steps)
+    pretraining = (f"{plan.expert_steps} expert and {plan.llm_steps} LLM pretraining steps, {plan.warmup_steps} "
+                   f"lookup warm-up and {plan.warmup_text_steps} text steps, " if from_scratch
                    else "the packaged pretrained stand-ins, " if given is None else "the given pretrained stand-ins, ")
     print(f"plan for --minutes {args.minutes:g} on 2 idle CPU cores: {pretraining}{plan.train_steps} one-stage steps "
           "(fixed: a busier machine takes longer, it does not train less)", flush=True)

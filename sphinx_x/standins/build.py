@@ -15,6 +15,7 @@ from typing import Any
 
 from sphinx_x.standins import CARD_NAME, MANIFEST_NAME, read_manifest
 from sphinx_x.standins.llm_pretrain import build_nano_llm, pretrain_llm, read_summary, write_llm_dir
+from sphinx_x.standins.lookup_warmup import warm_up_llm_dir
 from sphinx_x.standins.settings import (
     EXPERT_BATCH,
     EXPERT_LR,
@@ -24,6 +25,7 @@ from sphinx_x.standins.settings import (
     EXPERT_TOKEN_WEIGHT,
     LLM_STEPS,
     LlmPretrainConfig,
+    LookupWarmupConfig,
 )
 
 
@@ -44,9 +46,15 @@ class BuildSettings:
     # A `sphinx-x pretrain-llm` output directory copied instead of pretraining the LLM; its pretrain_llm.json
     # supplies the LLM settings and scores the manifest records.
     llm_from: str | None = None
+    # The LLM's lookup warm-up and text stage after its text pretraining (None: LookupWarmupConfig(seed=seed);
+    # steps 0: none, the LLM as text pretraining left it).
+    warmup: LookupWarmupConfig | None = None
 
     def llm_config(self) -> LlmPretrainConfig:
         return self.llm or LlmPretrainConfig(steps=LLM_STEPS, seed=self.seed)
+
+    def warmup_config(self) -> LookupWarmupConfig:
+        return self.warmup or LookupWarmupConfig(seed=self.seed)
 
 
 def command_line(s: BuildSettings) -> str:
@@ -65,11 +73,18 @@ def command_line(s: BuildSettings) -> str:
                 parts.append(f"{flag} {value:g}")
     if s.llm_from:
         parts = [p for p in parts if not p.startswith("--llm-steps")] + [f"--llm-from {s.llm_from}"]
-        return " ".join(parts)
-    for flag, attr in (("--llm-batch", "batch_size"), ("--llm-lr", "lr"), ("--scene-share", "scene_share"),
-                       ("--arithmetic-share", "arithmetic_share")):
-        if getattr(llm, attr) != getattr(default, attr):
-            parts.append(f"{flag} {getattr(llm, attr)}")
+    else:
+        for flag, attr in (("--llm-batch", "batch_size"), ("--llm-lr", "lr"), ("--scene-share", "scene_share"),
+                           ("--arithmetic-share", "arithmetic_share")):
+            if getattr(llm, attr) != getattr(default, attr):
+                parts.append(f"{flag} {getattr(llm, attr)}")
+    warm, default_warm = s.warmup_config(), LookupWarmupConfig()
+    for flag, attr in (("--warmup-steps", "steps"), ("--warmup-samples", "samples"),
+                       ("--warmup-text-steps", "text_steps")):
+        if getattr(warm, attr) != getattr(default_warm, attr) and (attr == "steps" or warm.steps > 0):
+            parts.append(f"{flag} {getattr(warm, attr)}")
+    if warm.steps > 0 and tuple(warm.kinds) != default_warm.kinds:
+        parts.append(f"--warmup-kinds {','.join(warm.kinds)}")
     return " ".join(parts)
 
 
@@ -101,7 +116,11 @@ def build_standins(out: str | Path, settings: BuildSettings, progress: bool = Fa
         if settings.llm.seed != settings.seed:  # one seed makes the set: the rebuild command has one --seed
             raise ValueError(f"{settings.llm_from}: pretrained with seed {settings.llm.seed}, the set's seed is "
                              f"{settings.seed}")
-    llm_cfg = settings.llm_config()
+    if llm_summary is not None and "lookup_warmup" in llm_summary:
+        raise ValueError(f"{settings.llm_from}: this LLM has had its lookup warm-up already; --llm-from takes a "
+                         "`sphinx-x pretrain-llm` output (text pretraining only)")
+    llm_cfg, warm = settings.llm_config(), settings.warmup_config()
+    stages = 3 if warm.steps > 0 else 2
     out = Path(out)
     source = read_manifest(settings.experts_from) if settings.experts_from else None
     if source is not None:  # the copied experts' own settings, so the from-nothing command makes them again
@@ -114,7 +133,7 @@ def build_standins(out: str | Path, settings: BuildSettings, progress: bool = Fa
                            expert_token_weight=e.get("token_weight", 0.0), expert_ocr_weight=e.get("ocr_weight", 0.0))
     with atomic_directory(out) as tmp:
         if source is None:
-            log(f"[1/2] pretraining {preset}'s vision experts: {settings.expert_steps} steps of "
+            log(f"[1/{stages}] pretraining {preset}'s vision experts: {settings.expert_steps} steps of "
                 f"{settings.expert_batch} scenes")
             experts = pretrain_experts(config.vision, tmp / "experts", steps=settings.expert_steps,
                                        batch_size=settings.expert_batch, lr=settings.expert_lr, seed=settings.seed,
@@ -129,17 +148,17 @@ def build_standins(out: str | Path, settings: BuildSettings, progress: bool = Fa
                             "token_weight": settings.expert_token_weight, "ocr_weight": settings.expert_ocr_weight,
                             "wall_s": round(experts.seconds, 1)}
         else:
-            log(f"[1/2] copying {preset}'s vision experts from {settings.experts_from}")
+            log(f"[1/{stages}] copying {preset}'s vision experts from {settings.experts_from}")
             expert_paths, expert_scores, experts_made = copy_experts(Path(settings.experts_from), source, tmp)
         log("      held-out: " + ", ".join(
             [f"{n} scene {100 * a:.1f}%" for n, a in expert_scores["experts_held_out_shape_accuracy"].items()]
             + [f"{n} tokens {100 * a:.1f}%" for n, a in expert_scores["experts_held_out_token_accuracy"].items()]
             + [f"{n} words {100 * a:.1f}%" for n, a in expert_scores["experts_held_out_word_accuracy"].items()]))
+        tokenizer = load_tokenizer(config.tokenizer or "nano")
         if llm_summary is None:
-            log(f"[2/2] pretraining {preset}'s LLM: {llm_cfg.steps} steps of {llm_cfg.batch_size} samples "
+            log(f"[2/{stages}] pretraining {preset}'s LLM: {llm_cfg.steps} steps of {llm_cfg.batch_size} samples "
                 f"({100 * llm_cfg.scene_share:.0f}% scene draws, {100 * llm_cfg.arithmetic_share:.0f}% arithmetic "
                 "drills)")
-            tokenizer = load_tokenizer(config.tokenizer or "nano")
             llm = build_nano_llm(config, seed=llm_cfg.seed)
             result = pretrain_llm(llm, tokenizer, llm_cfg, progress=progress)
             write_llm_dir(llm, tokenizer, tmp / "llm", llm_cfg, result)
@@ -147,10 +166,21 @@ def build_standins(out: str | Path, settings: BuildSettings, progress: bool = Fa
         else:
             import shutil
 
-            log(f"[2/2] copying {preset}'s LLM from {settings.llm_from}")
+            log(f"[2/{stages}] copying {preset}'s LLM from {settings.llm_from}")
             shutil.copytree(settings.llm_from, tmp / "llm")
             llm_accuracy, llm_seconds = llm_summary["accuracy"], llm_summary["seconds"]
         log("      held-out: " + ", ".join(f"{k} {100 * a:.1f}%" for k, a in llm_accuracy.items()))
+        warmup_made, warmup_scores = {}, {}
+        if warm.steps > 0:
+            log(f"[3/3] {preset}'s LLM: lookup warm-up ({warm.steps} one-stage steps on {warm.samples} single "
+                f"{' / '.join(warm.kinds)} questions, experts frozen, a projector thrown away after), then "
+                f"{warm.text_steps} text steps")
+            warmup_made, warmup_scores = warm_up_llm_dir(tmp / "llm", expert_paths, tokenizer, llm_cfg, warm,
+                                                         llm_accuracy, progress, preset)
+            log("      held-out lookups after the warm-up: " + ", ".join(
+                f"{k} {100 * a:.1f}%" for k, a in warmup_scores["llm_lookup_warmup_accuracy"].items())
+                + "; answers after the text steps: " + ", ".join(
+                f"{k} {100 * a:.1f}%" for k, a in warmup_scores["llm_held_out_answer_accuracy"].items()))
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         manifest = {
             "preset": preset,
@@ -163,13 +193,15 @@ def build_standins(out: str | Path, settings: BuildSettings, progress: bool = Fa
                 "seed": settings.seed,
                 "experts": experts_made,
                 "llm": {**asdict(llm_cfg), "wall_s": round(llm_seconds, 1),
-                        **({"copied_from": settings.llm_from} if settings.llm_from else {})},
+                        **({"copied_from": settings.llm_from} if settings.llm_from else {}),
+                        **({"lookup_warmup": warmup_made} if warmup_made else {})},
                 "machine": machine(),
                 "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
                 "note": settings.note,
             },
             "scores": {**{k: {n: round(a, 4) for n, a in v.items()} for k, v in expert_scores.items()},
-                       "llm_held_out_answer_accuracy": {k: round(a, 4) for k, a in llm_accuracy.items()}},
+                       "llm_held_out_answer_accuracy": {k: round(a, 4) for k, a in llm_accuracy.items()},
+                       **{k: {n: round(a, 4) for n, a in v.items()} for k, v in warmup_scores.items()}},
             "files": {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files},
         }
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -246,6 +278,22 @@ def copied_llm(llm: dict[str, Any]) -> str:
     return f" This LLM was made alone, by `{command}`, and copied in (`--llm-from`)."
 
 
+def warmup_line(w: dict[str, Any], seed: int) -> str:
+    """The model card's words for the LLM's lookup warm-up and the text stage after it."""
+    from sphinx_x.train.recipe import RECIPE
+
+    optim, batch = RECIPE["optim"], RECIPE["train"]["global_batch"]
+    return (f"- LLM lookup warm-up, after the text pretraining (sphinx_x/standins/lookup_warmup.py): a one-stage run "
+            f"with nano's recipe ({optim['name']}, lr {optim['lr']:g}, batch {batch}) and the experts above frozen, "
+            f"{w['steps']} steps on "
+            f"{w['samples']} single questions about scenes of 2-4 objects, {' and '.join(w['kinds'])} lookups in turn "
+            f"(\"What shape is the red object?\", \"What color is the star?\"), seed {seed}; only the LLM is kept "
+            f"(the projector is thrown away). Then {w['text_steps']} steps of the text pretraining above again. "
+            f"Why: nano's LLM learns one lookup in the one-stage mix and then not the other; one that learnt both "
+            f"first keeps them (docs/experiments.md, stops 31-34). Wall time {w['wall_s'] / 60:.1f} + "
+            f"{w['text_wall_s'] / 60:.1f} min.")
+
+
 def model_card(manifest: dict[str, Any], config: Any) -> str:
     """MODEL_CARD.md: what the stand-ins are, how they were made, what they score, the files."""
     made, scores = manifest["made"], manifest["scores"]
@@ -285,6 +333,7 @@ def model_card(manifest: dict[str, Any], config: Any) -> str:
         f"{100 * llm['scene_share']:.0f}% of the draws, slot scenes: objects given as bag-of-words soft tokens "
         "right after BOS (where image tokens go), asked about by content. "
         f"Wall time {llm['wall_s'] / 60:.1f} min." + copied_llm(llm),
+        *([warmup_line(llm["lookup_warmup"], made["seed"])] if llm.get("lookup_warmup") else []),
         "",
         "## What they score (held-out)",
         "",
@@ -302,6 +351,11 @@ def model_card(manifest: dict[str, Any], config: Any) -> str:
             "scene": "slot scenes (`What color is the <shape>?`), greedy exact"}
     lines += [f"| LLM | {what.get(k, k)} | {100 * a:.1f}% |"
               for k, a in scores["llm_held_out_answer_accuracy"].items()]
+    lines += [f"| LLM before its lookup warm-up | {what.get(k, k)} | {100 * a:.1f}% |"
+              for k, a in scores.get("llm_text_pretraining_answer_accuracy", {}).items()]
+    lines += [f"| LLM after its lookup warm-up (with the warm-up's own projector) | {k} of the object a question "
+              f"names, among 2-4 objects, greedy exact | {100 * a:.1f}% |"
+              for k, a in scores.get("llm_lookup_warmup_accuracy", {}).items()]
     lines += ["", f"## Files ({total / 2**20:.1f} MiB)", "", "| file | bytes | sha256 |", "|---|---:|---|"]
     lines += [f"| {name} | {f['bytes']} | `{f['sha256'][:16]}…` |" for name, f in manifest["files"].items()]
     return "\n".join(lines) + "\n"

@@ -178,15 +178,16 @@ def pretrain_llm(llm: nn.Module, tokenizer: Any, cfg: LlmPretrainConfig, progres
 
 
 def write_llm_dir(llm: nn.Module, tokenizer: Any, out: str | Path, cfg: LlmPretrainConfig,
-                  result: LlmPretrainResult) -> Path:
+                  result: LlmPretrainResult, extra: dict[str, Any] | None = None) -> Path:
     """`out` as a transformers model directory (config.json, model.safetensors, the tokenizer files) plus
-    SUMMARY_NAME (the run's settings, losses and held-out accuracy), written atomically."""
+    SUMMARY_NAME (the run's settings, losses and held-out accuracy, and `extra`), written atomically."""
     out = Path(out)
     with atomic_directory(out) as tmp:
         llm.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         summary = {"config": asdict(cfg), "steps": result.steps, "seconds": round(result.seconds, 1),
-                   "accuracy": result.accuracy, "log_every": LOG_EVERY, "losses": [round(x, 4) for x in result.losses]}
+                   "accuracy": result.accuracy, "log_every": LOG_EVERY, "losses": [round(x, 4) for x in result.losses],
+                   **(extra or {})}
         (tmp / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")
     return out
 

@@ -19,6 +19,16 @@ EXPERT_TOKEN_WEIGHT = 1.0
 EXPERT_OCR_WEIGHT = 0.0
 LLM_STEPS = 800
 ARITHMETIC_SHARE = 0.0
+# The lookup warm-up after text pretraining (sphinx_x/standins/lookup_warmup.py): one-stage steps of 8 single
+# colour / shape questions (one pass over WARMUP_SAMPLES), then text pretraining again for WARMUP_TEXT_STEPS steps.
+# docs/experiments.md, stop 34: of two 1600-step warm-ups, one kept the shape lookup through the quickstart's
+# one-stage run and one lost it; 2400 steps keep it (shape 99% held-out after the warm-up, 100 in the quickstart),
+# and 1600 text steps then bring the LLM's text back (64.9% held-out, the stand-in 57.5%; 800 left 46.5%).
+WARMUP_STEPS = 2400
+WARMUP_SAMPLES = 19200
+WARMUP_TEXT_STEPS = 1600
+WARMUP_KINDS = ("color", "shape", "rec")  # the colour of the named shape, the shape of the named colour, its box
+WARMUP_BATCH = 8  # the global batch of nano's recipe (sphinx_x/train/recipe.py), which the warm-up trains with
 
 
 def check_expert_weights(scene: float, token: float, ocr: float) -> None:
@@ -66,3 +76,28 @@ class LlmPretrainConfig:
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         check_shares(self.scene_share, self.arithmetic_share)
+
+
+@dataclass
+class LookupWarmupConfig:
+    """The lookup warm-up: `steps` one-stage steps (nano's recipe, batch 8) on `samples` single questions whose
+    kinds take turns (name one twice to ask it twice as often), then `text_steps` steps of text pretraining again.
+    steps 0: no warm-up."""
+
+    steps: int = WARMUP_STEPS
+    samples: int = WARMUP_SAMPLES
+    text_steps: int = WARMUP_TEXT_STEPS
+    kinds: tuple[str, ...] = ("shape", "color")
+    seed: int = 0
+    eval_per_kind: int = 100
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "text_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"warm-up {name} must be >= 0, got {getattr(self, name)}")
+        if self.samples < WARMUP_BATCH:
+            raise ValueError(f"warm-up samples must be >= {WARMUP_BATCH} (one batch of nano's recipe), got "
+                             f"{self.samples}")
+        unknown = [k for k in self.kinds if k not in WARMUP_KINDS]
+        if not self.kinds or unknown:
+            raise ValueError(f"warm-up kinds must be among {', '.join(WARMUP_KINDS)}, got {list(self.kinds)}")

@@ -1,0 +1,159 @@
+"""The stand-in LLM's lookup warm-up: after text pretraining, nano's LLM learns to find the object a question names
+in image tokens, then trains on text again.
+
+Why (docs/experiments.md, stops 30-33): in the one-stage run on the multi-domain mix, nano's LLM learns one lookup
+("What color is the star?") and then never learns the other ("What shape is the red object?"); swapping parts
+between models showed the block is in the LLM, not the projector, and no one-stage lever (loss weights, holding
+colour back, learning rates, heads, an untied head) removed it. An LLM that first learnt both lookups from single
+questions alone, and was then trained on text again, keeps them through a new projector and the whole one-stage
+mix: shape 99.2 ± 1.4 against 71.7 ± 10.4 over 3 seeds.
+
+The warm-up is a plain one-stage run (nano's recipe, sphinx_x/train/recipe.py) with the stand-in experts frozen and
+a fresh projector, on `samples` single questions about scenes of 2-4 objects, colour and shape lookups in turn
+(`lookup_corpus`); only its LLM is kept (the projector is thrown away: the one-stage run makes its own). The text
+stage after it is `pretrain_llm` again with the text pretraining's own settings, for `text_steps` steps.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from sphinx_x.standins.settings import LlmPretrainConfig, LookupWarmupConfig
+
+ROW_FILE = "train/lookups.jsonl"
+MIX_FILE = "train.yaml"
+
+
+def lookup_question(seed: int, split: str, index: int, kind: str) -> tuple[Any, str, str]:
+    """Sample `index` of `split`: (image, question, answer), a `kind` lookup about a scene of 2-4 objects ("color":
+    the colour of the named shape, "shape": the shape of the named colour, "rec": the box of the named object),
+    made only from `sample_rng(seed, split, index)` (scenes without a suitable object are redrawn)."""
+    from sphinx_x.data.synth.common import sample_rng
+    from sphinx_x.data.synth.scenes import VQA_ASKERS, ask_rec, make_scene, render_scene
+
+    askers = {**VQA_ASKERS, "rec": lambda scene, rng: (ask_rec(scene, rng) or (None, None))[:2]}
+    rng = sample_rng(seed, split, index)
+    while True:
+        scene = make_scene(rng, rng.choice([2, 3, 3, 4, 4]))
+        qa = askers[kind](scene, rng) if len(scene.objects) >= 2 else None
+        if qa is not None:
+            return render_scene(scene), qa[0], qa[1]
+
+
+def lookup_corpus(out: str | Path, cfg: LookupWarmupConfig) -> Path:
+    """`cfg.samples` single lookup questions (kinds in turn) as a LLaVA-format corpus in `out`; returns its mix."""
+    from sphinx_x.data.synth.corpus import encode_png
+
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / ROW_FILE).parent.mkdir(parents=True, exist_ok=True)
+    with open(out / ROW_FILE, "w", encoding="utf-8") as rows:
+        for i in range(cfg.samples):
+            image, question, answer = lookup_question(cfg.seed, "lookup-train", i, cfg.kinds[i % len(cfg.kinds)])
+            rel = f"images/{i:06d}.png"
+            (out / rel).write_bytes(encode_png(image))
+            rows.write(json.dumps({"id": f"lookup-{i:06d}", "image": rel, "conversations": [
+                {"from": "human", "value": question}, {"from": "gpt", "value": answer}]}, sort_keys=True) + "\n")
+    (out / MIX_FILE).write_text(f"META:\n- path: {ROW_FILE}\n  type: image_text\n  root: .\n", encoding="utf-8")
+    return out / MIX_FILE
+
+
+def answer_right(kind: str, prediction: str, answer: str) -> bool:
+    """Exact match (case-insensitive); for "rec", a box with IoU >= 0.5 (both in canvas coordinates)."""
+    if kind != "rec":
+        return prediction.strip().lower() == answer.lower()
+    from sphinx_x.data.geometry import parse_box
+    from sphinx_x.eval.metrics import box_iou
+
+    box = parse_box(prediction)
+    return box is not None and box_iou(box, parse_box(answer)) >= 0.5
+
+
+def lookup_accuracy(model: Any, cfg: LookupWarmupConfig, batch_size: int = 16) -> dict[str, float]:
+    """Greedy accuracy per kind (`answer_right`) on `cfg.eval_per_kind` held-out lookup questions (split
+    "lookup-test", never trained on)."""
+    from sphinx_x.infer.chat import generate
+
+    accuracy = {}
+    for kind in dict.fromkeys(cfg.kinds):  # a kind named twice (asked twice as often) is scored once
+        rows = [lookup_question(cfg.seed, "lookup-test", i, kind) for i in range(cfg.eval_per_kind)]
+        right = 0
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            results = generate(model, [{"question": q, "images": [img]} for img, q, _ in chunk], max_new_tokens=32)
+            right += sum(answer_right(kind, r.text, a) for r, (_, _, a) in zip(results, chunk, strict=True))
+        accuracy[kind] = right / max(len(rows), 1)
+    return accuracy
+
+
+@dataclass
+class WarmupResult:
+    steps: int
+    seconds: float  # the corpus, the run and its evaluation
+    accuracy: dict[str, float]  # kind -> held-out greedy exact match of the warm-up model (its throw-away projector)
+
+
+def warm_up_lookups(llm_dir: str | Path, expert_paths: dict[str, str | Path], workdir: str | Path,
+                    cfg: LookupWarmupConfig, progress: bool = False, preset: str = "nano") -> tuple[Any, WarmupResult]:
+    """Train `preset` with the experts in `expert_paths` (frozen) and its LLM from `llm_dir` on the lookup corpus
+    for `cfg.steps` steps (in `workdir`); returns the trained LLM (a transformers module) and the result."""
+    import torch
+
+    from sphinx_x.config import SphinxXConfig
+    from sphinx_x.model import SphinxX
+    from sphinx_x.train.loop import train
+    from sphinx_x.train.recipe import train_config
+
+    started = time.perf_counter()
+    workdir = Path(workdir)
+    config = SphinxXConfig.from_name(preset)
+    experts = [{"checkpoint": str(Path(expert_paths[e.name]).resolve()), "frozen": True}
+               for e in config.vision.experts]
+    config = config.with_overrides({"vision": {"experts": experts}, "llm": {"path": str(Path(llm_dir).resolve())}})
+    config.save(workdir / "model.yaml")
+    mix = lookup_corpus(workdir / "corpus", cfg)
+    final = train(train_config(workdir / "train", mix, cfg.steps, cfg.seed, progress, workdir / "model.yaml"))
+    threads = torch.get_num_threads()
+    model = SphinxX.from_pretrained(final).eval()
+    accuracy = lookup_accuracy(model, cfg)
+    torch.set_num_threads(threads)
+    return model.llm, WarmupResult(cfg.steps, time.perf_counter() - started, accuracy)
+
+
+def warm_up_llm_dir(llm_dir: Path, expert_paths: dict[str, Path], tokenizer: Any, llm_cfg: LlmPretrainConfig,
+                    warm: LookupWarmupConfig, text_accuracy: dict[str, float], progress: bool = False,
+                    preset: str = "nano") -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+    """The LLM in `llm_dir` (made by text pretraining with `llm_cfg`, which scored `text_accuracy`) through the
+    lookup warm-up and `warm.text_steps` steps of that text pretraining again, written back to `llm_dir` (its
+    SUMMARY_NAME records all three stages). Returns the record of the two stages and their scores (the lookups
+    after the warm-up; the LLM's held-out answers after the text steps and before the warm-up)."""
+    import shutil
+    import tempfile
+
+    from sphinx_x.standins.llm_pretrain import pretrain_llm, write_llm_dir
+
+    work = Path(tempfile.mkdtemp(prefix=".warmup-", dir=Path(llm_dir).parent))
+    try:
+        llm, warmed = warm_up_lookups(llm_dir, expert_paths, work, warm, progress=progress, preset=preset)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    text_cfg = replace(llm_cfg, steps=warm.text_steps)
+    result = pretrain_llm(llm.train(), tokenizer, text_cfg, progress=progress) if warm.text_steps else None
+    made = {**asdict(warm), "kinds": list(warm.kinds), "wall_s": round(warmed.seconds, 1),
+            "text_wall_s": round(result.seconds, 1) if result else 0.0}
+    if result is None:  # no text stage: the held-out answers of the warmed LLM itself
+        from sphinx_x.standins.llm_data import KINDS, held_out
+        from sphinx_x.standins.llm_pretrain import LlmPretrainResult, answer_accuracy
+
+        sets = held_out(tokenizer, llm_cfg.seed, llm_cfg.eval_per_kind, llm_cfg.template, KINDS)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        result = LlmPretrainResult(0, 0.0, {k: answer_accuracy(llm, v, pad) for k, v in sets.items()})
+    write_llm_dir(llm, tokenizer, llm_dir, text_cfg, result,
+                  extra={"lookup_warmup": made, "lookup_accuracy": warmed.accuracy, "text_pretraining": asdict(llm_cfg),
+                         "text_pretraining_accuracy": text_accuracy})
+    return made, {"llm_lookup_warmup_accuracy": warmed.accuracy, "llm_held_out_answer_accuracy": result.accuracy,
+                  "llm_text_pretraining_answer_accuracy": text_accuracy}

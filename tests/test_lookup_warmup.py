@@ -1,0 +1,92 @@
+"""The stand-in LLM's lookup warm-up (sphinx_x/standins/lookup_warmup.py): its questions, corpus and settings.
+The warm-up inside `build_standins` is tested in tests/test_standins.py, inside the quickstart in
+tests/test_quickstart.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from sphinx_x.data.synth.scenes import COLORS, SHAPES
+from sphinx_x.standins.lookup_warmup import MIX_FILE, ROW_FILE, lookup_corpus, lookup_question
+from sphinx_x.standins.settings import LookupWarmupConfig
+
+
+def test_questions_are_seeded_lookups_among_several_objects():
+    for i in range(12):
+        image, question, answer = lookup_question(0, "lookup-train", i, "shape")
+        assert question.startswith("What shape is the ") and answer in SHAPES
+        colour = question.removeprefix("What shape is the ").removesuffix(" object?")
+        assert colour in COLORS
+        image, question, answer = lookup_question(0, "lookup-train", i, "color")
+        assert question.startswith("What color is the ") and answer in COLORS
+        assert question.removeprefix("What color is the ").removesuffix("?") in SHAPES
+        assert isinstance(image, Image.Image)
+    # the same (seed, split, index) makes the same sample; another split or seed another one
+    first = lookup_question(3, "lookup-train", 5, "color")
+    again = lookup_question(3, "lookup-train", 5, "color")
+    assert first[1:] == again[1:] and first[0].tobytes() == again[0].tobytes()
+    others = [lookup_question(3, "lookup-test", 5, "color"), lookup_question(4, "lookup-train", 5, "color")]
+    assert all(o[0].tobytes() != first[0].tobytes() for o in others)
+
+
+def test_rec_questions_ask_for_the_named_objects_box():
+    from sphinx_x.data.geometry import parse_box
+    from sphinx_x.standins.lookup_warmup import answer_right
+
+    _, question, answer = lookup_question(0, "lookup-train", 0, "rec")
+    box = parse_box(answer)
+    assert box is not None and 0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1
+    assert answer_right("rec", f"It is {answer}.", answer)  # a box with IoU >= 0.5 counts, in any words
+    x1, y1, x2, y2 = box
+    shifted = answer.replace(answer.strip("[]").split(",")[0].strip(), f"{x1 + 0.9 * (x2 - x1):.2f}", 1)
+    assert not answer_right("rec", shifted, answer) and not answer_right("rec", "no box", answer)
+    assert answer_right("color", " Red ", "red") and not answer_right("shape", "star", "circle")
+
+
+def test_the_answer_is_the_named_objects_own(monkeypatch):
+    """The scene behind each question holds 2-4 objects and the answer belongs to the object the question names."""
+    from sphinx_x.data.synth import scenes
+
+    made = []
+    real = scenes.make_scene
+    monkeypatch.setattr(scenes, "make_scene", lambda rng, n=None: made.append(real(rng, n)) or made[-1])
+    for i in range(20):
+        _, question, answer = lookup_question(1, "lookup-train", i, ("shape", "color")[i % 2])
+        scene = made[-1]
+        assert 2 <= len(scene.objects) <= 4
+        if question.startswith("What shape"):
+            colour = question.removeprefix("What shape is the ").removesuffix(" object?")
+            assert [o.shape for o in scene.objects if o.color == colour] == [answer]
+        else:
+            shape = question.removeprefix("What color is the ").removesuffix("?")
+            assert [o.color for o in scene.objects if o.shape == shape] == [answer]
+
+
+def test_corpus_takes_kinds_in_turn_and_loads_as_a_mix(tmp_path):
+    from sphinx_x.data.readers import load_mix
+
+    mix = lookup_corpus(tmp_path, LookupWarmupConfig(samples=10, seed=2))
+    assert mix == tmp_path / MIX_FILE
+    rows = [json.loads(line) for line in (tmp_path / ROW_FILE).read_text().splitlines()]
+    assert len(rows) == 10
+    kinds = [r["conversations"][0]["value"].split()[1] for r in rows]
+    assert kinds == ["shape", "color"] * 5  # the default kinds, shape first, in turn
+    for i, r in enumerate(rows):
+        _, question, answer = lookup_question(2, "lookup-train", i, kinds[i])
+        assert r["conversations"] == [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+        assert (tmp_path / r["image"]).is_file()
+    sources = load_mix(mix).sources
+    assert [(s.path, s.type, s.root) for s in sources] == [(tmp_path / ROW_FILE, "image_text", tmp_path)]
+
+
+def test_settings_are_checked():
+    with pytest.raises(ValueError, match="warm-up steps must be >= 0"):
+        LookupWarmupConfig(steps=-1)
+    with pytest.raises(ValueError, match=r"samples must be >= 8 \(one batch of nano's recipe\), got 7"):
+        LookupWarmupConfig(samples=7)
+    with pytest.raises(ValueError, match="kinds must be among color, shape, rec, got"):
+        LookupWarmupConfig(kinds=("count",))
+    assert LookupWarmupConfig(steps=0).steps == 0  # 0: no warm-up
