@@ -91,7 +91,7 @@ OVERRUN_WARNING = 1.1  # warn when the run took more than this times its planned
 # 52.5 on 40 rows); the LLM's share is a first split, not yet measured.
 # The LLM's lookup warm-up (sphinx_x/standins/lookup_warmup.py) gets SCRATCH_WARMUP_SHARE: its one-stage steps at
 # TRAIN_STEPS_PER_MIN plus text steps after it at LLM_STEPS_PER_MIN, in the packaged set's ratio (WARMUP_TEXT_STEPS
-# per WARMUP_STEPS). At --minutes 10 that is ~90 steps, far from the 2400 that bind both lookups: the chain runs, the
+# per WARMUP_STEPS). At --minutes 10 that is ~100 steps, far from the 2400 that bind both lookups: the chain runs, the
 # binding needs a larger --minutes (or the packaged set). First split, not measured.
 SCRATCH_EXPERTS_SHARE = 0.3
 SCRATCH_LLM_SHARE = 0.15

@@ -5,8 +5,9 @@ Why (docs/experiments.md, stops 30-33): in the one-stage run on the multi-domain
 ("What color is the star?") and then never learns the other ("What shape is the red object?"); swapping parts
 between models showed the block is in the LLM, not the projector, and no one-stage lever (loss weights, holding
 colour back, learning rates, heads, an untied head) removed it. An LLM that first learnt both lookups from single
-questions alone, and was then trained on text again, keeps them through a new projector and the whole one-stage
-mix: shape 99.2 ± 1.4 against 71.7 ± 10.4 over 3 seeds.
+questions alone, and was then trained on text again, starts the one-stage run with both: with the packaged set's
+2400 + 1600 steps the quickstart's shape is 94.2 ± 8.0 over 3 seeds (71.7 ± 10.4 without), though the run still
+erodes one lookup in some seeds (colour 81.7 ± 23.6; docs/experiments.md, stop 34).
 
 The warm-up is a plain one-stage run (nano's recipe, sphinx_x/train/recipe.py) with the stand-in experts frozen and
 a fresh projector, on `samples` single questions about scenes of 2-4 objects, colour and shape lookups in turn
@@ -94,7 +95,7 @@ def lookup_accuracy(model: Any, cfg: LookupWarmupConfig, batch_size: int = 16) -
 class WarmupResult:
     steps: int
     seconds: float  # the corpus, the run and its evaluation
-    accuracy: dict[str, float]  # kind -> held-out greedy exact match of the warm-up model (its throw-away projector)
+    accuracy: dict[str, float]  # kind -> held-out share right (`answer_right`) of the warm-up model, its own projector
 
 
 def warm_up_lookups(llm_dir: str | Path, expert_paths: dict[str, str | Path], workdir: str | Path,
