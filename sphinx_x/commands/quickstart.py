@@ -325,9 +325,9 @@ def warm_up(out: Path, plan: Plan, seed: int, progress: bool, phases: list[Phase
     """--from-scratch: the LLM in OUT/llm through its lookup warm-up and text again, as `sphinx-x build-standins`
     does (sphinx_x/standins/lookup_warmup.py), for the planned steps."""
     from sphinx_x.standins.lookup_warmup import warm_up_llm_dir
-    from sphinx_x.standins.settings import LookupWarmupConfig
+    from sphinx_x.standins.settings import WARMUP_BATCH, LookupWarmupConfig
 
-    warm = LookupWarmupConfig(steps=plan.warmup_steps, samples=8 * plan.warmup_steps,
+    warm = LookupWarmupConfig(steps=plan.warmup_steps, samples=WARMUP_BATCH * plan.warmup_steps,
                               text_steps=plan.warmup_text_steps, seed=seed, eval_per_kind=LLM_EVAL_PER_KIND)
     print(f"[2/5] nano's LLM: lookup warm-up on single colour / shape questions, {warm.steps} one-stage steps (experts "
           f"frozen, a throw-away projector), then {warm.text_steps} text steps", flush=True)

@@ -36,7 +36,11 @@ def lookup_question(seed: int, split: str, index: int, kind: str) -> tuple[Any, 
     from sphinx_x.data.synth.common import sample_rng
     from sphinx_x.data.synth.scenes import VQA_ASKERS, ask_rec, make_scene, render_scene
 
-    askers = {**VQA_ASKERS, "rec": lambda scene, rng: (ask_rec(scene, rng) or (None, None))[:2]}
+    def rec(scene: Any, rng: Any) -> tuple[str, str] | None:  # ask_rec's (question, answer, object) without the object
+        asked = ask_rec(scene, rng)
+        return None if asked is None else asked[:2]
+
+    askers = {**VQA_ASKERS, "rec": rec}
     rng = sample_rng(seed, split, index)
     while True:
         scene = make_scene(rng, rng.choice([2, 3, 3, 4, 4]))
