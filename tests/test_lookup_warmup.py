@@ -90,3 +90,21 @@ def test_settings_are_checked():
     with pytest.raises(ValueError, match="kinds must be among color, shape, rec, got"):
         LookupWarmupConfig(kinds=("count",))
     assert LookupWarmupConfig(steps=0).steps == 0  # 0: no warm-up
+
+
+@pytest.mark.slow
+def test_a_warm_up_without_text_steps_scores_the_warmed_llm(tmp_path, monkeypatch):
+    """text_steps 0 (what a tiny --from-scratch budget plans): the warmed LLM is written as it is, its held-out
+    answers scored."""
+    from sphinx_x.standins.build import BuildSettings, build_standins
+    from sphinx_x.standins.settings import LlmPretrainConfig
+    from sphinx_x.train import expert_pretrain
+
+    monkeypatch.setattr(expert_pretrain, "HELD_OUT", 8)
+    manifest = build_standins(tmp_path / "set", BuildSettings(
+        seed=1, expert_steps=1, expert_batch=2, llm=LlmPretrainConfig(steps=2, batch_size=2, seed=1, eval_per_kind=2),
+        warmup=LookupWarmupConfig(steps=1, samples=8, text_steps=0, seed=1, eval_per_kind=2)), log=lambda m: None)
+    assert manifest["made"]["llm"]["lookup_warmup"]["text_wall_s"] == 0.0
+    assert set(manifest["scores"]["llm_held_out_answer_accuracy"]) == {"text", "arithmetic", "scene"}
+    summary = json.loads((tmp_path / "set" / "llm" / "pretrain_llm.json").read_text())
+    assert summary["steps"] == 0 and summary["lookup_warmup"]["text_steps"] == 0

@@ -172,9 +172,14 @@ def pretrain_llm(llm: nn.Module, tokenizer: Any, cfg: LlmPretrainConfig, progres
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - started
+    return LlmPretrainResult(cfg.steps, seconds, held_out_accuracy(llm, tokenizer, cfg), losses)
+
+
+def held_out_accuracy(llm: nn.Module, tokenizer: Any, cfg: LlmPretrainConfig) -> dict[str, float]:
+    """`answer_accuracy` of `llm` on each kind's fixed held-out set (seeded by cfg.seed)."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     sets = held_out(tokenizer, cfg.seed, cfg.eval_per_kind, cfg.template, KINDS)
-    accuracy = {kind: answer_accuracy(llm, samples, pad_id) for kind, samples in sets.items()}
-    return LlmPretrainResult(cfg.steps, seconds, accuracy, losses)
+    return {kind: answer_accuracy(llm, samples, pad_id) for kind, samples in sets.items()}
 
 
 def write_llm_dir(llm: nn.Module, tokenizer: Any, out: str | Path, cfg: LlmPretrainConfig,

@@ -146,17 +146,15 @@ def warm_up_llm_dir(llm_dir: Path, expert_paths: dict[str, Path], tokenizer: Any
         llm, warmed = warm_up_lookups(llm_dir, expert_paths, work, warm, progress=progress, preset=preset)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    text_cfg = replace(llm_cfg, steps=warm.text_steps)
+    # no text steps: the summary keeps the text pretraining's settings (its `steps` then says 0 were run)
+    text_cfg = replace(llm_cfg, steps=warm.text_steps) if warm.text_steps else llm_cfg
     result = pretrain_llm(llm.train(), tokenizer, text_cfg, progress=progress) if warm.text_steps else None
     made = {**asdict(warm), "kinds": list(warm.kinds), "wall_s": round(warmed.seconds, 1),
             "text_wall_s": round(result.seconds, 1) if result else 0.0}
     if result is None:  # no text stage: the held-out answers of the warmed LLM itself
-        from sphinx_x.standins.llm_data import KINDS, held_out
-        from sphinx_x.standins.llm_pretrain import LlmPretrainResult, answer_accuracy
+        from sphinx_x.standins.llm_pretrain import LlmPretrainResult, held_out_accuracy
 
-        sets = held_out(tokenizer, llm_cfg.seed, llm_cfg.eval_per_kind, llm_cfg.template, KINDS)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        result = LlmPretrainResult(0, 0.0, {k: answer_accuracy(llm, v, pad) for k, v in sets.items()})
+        result = LlmPretrainResult(0, 0.0, held_out_accuracy(llm, tokenizer, llm_cfg))
     write_llm_dir(llm, tokenizer, llm_dir, text_cfg, result,
                   extra={"lookup_warmup": made, "lookup_accuracy": warmed.accuracy, "text_pretraining": asdict(llm_cfg),
                          "text_pretraining_accuracy": text_accuracy})
