@@ -184,6 +184,9 @@ class SphinxXConfig:
     llm: LLMConfig
     template: str = "accessory"  # dialogue template name (sphinx_x.data.templates registry)
     tokenizer: str | None = None  # "nano" (shipped BPE), a local tokenizer dir, or None = llm.path
+    # Local weights of the connector (the projector and the image tags; sphinx_x/connector.py), e.g. a stand-in
+    # set's or an earlier run's, as LLaVA's second stage starts from the first stage's projector. None: random.
+    connector: str | None = None
 
     # ---- presets -------------------------------------------------------------------------------
     @classmethod

@@ -65,6 +65,10 @@ class SphinxX(nn.Module):
         self.image_end = nn.Parameter(torch.empty(d))
         self.skip_token = nn.Parameter(torch.empty(d))
         self.reset_tag_parameters()
+        if config.connector is not None:  # the projector and tags of an earlier run (sphinx_x/connector.py)
+            from sphinx_x.connector import load_connector
+
+            load_connector(self, config.connector)
         self.tokenizer = None  # attached by from_pretrained when the directory holds tokenizer files
 
     def reset_tag_parameters(self) -> None:
@@ -269,6 +273,7 @@ def detach_weight_paths(config: SphinxXConfig) -> SphinxXConfig:
     """A copy of `config` that builds from dims only (component checkpoints not read)."""
     config = copy.deepcopy(config)
     config.llm.path = None
+    config.connector = None
     for expert in config.vision.experts:
         expert.checkpoint = None
     return config

@@ -122,9 +122,10 @@ def test_demo_picks_a_right_row_of_the_best_task_the_image_made_right():
     assert qs.pick_demo(wrong, [], scores, "top-left") is None
 
 
-def _assert_started_from(model, experts: dict, llm_dir, steps: int) -> None:
-    """`model` trained `steps` steps from these experts (kept frozen, so equal) and this LLM (each AdamW step
-    moves a weight by about the learning rate at most, far less than a random init differs)."""
+def _assert_started_from(model, experts: dict, llm_dir, steps: int, connector=None) -> None:
+    """`model` trained `steps` steps from these experts (kept frozen, so equal), this LLM and this connector
+    (projector and image tags; each AdamW step moves a weight by about the learning rate at most, far less
+    than a random init differs)."""
     import torch
     from safetensors.torch import load_file
 
@@ -136,6 +137,10 @@ def _assert_started_from(model, experts: dict, llm_dir, steps: int) -> None:
     state = model.llm.state_dict()
     moved = max(float((state[k] - v).abs().max()) for k, v in start.items())
     assert 0 < moved <= 3 * steps * RECIPE["optim"]["lr"]
+    start, state = load_file(str(connector)), model.state_dict()
+    assert {"skip_token", "visual.projector.0.weight"} <= set(start)
+    moved = max(float((state[k] - v).abs().max()) for k, v in start.items())
+    assert moved <= 3 * steps * RECIPE["optim"]["lr"]  # 0 when its steps drew only text batches
 
 
 def _run_summary(lines: list[str]) -> str:
@@ -171,7 +176,8 @@ def test_quickstart_end_to_end(tmp_path, capsys, monkeypatch):
     model = SphinxX.from_pretrained(final)
     packaged = standins_dir("nano").resolve()
     manifest = read_manifest(packaged)
-    _assert_started_from(model, {n: packaged / rel for n, rel in manifest["experts"].items()}, packaged / "llm", 2)
+    _assert_started_from(model, {n: packaged / rel for n, rel in manifest["experts"].items()}, packaged / "llm", 2,
+                         packaged / manifest["connector"])
     assert "[2/5] starting from the packaged pretrained stand-ins" in printed and "pretraining nano's" not in printed
     assert not (out / "experts").exists() and not (out / "llm").exists()
     steps = [json.loads(line)["step"] for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
@@ -182,7 +188,7 @@ def test_quickstart_end_to_end(tmp_path, capsys, monkeypatch):
     assert "plan for --minutes 0.5 on 2 idle CPU cores: the packaged pretrained stand-ins, 2 one-stage steps" in printed
     summary = _run_summary(lines)
     assert f"stand-in experts and LLM: packaged ({standins_dir()})" in summary
-    assert "| stand-ins | packaged (nano: experts + LLM, no pretraining) |" in summary
+    assert "| stand-ins | packaged (nano: experts + LLM + projector, no pretraining) |" in summary
     assert "| one-stage training | 2 of 2 planned steps |" in summary
     assert f"| corpus | 40 samples + {qs.ARITHMETIC_DRILLS} drills + {len(BENCH_TASKS)} bench rows |" in summary
     assert "warning: this machine was too busy (or slower) for the plan" in err
@@ -257,9 +263,10 @@ def test_quickstart_standins_option_uses_the_given_set_and_refuses_a_bad_one(tmp
     assert [Path(e.checkpoint) for e in config.vision.experts] == [
         given.resolve() / manifest["experts"][e.name] for e in config.vision.experts]
     assert Path(config.llm.path) == given.resolve() / "llm"
+    assert Path(config.connector) == given.resolve() / manifest["connector"]
     assert "[2/5] starting from the given (--standins) pretrained stand-ins in " + str(given.resolve()) in (
         capsys.readouterr().out)
-    assert phases[0].work == "given (mine: experts + LLM, no pretraining)"
+    assert phases[0].work == "given (mine: experts + LLM + projector, no pretraining)"
 
     # an incomplete set: a clear error naming the missing file, nothing trained
     (given / "llm" / "config.json").unlink()
@@ -298,7 +305,7 @@ def test_quickstart_from_scratch_pretrains_the_standins_itself(tmp_path, capsys,
     assert llm_summary["steps"] == 2 * WARMUP_TEXT_STEPS // WARMUP_STEPS
     model = SphinxX.from_pretrained(out / "train" / "final")
     _assert_started_from(model, {n: out / "experts" / f"{n}.safetensors" for n in model.visual.experts},
-                         out / "llm", 2)
+                         out / "llm", 2, out / "connector.safetensors")
     summary = _run_summary(printed.splitlines())
     assert "stand-in experts and LLM: pretrained in this run (--from-scratch)" in summary
     assert "| expert pretraining | 3 of 3 planned steps |" in summary

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from sphinx_x.cli import main as cli_main
 from sphinx_x.config import SphinxXConfig
 from sphinx_x.standins import (
+    CONNECTOR_NAME,
     MANIFEST_NAME,
     StandinsError,
     has_standins,
@@ -44,7 +45,8 @@ def test_the_packaged_set_is_small_complete_and_has_nano_dims():
     manifest = read_manifest()
     files = [p for p in directory.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) <= MAX_BYTES
-    assert {p.name for p in directory.iterdir()} >= {MANIFEST_NAME, "MODEL_CARD.md", "experts", "llm"}
+    assert {p.name for p in directory.iterdir()} >= {MANIFEST_NAME, "MODEL_CARD.md", "experts", "llm", CONNECTOR_NAME}
+    assert manifest["connector"] == CONNECTOR_NAME
     for rel, meta in manifest["files"].items():  # the manifest describes exactly what is there
         data = (directory / rel).read_bytes()
         assert len(data) == meta["bytes"] and hashlib.sha256(data).hexdigest() == meta["sha256"], rel
@@ -64,6 +66,13 @@ def test_the_packaged_set_is_small_complete_and_has_nano_dims():
         assert getattr(loaded, key) == getattr(NANO.llm, key), key
     shapes = _safetensors_shapes(directory / manifest["llm"] / "model.safetensors")
     assert shapes["model.embed_tokens.weight"] == (NANO.llm.vocab_size, NANO.llm.hidden_size)
+    # the connector of its lookup warm-up: exactly nano's projector and image tags
+    from sphinx_x.connector import is_connector_key
+    from sphinx_x.model import SphinxX
+
+    built = SphinxX.from_config_without_weights(NANO).state_dict()
+    assert _safetensors_shapes(directory / CONNECTOR_NAME) == {
+        k: tuple(v.shape) for k, v in built.items() if is_connector_key(k)}
     # the model card says how they were made and what they score
     card = (directory / "MODEL_CARD.md").read_text()
     assert manifest["made"]["command"] in card and "sphinx-x build-standins" in card
@@ -88,9 +97,12 @@ def test_nano_model_config_loads_the_packaged_weights_frozen(tmp_path):
     saved = load_file(str(directory / "llm" / "model.safetensors"))
     state = model.llm.state_dict()
     assert all(torch.equal(v, state[k]) for k, v in saved.items())
+    assert config.connector == str(directory / CONNECTOR_NAME)
+    saved, state = load_file(config.connector), model.state_dict()
+    assert saved and all(torch.equal(v, state[k]) for k, v in saved.items())
     # apart from the weight paths, it is the nano preset
     plain = config.to_dict()
-    plain["llm"]["path"] = None
+    plain["llm"]["path"], plain["connector"] = None, None
     for e in plain["vision"]["experts"]:
         e["checkpoint"], e["frozen"] = None, False
     assert plain == NANO.to_dict()
@@ -143,13 +155,18 @@ def test_build_writes_a_set_that_loads_like_the_packaged_one(tmp_path, monkeypat
     summary = json.loads((out / "llm" / "pretrain_llm.json").read_text())
     assert summary["lookup_warmup"]["steps"] == 2 and summary["text_pretraining"]["steps"] == 2
     assert summary["steps"] == 1  # the text steps after the warm-up
-    assert not any(out.parent.glob(".warmup-*"))  # its work folder (corpus, throw-away model) is removed
+    assert not any(out.parent.glob(".warmup-*"))  # its work folder (corpus, trained model) is removed
     model = SphinxX(model_config(out))
     for e in model.visual.experts.values():
         saved = load_file(str(out / "experts" / f"{e.cfg.name}.safetensors"))
         assert all(torch.equal(saved[k], v) for k, v in e.trunk.state_dict().items())
     saved = load_file(str(out / "llm" / "model.safetensors"))
     assert all(torch.equal(v, model.llm.state_dict()[k]) for k, v in saved.items())
+    # the warm-up's projector and tags are in the set, and a model from the set starts from them
+    assert manifest["connector"] == CONNECTOR_NAME and CONNECTOR_NAME in manifest["files"]
+    saved = load_file(str(out / CONNECTOR_NAME))
+    assert set(saved) >= {"image_start", "skip_token", "visual.projector.0.weight"}
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in saved.items())
     card = (out / "MODEL_CARD.md").read_text()
     assert "--expert-steps 1 --llm-steps 2" in card and "2 AdamW steps of 2 samples" in card
     assert "lr 0.002" in card and "per-token x 1" in card and "scene-level" not in card
@@ -161,6 +178,8 @@ def test_build_writes_a_set_that_loads_like_the_packaged_one(tmp_path, monkeypat
                            log=lambda m: None)
     assert "lookup_warmup" not in plain["made"]["llm"] and "--warmup-steps 0" in plain["made"]["command"]
     assert "llm_lookup_warmup_accuracy" not in plain["scores"]
+    assert "connector" not in plain and not (tmp_path / "plain" / CONNECTOR_NAME).exists()
+    assert SphinxXConfig.from_dict(model_config(tmp_path / "plain").to_dict()).connector is None
     for rel in manifest["experts"].values():
         assert plain["files"][rel]["sha256"] == manifest["files"][rel]["sha256"]
     assert plain["files"]["llm/model.safetensors"]["sha256"] != manifest["files"]["llm/model.safetensors"]["sha256"]
@@ -195,9 +214,12 @@ def test_build_with_experts_from_copies_them_and_says_so(tmp_path, monkeypatch):
     card = (second / "MODEL_CARD.md").read_text()
     assert "copied from an earlier set" in card and manifest["made"]["rebuild_command"] in card
     # the set may rebuild its own LLM in place; a tampered expert file is refused
-    build_standins(second, BuildSettings(seed=1, experts_from=str(second), llm=llm, warmup=NO_WARMUP),
-                   log=lambda m: None)
+    again = build_standins(second, BuildSettings(seed=1, experts_from=str(second), llm=llm, warmup=NO_WARMUP),
+                           log=lambda m: None)
     assert (second / made["experts"]["dinov2"]).read_bytes() == (first / made["experts"]["dinov2"]).read_bytes()
+    # a copy of a copy names the set the experts were trained in, not the one in between
+    assert again["made"]["experts"]["copied_from"] == e["copied_from"]
+    assert again["made"]["experts"]["copied_from"]["command"] == made["made"]["command"]
     # an LLM made alone by pretrain-llm is copied with the settings its summary records
     from sphinx_x.standins.llm_pretrain import build_nano_llm, pretrain_llm, write_llm_dir
     from sphinx_x.tokenizer import load_tokenizer

@@ -272,7 +272,8 @@ def use_packaged(out: Path, phases: list[Phase], directory: Path | None = None) 
         f"{n} {100 * a:.0f}%" for n, a in scores["experts_held_out_shape_accuracy"].items()) + " (chance 20%); LLM "
         "answers " + ", ".join(f"{k} {100 * a:.0f}%" for k, a in scores["llm_held_out_answer_accuracy"].items()),
         flush=True)
-    phases.append(Phase("stand-ins", f"{which.split()[0]} ({directory.name}: experts + LLM, no pretraining)", 0.0,
+    parts = "experts + LLM + projector" if manifest.get("connector") else "experts + LLM"
+    phases.append(Phase("stand-ins", f"{which.split()[0]} ({directory.name}: {parts}, no pretraining)", 0.0,
                         clock() - t))
     return model_yaml
 
@@ -313,26 +314,31 @@ def pretrain_standins(out: Path, plan: Plan, seed: int, progress: bool, phases: 
                         clock() - t, result.steps, plan.llm_steps, LLM_STEPS_PER_MIN))
     print("      held-out answers right: " + ", ".join(f"{k} {100 * a:.0f}%" for k, a in result.accuracy.items()),
           flush=True)
+    connector = {}
     if plan.warmup_steps > 0:
-        warm_up(out, plan, seed, progress, phases, experts.paths, tokenizer, cfg, result.accuracy)
+        connector = {"connector": str(warm_up(out, plan, seed, progress, phases, experts.paths, tokenizer, cfg,
+                                              result.accuracy).resolve())}
     model_yaml = out / "model.yaml"
-    SphinxXConfig.load(experts_yaml).with_overrides({"llm": {"path": str((out / "llm").resolve())}}).save(model_yaml)
+    SphinxXConfig.load(experts_yaml).with_overrides({"llm": {"path": str((out / "llm").resolve())},
+                                                     **connector}).save(model_yaml)
     return model_yaml
 
 
 def warm_up(out: Path, plan: Plan, seed: int, progress: bool, phases: list[Phase], expert_paths: dict[str, Path],
-            tokenizer: Any, llm_cfg: Any, text_accuracy: dict[str, float]) -> None:
+            tokenizer: Any, llm_cfg: Any, text_accuracy: dict[str, float]) -> Path:
     """--from-scratch: the LLM in OUT/llm through its lookup warm-up and text again, as `sphinx-x build-standins`
-    does (sphinx_x/standins/lookup_warmup.py), for the planned steps."""
+    does (sphinx_x/standins/lookup_warmup.py), for the planned steps; returns the warm-up's connector file."""
+    from sphinx_x.standins import CONNECTOR_NAME
     from sphinx_x.standins.lookup_warmup import warm_up_llm_dir
     from sphinx_x.standins.settings import WARMUP_BATCH, LookupWarmupConfig
 
     warm = LookupWarmupConfig(steps=plan.warmup_steps, samples=WARMUP_BATCH * plan.warmup_steps,
                               text_steps=plan.warmup_text_steps, seed=seed, eval_per_kind=LLM_EVAL_PER_KIND)
     print(f"[2/5] nano's LLM: lookup warm-up on single colour / shape questions, {warm.steps} one-stage steps (experts "
-          f"frozen, a throw-away projector), then {warm.text_steps} text steps", flush=True)
+          f"frozen; its projector and tags are kept), then {warm.text_steps} text steps", flush=True)
     t = clock()
-    _, scores = warm_up_llm_dir(out / "llm", expert_paths, tokenizer, llm_cfg, warm, text_accuracy, progress)
+    _, scores = warm_up_llm_dir(out / "llm", expert_paths, tokenizer, llm_cfg, warm, text_accuracy,
+                                out / CONNECTOR_NAME, progress)
     phases.append(Phase("LLM lookup warm-up", f"{warm.steps} of {plan.warmup_steps} planned steps + "
                         f"{warm.text_steps} text steps", plan.warmup_s, clock() - t, warm.steps, plan.warmup_steps,
                         TRAIN_STEPS_PER_MIN))
@@ -340,6 +346,7 @@ def warm_up(out: Path, plan: Plan, seed: int, progress: bool, phases: list[Phase
         f"{k} {100 * a:.0f}%" for k, a in scores["llm_lookup_warmup_accuracy"].items()) + "; answers right after the "
         "text steps: " + ", ".join(f"{k} {100 * a:.0f}%" for k, a in scores["llm_held_out_answer_accuracy"].items()),
         flush=True)
+    return out / CONNECTOR_NAME
 
 
 # ---- the command ---------------------------------------------------------------------------------

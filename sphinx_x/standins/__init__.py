@@ -6,10 +6,12 @@ the set shipped in the package under sphinx_x/assets/standins/nano/ (docs/standi
     MODEL_CARD.md                 the same for people
     experts/<expert>.safetensors  each expert's trunk (timm state dict), as `sphinx-x pretrain-experts` writes it
     llm/                          a transformers LlamaForCausalLM directory, as `sphinx-x pretrain-llm` writes it
+    connector.safetensors         the projector and image tags of the LLM's lookup warm-up (sets made with one)
 
 A model config uses them through the paths real weights take: `vision.experts[i].checkpoint` (frozen) and
-`llm.path`. `nano_model_config()` builds that config with absolute paths into wherever the package is
-installed; `nano_model_yaml(path)` writes it for `model.preset` / `--model.preset=`.
+`llm.path`, and the connector through `connector` (sphinx_x/connector.py). `nano_model_config()` builds that
+config with absolute paths into wherever the package is installed; `nano_model_yaml(path)` writes it for
+`model.preset` / `--model.preset=`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from sphinx_x.config import SphinxXConfig
 STANDINS_ROOT = Path(__file__).resolve().parent.parent / "assets" / "standins"
 MANIFEST_NAME = "manifest.json"
 CARD_NAME = "MODEL_CARD.md"
+CONNECTOR_NAME = "connector.safetensors"
 
 
 class StandinsError(FileNotFoundError):
@@ -42,7 +45,8 @@ def read_manifest(directory: str | Path | None = None) -> dict[str, Any]:
         raise StandinsError(f"{path}: missing; build the stand-ins with `sphinx-x build-standins --out {directory}`")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-        files = [*manifest["experts"].values(), manifest["llm"] + "/config.json"]
+        files = [*manifest["experts"].values(), manifest["llm"] + "/config.json",
+                 *([manifest["connector"]] if manifest.get("connector") else [])]
     except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as e:
         raise StandinsError(f"{path}: not a stand-ins manifest ({e})") from e
     for rel in files:
@@ -61,8 +65,8 @@ def has_standins(directory: str | Path | None = None) -> bool:
 
 
 def model_config(directory: str | Path | None = None) -> SphinxXConfig:
-    """The stand-ins' preset with its experts loaded frozen from `experts/` and its LLM from `llm/`
-    (absolute paths), default: the packaged nano set."""
+    """The stand-ins' preset with its experts loaded frozen from `experts/`, its LLM from `llm/` and, where the set
+    has one, its connector (absolute paths), default: the packaged nano set."""
     directory = (Path(directory) if directory is not None else standins_dir()).resolve()
     manifest = read_manifest(directory)
     config = SphinxXConfig.from_name(manifest["preset"])
@@ -71,7 +75,9 @@ def model_config(directory: str | Path | None = None) -> SphinxXConfig:
         raise StandinsError(f"{directory / MANIFEST_NAME}: no weights for the {manifest['preset']} expert(s) {missing}")
     experts = [{"checkpoint": str(directory / manifest["experts"][e.name]), "frozen": True}
                for e in config.vision.experts]
-    return config.with_overrides({"vision": {"experts": experts}, "llm": {"path": str(directory / manifest["llm"])}})
+    connector = {"connector": str(directory / manifest["connector"])} if manifest.get("connector") else {}
+    return config.with_overrides({"vision": {"experts": experts}, "llm": {"path": str(directory / manifest["llm"])},
+                                  **connector})
 
 
 def nano_model_config() -> SphinxXConfig:

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sphinx_x.standins import CARD_NAME, MANIFEST_NAME, read_manifest
+from sphinx_x.standins import CARD_NAME, CONNECTOR_NAME, MANIFEST_NAME, read_manifest
 from sphinx_x.standins.llm_pretrain import build_nano_llm, pretrain_llm, read_summary, write_llm_dir
 from sphinx_x.standins.lookup_warmup import warm_up_llm_dir
 from sphinx_x.standins.settings import (
@@ -173,10 +173,10 @@ def build_standins(out: str | Path, settings: BuildSettings, progress: bool = Fa
         warmup_made, warmup_scores = {}, {}
         if warm.steps > 0:
             log(f"[3/3] {preset}'s LLM: lookup warm-up ({warm.steps} one-stage steps on {warm.samples} single "
-                f"{' / '.join(warm.kinds)} questions, experts frozen, a projector thrown away after), then "
+                f"{' / '.join(warm.kinds)} questions, experts frozen; its projector and tags kept), then "
                 f"{warm.text_steps} text steps")
             warmup_made, warmup_scores = warm_up_llm_dir(tmp / "llm", expert_paths, tokenizer, llm_cfg, warm,
-                                                         llm_accuracy, progress, preset)
+                                                         llm_accuracy, tmp / CONNECTOR_NAME, progress, preset)
             log("      held-out lookups after the warm-up: " + ", ".join(
                 f"{k} {100 * a:.1f}%" for k, a in warmup_scores["llm_lookup_warmup_accuracy"].items())
                 + "; answers after the text steps: " + ", ".join(
@@ -186,6 +186,7 @@ def build_standins(out: str | Path, settings: BuildSettings, progress: bool = Fa
             "preset": preset,
             "experts": {name: f"experts/{Path(p).name}" for name, p in expert_paths.items()},
             "llm": "llm",
+            **({"connector": CONNECTOR_NAME} if warmup_made else {}),
             "made": {
                 "command": command_line(settings),
                 # from nothing: the same settings with the experts pretrained instead of copied
@@ -224,7 +225,7 @@ def config_from_summary(summary: dict[str, Any], directory: str) -> LlmPretrainC
 def copy_experts(directory: Path, source: dict[str, Any], tmp: Path) -> tuple[dict[str, Path], dict, dict]:
     """The experts of the stand-ins set in `directory` (its manifest `source`) copied into tmp/experts, checked
     against the sha256 that manifest lists; returns their paths, scores and the record of how they were made
-    (that set's, plus where they were copied from)."""
+    (that set's, plus the set they were trained in: a set that copied them itself passes its own record on)."""
     import shutil
 
     paths = {}
@@ -238,9 +239,9 @@ def copy_experts(directory: Path, source: dict[str, Any], tmp: Path) -> tuple[di
     scores = {k: dict(source["scores"].get(k, {})) for k in ("experts_held_out_shape_accuracy",
                                                                "experts_held_out_token_accuracy",
                                                                "experts_held_out_word_accuracy")}
-    made = {**source["made"]["experts"],
-            "copied_from": {"command": source["made"]["command"], "date": source["made"]["date"],
-                            "machine": source["made"]["machine"]}}
+    made = dict(source["made"]["experts"])
+    made.setdefault("copied_from", {"command": source["made"]["command"], "date": source["made"]["date"],
+                                    "machine": source["made"]["machine"]})
     return paths, scores, made
 
 
@@ -287,11 +288,12 @@ def warmup_line(w: dict[str, Any], seed: int) -> str:
             f"with nano's recipe ({optim['name']}, lr {optim['lr']:g}, batch {batch}) and the experts above frozen, "
             f"{w['steps']} steps on "
             f"{w['samples']} single questions about scenes of 2-4 objects, {' and '.join(w['kinds'])} lookups in turn "
-            f"(\"What shape is the red object?\", \"What color is the star?\"), seed {seed}; only the LLM is kept "
-            f"(the projector is thrown away). Then {w['text_steps']} steps of the text pretraining above again. "
-            f"Why: nano's LLM learns one lookup in the one-stage mix and then not the other; one that learnt both "
-            f"first keeps them (docs/experiments.md, stops 31-34). Wall time {w['wall_s'] / 60:.1f} + "
-            f"{w['text_wall_s'] / 60:.1f} min.")
+            f"(\"What shape is the red object?\", \"What color is the star?\"), seed {seed}; its LLM and its connector "
+            f"(projector and image tags, {CONNECTOR_NAME}) are kept, and the one-stage run starts from both. Then "
+            f"{w['text_steps']} steps of the text pretraining above again (the LLM only). Why: nano's LLM learns one "
+            f"lookup in the one-stage mix and then not the other; one that learnt both first keeps them, and keeps "
+            f"them on more seeds when its warm-up projector comes with it (docs/experiments.md, stops 31-35). "
+            f"Wall time {w['wall_s'] / 60:.1f} + {w['text_wall_s'] / 60:.1f} min.")
 
 
 def model_card(manifest: dict[str, Any], config: Any) -> str:

@@ -6,13 +6,15 @@ Why (docs/experiments.md, stops 30-33): in the one-stage run on the multi-domain
 between models showed the block is in the LLM, not the projector, and no one-stage lever (loss weights, holding
 colour back, learning rates, heads, an untied head) removed it. An LLM that first learnt both lookups from single
 questions alone, and was then trained on text again, starts the one-stage run with both: with the packaged set's
-2400 + 1600 steps the quickstart's shape is 94.2 ± 8.0 over 3 seeds (71.7 ± 10.4 without), though the run still
-erodes one lookup in some seeds (colour 81.7 ± 23.6; docs/experiments.md, stop 34).
+2400 + 1600 steps and the warm-up's connector, the quickstart's colour and shape are 100 ± 0 over 3 seeds (shape
+71.7 ± 10.4 without the warm-up; with a fresh projector instead of the connector one lookup eroded in two seeds of
+three: docs/experiments.md, stops 34-35).
 
 The warm-up is a plain one-stage run (nano's recipe, sphinx_x/train/recipe.py) with the stand-in experts frozen and
 a fresh projector, on `samples` single questions about scenes of 2-4 objects, colour and shape lookups in turn
-(`lookup_corpus`); only its LLM is kept (the projector is thrown away: the one-stage run makes its own). The text
-stage after it is `pretrain_llm` again with the text pretraining's own settings, for `text_steps` steps.
+(`lookup_corpus`). Its LLM and its connector (projector and image tags, sphinx_x/connector.py) are kept: the
+one-stage run starts from both. The text stage after it is `pretrain_llm` again with the text
+pretraining's own settings, for `text_steps` steps; it changes the LLM only.
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ class WarmupResult:
 def warm_up_lookups(llm_dir: str | Path, expert_paths: dict[str, str | Path], workdir: str | Path,
                     cfg: LookupWarmupConfig, progress: bool = False, preset: str = "nano") -> tuple[Any, WarmupResult]:
     """Train `preset` with the experts in `expert_paths` (frozen) and its LLM from `llm_dir` on the lookup corpus
-    for `cfg.steps` steps (in `workdir`); returns the trained LLM (a transformers module) and the result."""
+    for `cfg.steps` steps (in `workdir`); returns the trained model (a SphinxX) and the result."""
     import torch
 
     from sphinx_x.config import SphinxXConfig
@@ -126,24 +128,28 @@ def warm_up_lookups(llm_dir: str | Path, expert_paths: dict[str, str | Path], wo
     model = SphinxX.from_pretrained(final).eval()
     accuracy = lookup_accuracy(model, cfg)
     torch.set_num_threads(threads)
-    return model.llm, WarmupResult(cfg.steps, time.perf_counter() - started, accuracy)
+    return model, WarmupResult(cfg.steps, time.perf_counter() - started, accuracy)
 
 
 def warm_up_llm_dir(llm_dir: Path, expert_paths: dict[str, Path], tokenizer: Any, llm_cfg: LlmPretrainConfig,
-                    warm: LookupWarmupConfig, text_accuracy: dict[str, float], progress: bool = False,
+                    warm: LookupWarmupConfig, text_accuracy: dict[str, float], connector: Path, progress: bool = False,
                     preset: str = "nano") -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
     """The LLM in `llm_dir` (made by text pretraining with `llm_cfg`, which scored `text_accuracy`) through the
     lookup warm-up and `warm.text_steps` steps of that text pretraining again, written back to `llm_dir` (its
-    SUMMARY_NAME records all three stages). Returns the record of the two stages and their scores (the lookups
+    SUMMARY_NAME records all three stages); the warm-up's connector (projector and image tags) is written to
+    `connector` (safetensors). Returns the record of the two stages and their scores (the lookups
     after the warm-up; the LLM's held-out answers after the text steps and before the warm-up)."""
     import shutil
     import tempfile
 
+    from sphinx_x.connector import save_connector
     from sphinx_x.standins.llm_pretrain import pretrain_llm, write_llm_dir
 
     work = Path(tempfile.mkdtemp(prefix=".warmup-", dir=Path(llm_dir).parent))
     try:
-        llm, warmed = warm_up_lookups(llm_dir, expert_paths, work, warm, progress=progress, preset=preset)
+        model, warmed = warm_up_lookups(llm_dir, expert_paths, work, warm, progress=progress, preset=preset)
+        save_connector(model, connector)
+        llm = model.llm
     finally:
         shutil.rmtree(work, ignore_errors=True)
     # no text steps: the summary keeps the text pretraining's settings (its `steps` then says 0 were run)
