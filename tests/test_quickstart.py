@@ -179,6 +179,7 @@ def test_quickstart_end_to_end(tmp_path, capsys, monkeypatch):
     _assert_started_from(model, {n: packaged / rel for n, rel in manifest["experts"].items()}, packaged / "llm", 2,
                          packaged / manifest["connector"])
     assert "[2/5] starting from the packaged pretrained stand-ins" in printed and "pretraining nano's" not in printed
+    assert "[3/5] training nano (experts frozen, LLM and projector from the stand-ins) on CPU" in printed
     assert not (out / "experts").exists() and not (out / "llm").exists()
     steps = [json.loads(line)["step"] for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == 2

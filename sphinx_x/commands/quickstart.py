@@ -363,6 +363,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from sphinx_x.config import SphinxXConfig
     from sphinx_x.data.synth import generate_corpus
     from sphinx_x.eval.benchmarks import load_rows, resolve_benchmark
     from sphinx_x.eval.harness import model_anchor, read_predictions, run_benchmark, write_scores
@@ -418,7 +419,8 @@ def run(args: argparse.Namespace) -> int:
                   else use_packaged(out, phases, given))
 
     cfg = train_config(out / "train", corpus / "train.yaml", plan.train_steps, args.seed, progress, model_yaml)
-    print(f"[3/5] training nano (experts frozen, LLM from the stand-in) on CPU: {plan.train_steps} steps of "
+    start = "LLM and projector" if SphinxXConfig.load(model_yaml).connector else "LLM"
+    print(f"[3/5] training nano (experts frozen, {start} from the stand-ins) on CPU: {plan.train_steps} steps of "
           f"{cfg.train.global_batch} samples", flush=True)
     t = clock()
     final = train(cfg)
