@@ -71,7 +71,9 @@ ARITHMETIC_DRILLS = 3200
 # one-stage AdamW steps of 8 samples in 5.0 minutes; the corpus and the rest of a 9.6-minute run in 0.5 minutes).
 # The one-stage rate is for Muon (optim.name muon): its Newton-Schulz step costs a third of AdamW's step rate,
 # measured side by side on one machine (2026-12-03, 2 idle cores: 85 against 127 steps/min), so 180 x 85/127.
-EXPERT_STEPS_PER_MIN = 218.0
+# The expert rate is for the per-token objective the stand-ins use since stop 26 (a sub-image crop forwarded too):
+# 594 steps in 8.0 minutes on 2 idle cores (2026-12-05, `quickstart --from-scratch`; 218/min was scene-level only).
+EXPERT_STEPS_PER_MIN = 74.0
 TRAIN_STEPS_PER_MIN = 120.0
 # LLM pretraining (--from-scratch): an estimate from CPU time, not yet measured on idle cores (2026-12-02: 0.8
 # CPU-seconds per step of 16 samples on one thread, on a shared machine).
