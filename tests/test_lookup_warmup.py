@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from sphinx_x.data.synth.scenes import COLORS, SHAPES
-from sphinx_x.standins.lookup_warmup import MIX_FILE, ROW_FILE, lookup_corpus, lookup_question
+from sphinx_x.standins.lookup_warmup import MIX_FILE, ROW_FILE, box_kinds, lookup_corpus, lookup_question, scored_kinds
 from sphinx_x.standins.settings import LookupWarmupConfig
 
 
@@ -44,6 +44,29 @@ def test_rec_questions_ask_for_the_named_objects_box():
     shifted = answer.replace(answer.strip("[]").split(",")[0].strip(), f"{x1 + 0.9 * (x2 - x1):.2f}", 1)
     assert not answer_right("rec", shifted, answer) and not answer_right("rec", "no box", answer)
     assert answer_right("color", " Red ", "red") and not answer_right("shape", "star", "circle")
+
+
+def test_box_questions_ask_for_the_only_objects_box(monkeypatch):
+    from sphinx_x.data.synth import scenes
+    from sphinx_x.data.synth.common import box_text
+
+    made = []
+    real = scenes.make_scene
+    monkeypatch.setattr(scenes, "make_scene", lambda rng, n=None: made.append(real(rng, n)) or made[-1])
+    for i in range(6):
+        _, question, answer = lookup_question(0, "box-train", i, "box")
+        (only,) = made[-1].objects
+        assert question == scenes.REC_PROMPT.format(f"the {only.name}")
+        assert answer == box_text(made[-1].size, only.box)
+
+
+def test_box_stages_mix_lone_and_named_boxes_with_the_lookups():
+    cfg = LookupWarmupConfig(box_steps=800, box_mix_steps=1600)
+    kinds = box_kinds(cfg)
+    # a third lone boxes, a third named boxes among 2-4, the lookups the rest (docs/experiments.md, stop 35)
+    assert (kinds.count("box"), kinds.count("rec"), kinds.count("shape"), kinds.count("color")) == (2, 2, 1, 1)
+    assert scored_kinds(cfg) == ("shape", "color", "rec", "box")
+    assert scored_kinds(LookupWarmupConfig()) == ("shape", "color")  # the packaged set's warm-up: no box stages
 
 
 def test_the_answer_is_the_named_objects_own(monkeypatch):
@@ -87,8 +110,10 @@ def test_settings_are_checked():
         LookupWarmupConfig(steps=-1)
     with pytest.raises(ValueError, match=r"samples must be >= 8 \(one batch of nano's recipe\), got 7"):
         LookupWarmupConfig(samples=7)
-    with pytest.raises(ValueError, match="kinds must be among color, shape, rec, got"):
+    with pytest.raises(ValueError, match="kinds must be among color, shape, rec, box, got"):
         LookupWarmupConfig(kinds=("count",))
+    with pytest.raises(ValueError, match="warm-up box_mix_steps must be >= 0, got -2"):
+        LookupWarmupConfig(box_mix_steps=-2)
     assert LookupWarmupConfig(steps=0).steps == 0  # 0: no warm-up
 
 
@@ -103,7 +128,8 @@ def test_a_warm_up_without_text_steps_scores_the_warmed_llm(tmp_path, monkeypatc
     monkeypatch.setattr(expert_pretrain, "HELD_OUT", 8)
     manifest = build_standins(tmp_path / "set", BuildSettings(
         seed=1, expert_steps=1, expert_batch=2, llm=LlmPretrainConfig(steps=2, batch_size=2, seed=1, eval_per_kind=2),
-        warmup=LookupWarmupConfig(steps=1, samples=8, text_steps=0, seed=1, eval_per_kind=2)), log=lambda m: None)
+        warmup=LookupWarmupConfig(steps=1, samples=8, text_steps=0, seed=1, eval_per_kind=2, box_steps=0,
+                                  box_mix_steps=0)), log=lambda m: None)
     assert manifest["made"]["llm"]["lookup_warmup"]["text_wall_s"] == 0.0
     assert set(manifest["scores"]["llm_held_out_answer_accuracy"]) == {"text", "arithmetic", "scene"}
     summary = json.loads((tmp_path / "set" / "llm" / "pretrain_llm.json").read_text())

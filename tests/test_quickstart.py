@@ -13,7 +13,7 @@ from sphinx_x.cli import main as cli_main
 from sphinx_x.commands import quickstart as qs
 from sphinx_x.commands.quickstart import RECIPE, train_config
 from sphinx_x.data.synth import BENCH_TASKS
-from sphinx_x.standins.settings import WARMUP_STEPS, WARMUP_TEXT_STEPS
+from sphinx_x.standins.settings import WARMUP_BOX_MIX_STEPS, WARMUP_BOX_STEPS, WARMUP_STEPS, WARMUP_TEXT_STEPS
 from sphinx_x.train.config import load_train_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,13 +47,15 @@ def test_plan_spends_the_budget_at_the_idle_rates():
     assert qs.plan_run(10, 8000, 520, train_cap=5).train_steps == 5
     # --from-scratch: the experts and the LLM get their shares first
     scratch = qs.plan_run(10, 8000, 520, from_scratch=True)
-    assert scratch.total_s == pytest.approx(600, abs=1.5) and scratch.from_scratch and not scratch.starved
+    assert scratch.total_s == pytest.approx(600, abs=3.0) and scratch.from_scratch and not scratch.starved  # rounding
     spent = scratch.expert_s + scratch.llm_s + scratch.warmup_s + scratch.train_s
     assert scratch.expert_s / spent == pytest.approx(qs.SCRATCH_EXPERTS_SHARE, abs=0.01)
     assert scratch.llm_s / spent == pytest.approx(qs.SCRATCH_LLM_SHARE, abs=0.01)
     assert scratch.warmup_s / spent == pytest.approx(qs.SCRATCH_WARMUP_SHARE, abs=0.01)
     assert scratch.warmup_steps > 0  # its text steps in the packaged set's ratio
     assert scratch.warmup_text_steps == scratch.warmup_steps * WARMUP_TEXT_STEPS // WARMUP_STEPS
+    assert scratch.warmup_box_steps == (scratch.warmup_steps * WARMUP_BOX_STEPS // WARMUP_STEPS,
+                                        scratch.warmup_steps * WARMUP_BOX_MIX_STEPS // WARMUP_STEPS)
     capped = qs.plan_run(10, 8000, 520, expert_cap=3, train_cap=5, from_scratch=True, llm_cap=4, warmup_cap=6)
     assert (capped.expert_steps, capped.llm_steps, capped.train_steps, capped.warmup_steps) == (3, 4, 5, 6)
     assert qs.plan_run(10, 8000, 520, from_scratch=True, warmup_cap=0).warmup_steps == 0
@@ -296,8 +298,10 @@ def test_quickstart_from_scratch_pretrains_the_standins_itself(tmp_path, capsys,
     assert rc == 0
     captured = capsys.readouterr()
     printed, err = captured.out, captured.err
-    assert "plan for --minutes 0.5 on 2 idle CPU cores: 3 expert and 2 LLM pretraining steps, 2 lookup warm-up and " \
-        f"{2 * WARMUP_TEXT_STEPS // WARMUP_STEPS} text steps, 2 one-stage" in printed
+    boxes = (2 * WARMUP_BOX_STEPS // WARMUP_STEPS, 2 * WARMUP_BOX_MIX_STEPS // WARMUP_STEPS)  # both in the set's ratios
+    box_plan = f"{boxes[0]} + {boxes[1]} box, " if any(boxes) else ""  # the box stages are off in the packaged set
+    assert "plan for --minutes 0.5 on 2 idle CPU cores: 3 expert and 2 LLM pretraining steps, 2 lookup warm-up, " \
+        f"{box_plan}{2 * WARMUP_TEXT_STEPS // WARMUP_STEPS} text steps, 2 one-stage" in printed
     assert "[2/5] pretraining nano's vision experts" in printed and "[2/5] pretraining nano's LLM" in printed
     assert "[2/5] nano's LLM: lookup warm-up on single colour / shape questions, 2 one-stage steps" in printed
     assert "held-out lookups right: shape " in printed
@@ -312,5 +316,6 @@ def test_quickstart_from_scratch_pretrains_the_standins_itself(tmp_path, capsys,
     assert "| expert pretraining | 3 of 3 planned steps |" in summary
     assert "| LLM pretraining | 2 of 2 planned steps |" in summary
     text_steps = 2 * WARMUP_TEXT_STEPS // WARMUP_STEPS
-    assert f"| LLM lookup warm-up | 2 of 2 planned steps + {text_steps} text steps |" in summary
+    box_work = f"{boxes[0]} + {boxes[1]} box steps + " if any(boxes) else ""
+    assert f"| LLM lookup warm-up | 2 of 2 planned steps + {box_work}{text_steps} text steps |" in summary
     assert "note: expert pretraining ran" in err  # the early note, before the LLM and one-stage training

@@ -132,13 +132,14 @@ def test_build_writes_a_set_that_loads_like_the_packaged_one(tmp_path, monkeypat
     settings = BuildSettings(seed=1, expert_steps=1, expert_batch=2, expert_lr=2e-3, expert_scene_weight=0.0,
                              expert_token_weight=1.0,
                              llm=LlmPretrainConfig(steps=2, batch_size=2, seed=1, eval_per_kind=2),
-                             warmup=LookupWarmupConfig(steps=2, samples=8, text_steps=1, seed=1, eval_per_kind=2))
+                             warmup=LookupWarmupConfig(steps=2, samples=8, text_steps=1, seed=1, eval_per_kind=2,
+                                                       box_steps=1, box_mix_steps=1))
     logged = []
     manifest = build_standins(out, settings, log=logged.append)
     assert json.loads(json.dumps(manifest)) == read_manifest(out) and has_standins(out)
     assert manifest["made"]["command"] == "sphinx-x build-standins --out DIR --seed 1 --expert-steps 1 --llm-steps 2" \
         " --expert-lr 0.002 --expert-scene-weight 0 --llm-batch 2 --warmup-steps 2 --warmup-samples 8" \
-        " --warmup-text-steps 1"
+        " --warmup-text-steps 1 --warmup-box-steps 1 --warmup-box-mix-steps 1"
     assert manifest["scores"]["experts_held_out_shape_accuracy"] == {}  # no scene-level probe was trained
     assert set(manifest["scores"]["experts_held_out_token_accuracy"]) == {"clip_convnext", "dinov2"}
     assert manifest["made"]["llm"]["steps"] == 2 and manifest["made"]["experts"]["steps"] == 1
@@ -146,11 +147,14 @@ def test_build_writes_a_set_that_loads_like_the_packaged_one(tmp_path, monkeypat
     assert not any(out.parent.glob(".tmp-*"))  # written atomically, nothing left behind
     assert any("[2/3] pretraining nano's LLM" in line for line in logged)
     # the LLM's lookup warm-up ran after its text pretraining, and the set records it
-    assert any("[3/3] nano's LLM: lookup warm-up (2 one-stage steps on 8 single shape / color" in line
-               for line in logged)
+    assert any("[3/3] nano's LLM: lookup warm-up (2 one-stage steps on 8 single shape / color questions, then 1 on "
+               "boxes of a scene's only object and 1 on those, boxes among 2-4 and the lookups together; experts "
+               "frozen;" in line for line in logged)
     warm = manifest["made"]["llm"]["lookup_warmup"]
     assert (warm["steps"], warm["samples"], warm["text_steps"], warm["kinds"]) == (2, 8, 1, ["shape", "color"])
-    assert set(manifest["scores"]["llm_lookup_warmup_accuracy"]) == {"shape", "color"}
+    assert (warm["box_steps"], warm["box_mix_steps"]) == (1, 1)
+    # scored on both lookups and both boxes (the named object's among 2-4, a lone object's)
+    assert set(manifest["scores"]["llm_lookup_warmup_accuracy"]) == {"shape", "color", "rec", "box"}
     assert set(manifest["scores"]["llm_text_pretraining_answer_accuracy"]) == {"text", "arithmetic", "scene"}
     summary = json.loads((out / "llm" / "pretrain_llm.json").read_text())
     assert summary["lookup_warmup"]["steps"] == 2 and summary["text_pretraining"]["steps"] == 2
@@ -172,6 +176,8 @@ def test_build_writes_a_set_that_loads_like_the_packaged_one(tmp_path, monkeypat
     assert "lr 0.002" in card and "per-token x 1" in card and "scene-level" not in card
     assert "LLM lookup warm-up, after the text pretraining" in card and "2 steps on 8 single questions" in card
     assert "| LLM after its lookup warm-up (with the warm-up's own projector) | shape of the object" in card
+    assert "then 1 steps of boxes of a scene's only object, and 1 steps of those" in card
+    assert "| box of a scene's only object, IoU >= 0.5 |" in card
 
     # the warm-up changed the LLM: the same set without it has the same experts and a different LLM
     plain = build_standins(tmp_path / "plain", dataclasses.replace(settings, warmup=NO_WARMUP),

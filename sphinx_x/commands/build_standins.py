@@ -63,6 +63,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         f"{', '.join(defaults.WARMUP_KINDS)} (default {','.join(w.kinds)})")
     p.add_argument("--warmup-text-steps", type=non_negative_int, default=w.text_steps,
                    help=f"text pretraining steps after the warm-up (default {w.text_steps})")
+    p.add_argument("--warmup-box-steps", type=non_negative_int, default=w.box_steps,
+                   help=f"warm-up steps on boxes of a scene's only object, after the lookups (default {w.box_steps})")
+    p.add_argument("--warmup-box-mix-steps", type=non_negative_int, default=w.box_mix_steps,
+                   help=f"then warm-up steps on those boxes, boxes of the named object among 2-4 and the lookups "
+                        f"together (default {w.box_mix_steps})")
     p.add_argument("--experts-from", default=None, metavar="DIR",
                    help="copy the experts of the stand-ins set in DIR (checked against its manifest) instead of "
                         "pretraining them: rebuild only the LLM (DIR may be --out itself: the set is replaced only "
@@ -89,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
                                 seed=args.seed)
         warmup = LookupWarmupConfig(steps=args.warmup_steps, samples=args.warmup_samples,
                                     text_steps=args.warmup_text_steps, seed=args.seed,
+                                    box_steps=args.warmup_box_steps, box_mix_steps=args.warmup_box_mix_steps,
                                     kinds=tuple(k.strip() for k in args.warmup_kinds.split(",") if k.strip()))
     except ValueError as e:
         print(f"sphinx-x build-standins: error: {e}", file=sys.stderr)

@@ -80,7 +80,8 @@ def command_line(s: BuildSettings) -> str:
                 parts.append(f"{flag} {getattr(llm, attr)}")
     warm, default_warm = s.warmup_config(), LookupWarmupConfig()
     for flag, attr in (("--warmup-steps", "steps"), ("--warmup-samples", "samples"),
-                       ("--warmup-text-steps", "text_steps")):
+                       ("--warmup-text-steps", "text_steps"), ("--warmup-box-steps", "box_steps"),
+                       ("--warmup-box-mix-steps", "box_mix_steps")):
         if getattr(warm, attr) != getattr(default_warm, attr) and (attr == "steps" or warm.steps > 0):
             parts.append(f"{flag} {getattr(warm, attr)}")
     if warm.steps > 0 and tuple(warm.kinds) != default_warm.kinds:
@@ -172,8 +173,10 @@ def build_standins(out: str | Path, settings: BuildSettings, progress: bool = Fa
         log("      held-out: " + ", ".join(f"{k} {100 * a:.1f}%" for k, a in llm_accuracy.items()))
         warmup_made, warmup_scores = {}, {}
         if warm.steps > 0:
+            boxes = (f", then {warm.box_steps} on boxes of a scene's only object and {warm.box_mix_steps} on those, "
+                     "boxes among 2-4 and the lookups together") if warm.box_steps or warm.box_mix_steps else ""
             log(f"[3/3] {preset}'s LLM: lookup warm-up ({warm.steps} one-stage steps on {warm.samples} single "
-                f"{' / '.join(warm.kinds)} questions, experts frozen; its projector and tags kept), then "
+                f"{' / '.join(warm.kinds)} questions{boxes}; experts frozen; its projector and tags kept), then "
                 f"{warm.text_steps} text steps")
             warmup_made, warmup_scores = warm_up_llm_dir(tmp / "llm", expert_paths, tokenizer, llm_cfg, warm,
                                                          llm_accuracy, tmp / CONNECTOR_NAME, progress, preset)
@@ -284,12 +287,17 @@ def warmup_line(w: dict[str, Any], seed: int) -> str:
     from sphinx_x.train.recipe import RECIPE
 
     optim, batch = RECIPE["optim"], RECIPE["train"]["global_batch"]
+    box, mixed = w.get("box_steps", 0), w.get("box_mix_steps", 0)  # sets made before stop 36 had no box stages
+    boxes = (f"; then {box} steps of boxes of a scene's only object, and {mixed} steps of those, boxes of the named "
+             f"object among 2-4 and the lookups together (from the model before; without the lone boxes first the "
+             f"model draws one wide box for every question: docs/experiments.md, stops 35-36)") if box or mixed else ""
     return (f"- LLM lookup warm-up, after the text pretraining (sphinx_x/standins/lookup_warmup.py): a one-stage run "
             f"with nano's recipe ({optim['name']}, lr {optim['lr']:g}, batch {batch}) and the experts above frozen, "
             f"{w['steps']} steps on "
             f"{w['samples']} single questions about scenes of 2-4 objects, {' and '.join(w['kinds'])} lookups in turn "
-            f"(\"What shape is the red object?\", \"What color is the star?\"), seed {seed}; its LLM and its connector "
-            f"(projector and image tags, {CONNECTOR_NAME}) are kept, and the one-stage run starts from both. Then "
+            f"(\"What shape is the red object?\", \"What color is the star?\"), seed {seed}{boxes}. "
+            f"Its LLM and its connector (projector and image tags, {CONNECTOR_NAME}) are kept, and the one-stage run "
+            f"starts from both. Then "
             f"{w['text_steps']} steps of the text pretraining above again (the LLM only). Why: nano's LLM learns one "
             f"lookup in the one-stage mix and then not the other; one that learnt both first keeps them, and keeps "
             f"them on more seeds when its warm-up projector comes with it (docs/experiments.md, stops 31-35). "
@@ -355,9 +363,12 @@ def model_card(manifest: dict[str, Any], config: Any) -> str:
               for k, a in scores["llm_held_out_answer_accuracy"].items()]
     lines += [f"| LLM before its lookup warm-up | {what.get(k, k)} | {100 * a:.1f}% |"
               for k, a in scores.get("llm_text_pretraining_answer_accuracy", {}).items()]
-    lines += [f"| LLM after its lookup warm-up (with the warm-up's own projector) | {k} of the object a question "
-              f"names, among 2-4 objects, greedy exact | {100 * a:.1f}% |"
-              for k, a in scores.get("llm_lookup_warmup_accuracy", {}).items()]
+    warmed = {"color": "color of the object a question names, among 2-4 objects, greedy exact",
+              "shape": "shape of the object a question names, among 2-4 objects, greedy exact",
+              "rec": "box of the object a question names, among 2-4 objects, IoU >= 0.5",
+              "box": "box of a scene's only object, IoU >= 0.5"}
+    lines += [f"| LLM after its lookup warm-up (with the warm-up's own projector) | {warmed.get(k, k)} | "
+              f"{100 * a:.1f}% |" for k, a in scores.get("llm_lookup_warmup_accuracy", {}).items()]
     lines += ["", f"## Files ({total / 2**20:.1f} MiB)", "", "| file | bytes | sha256 |", "|---|---:|---|"]
     lines += [f"| {name} | {f['bytes']} | `{f['sha256'][:16]}…` |" for name, f in manifest["files"].items()]
     return "\n".join(lines) + "\n"

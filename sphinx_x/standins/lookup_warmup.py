@@ -12,9 +12,11 @@ three: docs/experiments.md, stops 34-35).
 
 The warm-up is a plain one-stage run (nano's recipe, sphinx_x/train/recipe.py) with the stand-in experts frozen and
 a fresh projector, on `samples` single questions about scenes of 2-4 objects, colour and shape lookups in turn
-(`lookup_corpus`). Its LLM and its connector (projector and image tags, sphinx_x/connector.py) are kept: the
-one-stage run starts from both. The text stage after it is `pretrain_llm` again with the text
-pretraining's own settings, for `text_steps` steps; it changes the LLM only.
+(`lookup_corpus`), then two more from its model: boxes of a scene's only object, then those, boxes of the named
+object among 2-4 and the lookups together (without the lone boxes first every box is one wide prior box:
+docs/experiments.md, stops 35-36). The last model's LLM and connector (projector and image tags,
+sphinx_x/connector.py) are kept: the one-stage run starts from both. The text stage after it is `pretrain_llm`
+again with the text pretraining's own settings, for `text_steps` steps; it changes the LLM only.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from sphinx_x.standins.settings import LlmPretrainConfig, LookupWarmupConfig
+from sphinx_x.standins.settings import WARMUP_BATCH, LlmPretrainConfig, LookupWarmupConfig
 
 ROW_FILE = "train/lookups.jsonl"
 MIX_FILE = "train.yaml"
@@ -33,8 +35,9 @@ MIX_FILE = "train.yaml"
 
 def lookup_question(seed: int, split: str, index: int, kind: str) -> tuple[Any, str, str]:
     """Sample `index` of `split`: (image, question, answer), a `kind` lookup about a scene of 2-4 objects ("color":
-    the colour of the named shape, "shape": the shape of the named colour, "rec": the box of the named object),
-    made only from `sample_rng(seed, split, index)` (scenes without a suitable object are redrawn)."""
+    the colour of the named shape, "shape": the shape of the named colour, "rec": the box of the named object) or
+    "box": the box of a scene's only object, made only from `sample_rng(seed, split, index)` (scenes without a
+    suitable object are redrawn)."""
     from sphinx_x.data.synth.common import sample_rng
     from sphinx_x.data.synth.scenes import VQA_ASKERS, ask_rec, make_scene, render_scene
 
@@ -42,25 +45,29 @@ def lookup_question(seed: int, split: str, index: int, kind: str) -> tuple[Any, 
         asked = ask_rec(scene, rng)
         return None if asked is None else asked[:2]
 
-    askers = {**VQA_ASKERS, "rec": rec}
+    askers = {**VQA_ASKERS, "rec": rec, "box": rec}
     rng = sample_rng(seed, split, index)
     while True:
-        scene = make_scene(rng, rng.choice([2, 3, 3, 4, 4]))
-        qa = askers[kind](scene, rng) if len(scene.objects) >= 2 else None
+        lone = kind == "box"
+        scene = make_scene(rng, 1 if lone else rng.choice([2, 3, 3, 4, 4]))
+        image = render_scene(scene)  # first: it makes each object's box the tight box of its drawn shape
+        qa = askers[kind](scene, rng) if lone or len(scene.objects) >= 2 else None
         if qa is not None:
-            return render_scene(scene), qa[0], qa[1]
+            return image, qa[0], qa[1]
 
 
-def lookup_corpus(out: str | Path, cfg: LookupWarmupConfig) -> Path:
-    """`cfg.samples` single lookup questions (kinds in turn) as a LLaVA-format corpus in `out`; returns its mix."""
+def lookup_corpus(out: str | Path, cfg: LookupWarmupConfig, kinds: tuple[str, ...] | None = None,
+                  samples: int | None = None, split: str = "lookup-train") -> Path:
+    """`samples` (default `cfg.samples`) single questions of `kinds` (default `cfg.kinds`) in turn, from `split`, as
+    a LLaVA-format corpus in `out`; returns its mix."""
     from sphinx_x.data.synth.corpus import encode_png
 
-    out = Path(out)
+    out, kinds = Path(out), kinds or cfg.kinds
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / ROW_FILE).parent.mkdir(parents=True, exist_ok=True)
     with open(out / ROW_FILE, "w", encoding="utf-8") as rows:
-        for i in range(cfg.samples):
-            image, question, answer = lookup_question(cfg.seed, "lookup-train", i, cfg.kinds[i % len(cfg.kinds)])
+        for i in range(cfg.samples if samples is None else samples):
+            image, question, answer = lookup_question(cfg.seed, split, i, kinds[i % len(kinds)])
             rel = f"images/{i:06d}.png"
             (out / rel).write_bytes(encode_png(image))
             rows.write(json.dumps({"id": f"lookup-{i:06d}", "image": rel, "conversations": [
@@ -69,9 +76,20 @@ def lookup_corpus(out: str | Path, cfg: LookupWarmupConfig) -> Path:
     return out / MIX_FILE
 
 
+def box_kinds(cfg: LookupWarmupConfig) -> tuple[str, ...]:
+    """The mixed box stage's kinds in turn: with two lookup kinds, lone boxes and boxes among 2-4 a third each."""
+    return ("box", "rec", "box", "rec", *cfg.kinds)
+
+
+def scored_kinds(cfg: LookupWarmupConfig) -> tuple[str, ...]:
+    """What the warm-up model is scored on: its kinds, and both box kinds when it had box stages."""
+    boxes = ("rec", "box") if cfg.box_steps or cfg.box_mix_steps else ()
+    return tuple(dict.fromkeys((*cfg.kinds, *boxes)))
+
+
 def answer_right(kind: str, prediction: str, answer: str) -> bool:
-    """Exact match (case-insensitive); for "rec", a box with IoU >= 0.5 (both in canvas coordinates)."""
-    if kind != "rec":
+    """Exact match (case-insensitive); for "rec" and "box", a box with IoU >= 0.5 (both in canvas coordinates)."""
+    if kind not in ("rec", "box"):
         return prediction.strip().lower() == answer.lower()
     from sphinx_x.data.geometry import parse_box
     from sphinx_x.eval.metrics import box_iou
@@ -81,12 +99,12 @@ def answer_right(kind: str, prediction: str, answer: str) -> bool:
 
 
 def lookup_accuracy(model: Any, cfg: LookupWarmupConfig, batch_size: int = 16) -> dict[str, float]:
-    """Greedy accuracy per kind (`answer_right`) on `cfg.eval_per_kind` held-out lookup questions (split
-    "lookup-test", never trained on)."""
+    """Greedy accuracy per kind of `scored_kinds` (`answer_right`) on `cfg.eval_per_kind` held-out questions
+    (split "lookup-test", never trained on)."""
     from sphinx_x.infer.chat import generate
 
     accuracy = {}
-    for kind in dict.fromkeys(cfg.kinds):  # a kind named twice (asked twice as often) is scored once
+    for kind in scored_kinds(cfg):
         rows = [lookup_question(cfg.seed, "lookup-test", i, kind) for i in range(cfg.eval_per_kind)]
         right = 0
         for start in range(0, len(rows), batch_size):
@@ -99,15 +117,16 @@ def lookup_accuracy(model: Any, cfg: LookupWarmupConfig, batch_size: int = 16) -
 
 @dataclass
 class WarmupResult:
-    steps: int
-    seconds: float  # the corpus, the run and its evaluation
+    steps: int  # one-stage steps of all three stages
+    seconds: float  # the corpora, the runs and the evaluation
     accuracy: dict[str, float]  # kind -> held-out share right (`answer_right`) of the warm-up model, its own projector
 
 
 def warm_up_lookups(llm_dir: str | Path, expert_paths: dict[str, str | Path], workdir: str | Path,
                     cfg: LookupWarmupConfig, progress: bool = False, preset: str = "nano") -> tuple[Any, WarmupResult]:
     """Train `preset` with the experts in `expert_paths` (frozen) and its LLM from `llm_dir` on the lookup corpus
-    for `cfg.steps` steps (in `workdir`); returns the trained model (a SphinxX) and the result."""
+    for `cfg.steps` steps, then its two box stages (in `workdir`); returns the trained model (a SphinxX) and the
+    result."""
     import torch
 
     from sphinx_x.config import SphinxXConfig
@@ -122,13 +141,24 @@ def warm_up_lookups(llm_dir: str | Path, expert_paths: dict[str, str | Path], wo
                for e in config.vision.experts]
     config = config.with_overrides({"vision": {"experts": experts}, "llm": {"path": str(Path(llm_dir).resolve())}})
     config.save(workdir / "model.yaml")
-    mix = lookup_corpus(workdir / "corpus", cfg)
-    final = train(train_config(workdir / "train", mix, cfg.steps, cfg.seed, progress, workdir / "model.yaml"))
+    final = None
+    # the lookups, then the two box stages (each from the last stage's model, one fresh question per sample)
+    for name, steps, kinds, samples, split in (
+            ("", cfg.steps, cfg.kinds, cfg.samples, "lookup-train"),
+            ("-boxes", cfg.box_steps, ("box",), WARMUP_BATCH * cfg.box_steps, "box-train"),
+            ("-box-mix", cfg.box_mix_steps, box_kinds(cfg), WARMUP_BATCH * cfg.box_mix_steps, "box-mix-train")):
+        if steps == 0:
+            continue
+        mix = lookup_corpus(workdir / f"corpus{name}", cfg, kinds, samples, split)
+        train_cfg = train_config(workdir / f"train{name}", mix, steps, cfg.seed, progress, workdir / "model.yaml")
+        if final is not None:
+            train_cfg.model.path = str(final)
+        final = train(train_cfg)
     threads = torch.get_num_threads()
     model = SphinxX.from_pretrained(final).eval()
     accuracy = lookup_accuracy(model, cfg)
     torch.set_num_threads(threads)
-    return model, WarmupResult(cfg.steps, time.perf_counter() - started, accuracy)
+    return model, WarmupResult(cfg.steps + cfg.box_steps + cfg.box_mix_steps, time.perf_counter() - started, accuracy)
 
 
 def warm_up_llm_dir(llm_dir: Path, expert_paths: dict[str, Path], tokenizer: Any, llm_cfg: LlmPretrainConfig,
