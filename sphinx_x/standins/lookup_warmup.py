@@ -46,9 +46,8 @@ def lookup_question(seed: int, split: str, index: int, kind: str) -> tuple[Any, 
         return None if asked is None else asked[:2]
 
     askers = {**VQA_ASKERS, "rec": rec, "box": rec}
-    rng = sample_rng(seed, split, index)
+    rng, lone = sample_rng(seed, split, index), kind == "box"
     while True:
-        lone = kind == "box"
         scene = make_scene(rng, 1 if lone else rng.choice([2, 3, 3, 4, 4]))
         image = render_scene(scene)  # first: it makes each object's box the tight box of its drawn shape
         qa = askers[kind](scene, rng) if lone or len(scene.objects) >= 2 else None

@@ -33,8 +33,8 @@ WARMUP_KINDS = ("color", "shape", "rec", "box")
 # box for every question (held-out rec 9% after 1600 steps of box questions among 2-4 objects). 800 steps of boxes of
 # a scene's only object, then 1600 with those, boxes of the named object among 2-4 and the lookups together (a
 # third, a third, a sixth each) give the warm-up model lone boxes 81%, named boxes 32%, lookups 98-99%; but the
-# quickstart's one-stage run does not keep them (REC 10.0 and 0.0 on seeds 0 and 1, lone boxes ~3-20% after) and
-# its overall score was lower (44.5 and 46.2 against 46.1 and 48.5), so the packaged set is made without them.
+# quickstart's one-stage run does not keep them (REC 8.3 ± 7.6 against 4.2 ± 3.8 without) and scored lower overall
+# (46.6 ± 2.3 against 47.6 ± 1.3, 3 seeds), so the packaged set is made without them.
 WARMUP_BOX_STEPS = 0
 WARMUP_BOX_MIX_STEPS = 0
 WARMUP_BATCH = 8  # the global batch of nano's recipe (sphinx_x/train/recipe.py), which the warm-up trains with
