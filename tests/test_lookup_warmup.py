@@ -61,12 +61,16 @@ def test_box_questions_ask_for_the_only_objects_box(monkeypatch):
 
 
 def test_box_stages_mix_lone_and_named_boxes_with_the_lookups():
-    cfg = LookupWarmupConfig(box_steps=800, box_mix_steps=1600)
+    cfg = LookupWarmupConfig(box_steps=800, box_mix_steps=1600, kinds=("shape", "color"))
     kinds = box_kinds(cfg)
     # a third lone boxes, a third named boxes among 2-4, the lookups the rest (docs/experiments.md, stop 35)
     assert (kinds.count("box"), kinds.count("rec"), kinds.count("shape"), kinds.count("color")) == (2, 2, 1, 1)
     assert scored_kinds(cfg) == ("shape", "color", "rec", "box")
-    assert scored_kinds(LookupWarmupConfig()) == ("shape", "color")  # the packaged set's warm-up: no box stages
+    # the packaged set's warm-up: shape twice as often as colour, both box stages (docs/experiments.md, stop 37)
+    packaged = LookupWarmupConfig()
+    assert box_kinds(packaged) == ("box", "rec", "box", "rec", "shape", "shape", "color")
+    assert scored_kinds(packaged) == ("shape", "color", "rec", "box") and packaged.text_share == 0.2
+    assert scored_kinds(LookupWarmupConfig(box_steps=0, box_mix_steps=0)) == ("shape", "color")
 
 
 def test_the_answer_is_the_named_objects_own(monkeypatch):
@@ -91,18 +95,40 @@ def test_the_answer_is_the_named_objects_own(monkeypatch):
 def test_corpus_takes_kinds_in_turn_and_loads_as_a_mix(tmp_path):
     from sphinx_x.data.readers import load_mix
 
-    mix = lookup_corpus(tmp_path, LookupWarmupConfig(samples=10, seed=2))
+    mix = lookup_corpus(tmp_path, LookupWarmupConfig(samples=10, seed=2, kinds=("shape", "color")))
     assert mix == tmp_path / MIX_FILE
     rows = [json.loads(line) for line in (tmp_path / ROW_FILE).read_text().splitlines()]
     assert len(rows) == 10
     kinds = [r["conversations"][0]["value"].split()[1] for r in rows]
-    assert kinds == ["shape", "color"] * 5  # the default kinds, shape first, in turn
+    assert kinds == ["shape", "color"] * 5  # the kinds in turn
     for i, r in enumerate(rows):
         _, question, answer = lookup_question(2, "lookup-train", i, kinds[i])
         assert r["conversations"] == [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
         assert (tmp_path / r["image"]).is_file()
     sources = load_mix(mix).sources
     assert [(s.path, s.type, s.root) for s in sources] == [(tmp_path / ROW_FILE, "image_text", tmp_path)]
+
+
+def test_text_share_adds_the_corpus_text_dialogues_as_a_text_source(tmp_path):
+    from sphinx_x.data.readers import load_mix
+    from sphinx_x.data.synth.common import sample_rng
+    from sphinx_x.data.synth.text import generate_text
+    from sphinx_x.standins.lookup_warmup import TEXT_FILE, stage_rows
+
+    cfg = LookupWarmupConfig(samples=12, seed=2, text_share=0.25)
+    questions, text_rows = stage_rows(cfg, 12)
+    assert (questions, text_rows) == (12, 4)  # text makes a quarter of the stage's rows
+    assert stage_rows(LookupWarmupConfig(text_share=0.0), 12) == (12, 0)
+    mix = lookup_corpus(tmp_path, cfg, None, questions, "box-train", text_rows)
+    sources = load_mix(mix).sources
+    assert [(s.path, s.type) for s in sources] == [(tmp_path / ROW_FILE, "image_text"), (tmp_path / TEXT_FILE, "text")]
+    rows = [json.loads(line) for line in (tmp_path / TEXT_FILE).read_text().splitlines()]
+    assert len(rows) == 4 and all("image" not in r for r in rows)
+    for i, r in enumerate(rows):  # the text domain's dialogues, seeded by (seed, split + "-text", index)
+        turns = generate_text(sample_rng(2, "box-train-text", i)).turns
+        assert [(c["from"], c["value"]) for c in r["conversations"]] == [
+            x for q, a in turns for x in (("human", q), ("gpt", a))]
+    assert len(set(json.dumps(r["conversations"]) for r in rows)) == 4
 
 
 def test_settings_are_checked():
@@ -114,22 +140,35 @@ def test_settings_are_checked():
         LookupWarmupConfig(kinds=("count",))
     with pytest.raises(ValueError, match="warm-up box_mix_steps must be >= 0, got -2"):
         LookupWarmupConfig(box_mix_steps=-2)
+    for share in (-0.1, 1.0):
+        with pytest.raises(ValueError, match=r"text_share must be in \[0, 1\)"):
+            LookupWarmupConfig(text_share=share)
     assert LookupWarmupConfig(steps=0).steps == 0  # 0: no warm-up
 
 
 @pytest.mark.slow
 def test_a_warm_up_without_text_steps_scores_the_warmed_llm(tmp_path, monkeypatch):
     """text_steps 0 (what a tiny --from-scratch budget plans): the warmed LLM is written as it is, its held-out
-    answers scored."""
+    answers scored; with text_share, every stage's corpus holds text dialogues in that share."""
+    from sphinx_x.standins import lookup_warmup
     from sphinx_x.standins.build import BuildSettings, build_standins
     from sphinx_x.standins.settings import LlmPretrainConfig
     from sphinx_x.train import expert_pretrain
 
     monkeypatch.setattr(expert_pretrain, "HELD_OUT", 8)
+    corpora, real = [], lookup_warmup.lookup_corpus
+    monkeypatch.setattr(lookup_warmup, "lookup_corpus",
+                        lambda out, cfg, kinds, n, split, text: corpora.append((split, n, text)) or real(
+                            out, cfg, kinds, n, split, text))
     manifest = build_standins(tmp_path / "set", BuildSettings(
         seed=1, expert_steps=1, expert_batch=2, llm=LlmPretrainConfig(steps=2, batch_size=2, seed=1, eval_per_kind=2),
-        warmup=LookupWarmupConfig(steps=1, samples=8, text_steps=0, seed=1, eval_per_kind=2, box_steps=0,
-                                  box_mix_steps=0)), log=lambda m: None)
+        warmup=LookupWarmupConfig(steps=1, samples=8, text_steps=0, seed=1, eval_per_kind=2, box_steps=2,
+                                  box_mix_steps=0, text_share=0.5)), log=lambda m: None)
+    # the lookups: their 8 questions and as many text dialogues; the lone boxes: two steps of 8, half of them text
+    assert corpora == [("lookup-train", 8, 8), ("box-train", 8, 8)]
+    assert manifest["made"]["command"].endswith("--warmup-text-steps 0 --warmup-box-steps 2 --warmup-text-share 0.5")
+    assert "text dialogues (the corpus's text domain) 50% of every stage's samples" in (
+        tmp_path / "set" / "MODEL_CARD.md").read_text()
     assert manifest["made"]["llm"]["lookup_warmup"]["text_wall_s"] == 0.0
     assert set(manifest["scores"]["llm_held_out_answer_accuracy"]) == {"text", "arithmetic", "scene"}
     summary = json.loads((tmp_path / "set" / "llm" / "pretrain_llm.json").read_text())

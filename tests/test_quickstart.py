@@ -124,6 +124,23 @@ def test_demo_picks_a_right_row_of_the_best_task_the_image_made_right():
     assert qs.pick_demo(wrong, [], scores, "top-left") is None
 
 
+def _rec(i, prediction):
+    return {"id": f"r{i}", "task": "rec", "metric": "rec", "question": "q", "prompt": "q", "prediction": prediction,
+            "gt_box": [0, 0, 50, 50], "width": 100, "height": 100, "image": f"images/test/{i}.png"}
+
+
+def test_demo_prefers_the_tightest_right_box_over_a_better_scored_task():
+    records = [_record(1, "color", "red", "red"), _rec(2, "[0.00, 0.00, 0.60, 0.60]"),  # IoU 0.69: right
+               _rec(3, "[0.00, 0.00, 0.52, 0.50]"),  # IoU 0.96: right, tightest
+               _rec(4, "[0.50, 0.50, 1.00, 1.00]"), _rec(5, "no box")]  # wrong
+    scores = {"tasks": {"color": {"score": 100.0}, "rec": {"score": 50.0}}}
+    assert qs.box_fit(records[2], "top-left") == pytest.approx(0.96, abs=0.01)
+    assert qs.box_fit(records[4], "top-left") == 0.0
+    assert qs.pick_demo(records, [], scores, "top-left")["id"] == "r3"
+    # no box right: the best-scored task's right row, as before
+    assert qs.pick_demo([records[0], records[3]], [], scores, "top-left")["id"] == "t1"
+
+
 def _assert_started_from(model, experts: dict, llm_dir, steps: int, connector=None) -> None:
     """`model` trained `steps` steps from these experts (kept frozen, so equal), this LLM and this connector
     (projector and image tags; each AdamW step moves a weight by about the learning rate at most, far less

@@ -252,6 +252,27 @@ def test_training_dialogues_are_dense_and_cannot_be_answered_from_their_own_text
     assert max(lengths["grounding"]) == 3
 
 
+def test_grounding_dialogues_ask_a_box_first_and_the_tokenizer_mix_keeps_its_own() -> None:
+    """Training grounding dialogues open with the box of one named object (REC), then up to 2 other grounding turns;
+    the tokenizer's mix (what the shipped nano tokenizer was trained on) keeps grounding at weight 3 without that."""
+    from sphinx_x.data.synth.corpus import DOMAINS, TOKENIZER_SCHEDULE, tokenizer_sample
+    from sphinx_x.data.synth.scenes import REC_PROMPT
+
+    rec = re.compile("^" + re.escape(REC_PROMPT).replace(re.escape("{}"), "the (\\w+) (\\w+)") + "$")
+    grounding = [s for s in (make_sample(3, "train", i) for i in range(200)) if s.domain == "grounding"]
+    assert len(grounding) >= 40  # a quarter of the schedule
+    for s in grounding:
+        (question, answer), *rest = s.turns
+        m = rec.match(question)
+        assert m is not None and len(rest) <= 2, s.turns
+        named = [o for o in s.meta["objects"] if (o["color"], o["shape"]) == (m[1], m[2])]
+        assert len(named) == 1 and re.fullmatch(r"\[\d\.\d\d, \d\.\d\d, \d\.\d\d, \d\.\d\d\]", answer)
+    assert DOMAINS["grounding"].weight == 12 and TOKENIZER_SCHEDULE.count("grounding") == 3
+    firsts = [tokenizer_sample(3, i).turns[0][0] for i in range(200)
+              if TOKENIZER_SCHEDULE[i % len(TOKENIZER_SCHEDULE)] == "grounding"]
+    assert any(not rec.match(q) for q in firsts) and any(rec.match(q) for q in firsts)
+
+
 def test_vqa_dialogues_ask_lookups_first_and_always_count() -> None:
     """Training VQA dialogues open with questions that must find a named object (colour of a shape, shape of a
     colour, their multiple-choice form) while one is left to ask about, and every dialogue counts something, so

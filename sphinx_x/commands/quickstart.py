@@ -52,6 +52,7 @@ from sphinx_x.commands.argtypes import non_negative_int, positive_float, positiv
 from sphinx_x.commands.quickstart_eval import (
     BLIND,
     blind_benchmark,
+    box_fit,
     demo_answer,
     expected_answer,
     pick_demo,
@@ -92,8 +93,8 @@ OVERRUN_WARNING = 1.1  # warn when the run took more than this times its planned
 # shipped, docs/experiments.md (2026-11-26): experts 4.1 of 9.1 minutes read colours better than 2.5 (57.5 vs
 # 52.5 on 40 rows); the LLM's share is a first split, not yet measured.
 # The LLM's lookup warm-up (sphinx_x/standins/lookup_warmup.py) gets SCRATCH_WARMUP_SHARE: its one-stage steps at
-# TRAIN_STEPS_PER_MIN, its two box stages and the text steps after it (at LLM_STEPS_PER_MIN), all in the packaged
-# set's ratios to WARMUP_STEPS. At --minutes 10 that is ~100 lookup steps, far from the 2400 that bind both lookups:
+# TRAIN_STEPS_PER_MIN, its two box stages and any text steps after it (at LLM_STEPS_PER_MIN), all in the packaged
+# set's ratios to WARMUP_STEPS. At --minutes 10 that is ~90 lookup steps, far from the 4000 that bind both lookups:
 # the chain runs, the binding needs a larger --minutes (or the packaged set). First split, not measured.
 SCRATCH_EXPERTS_SHARE = 0.3
 SCRATCH_LLM_SHARE = 0.15
@@ -340,15 +341,19 @@ def warm_up(out: Path, plan: Plan, seed: int, progress: bool, phases: list[Phase
     does (sphinx_x/standins/lookup_warmup.py), for the planned steps; returns the warm-up's connector file."""
     from sphinx_x.standins import CONNECTOR_NAME
     from sphinx_x.standins.lookup_warmup import warm_up_llm_dir
-    from sphinx_x.standins.settings import WARMUP_BATCH, LookupWarmupConfig
+    from sphinx_x.standins.settings import WARMUP_BATCH, WARMUP_TEXT_SHARE, LookupWarmupConfig
 
     box, box_mix = plan.warmup_box_steps
-    warm = LookupWarmupConfig(steps=plan.warmup_steps, samples=WARMUP_BATCH * plan.warmup_steps,
+    # one pass over the questions and the text dialogues beside them (the packaged set's share)
+    questions = max(WARMUP_BATCH, round(WARMUP_BATCH * plan.warmup_steps * (1 - WARMUP_TEXT_SHARE)))
+    warm = LookupWarmupConfig(steps=plan.warmup_steps, samples=questions,
                               text_steps=plan.warmup_text_steps, seed=seed, eval_per_kind=LLM_EVAL_PER_KIND,
                               box_steps=box, box_mix_steps=box_mix)
     boxes = f", then {box} + {box_mix} on boxes" if box or box_mix else ""
+    text = f", then {warm.text_steps} text steps" if warm.text_steps else ""
     print(f"[2/5] nano's LLM: lookup warm-up on single colour / shape questions, {warm.steps} one-stage steps{boxes} "
-          f"(experts frozen; its projector and tags are kept), then {warm.text_steps} text steps", flush=True)
+          f"with {100 * warm.text_share:g}% text dialogues (experts frozen; its projector and tags are kept){text}",
+          flush=True)
     t = clock()
     _, scores = warm_up_llm_dir(out / "llm", expert_paths, tokenizer, llm_cfg, warm, text_accuracy,
                                 out / CONNECTOR_NAME, progress)
@@ -357,8 +362,8 @@ def warm_up(out: Path, plan: Plan, seed: int, progress: bool, phases: list[Phase
                         f"{warm.text_steps} text steps", plan.warmup_s, clock() - t, warm.steps, plan.warmup_steps,
                         TRAIN_STEPS_PER_MIN))
     print("      held-out lookups right: " + ", ".join(
-        f"{k} {100 * a:.0f}%" for k, a in scores["llm_lookup_warmup_accuracy"].items()) + "; answers right after the "
-        "text steps: " + ", ".join(f"{k} {100 * a:.0f}%" for k, a in scores["llm_held_out_answer_accuracy"].items()),
+        f"{k} {100 * a:.0f}%" for k, a in scores["llm_lookup_warmup_accuracy"].items()) + "; the LLM's text answers "
+        "right: " + ", ".join(f"{k} {100 * a:.0f}%" for k, a in scores["llm_held_out_answer_accuracy"].items()),
         flush=True)
     return out / CONNECTOR_NAME
 
@@ -464,7 +469,10 @@ def run(args: argparse.Namespace) -> int:
     records = read_predictions(out / "eval" / bench.name / "predictions.jsonl")
     record = pick_demo(records, read_predictions(out / "eval" / BLIND / "predictions.jsonl"), results[bench.name],
                        anchor)
-    if record is not None:
+    if record is not None and record["task"] == "rec":
+        print(f"[5/5] a demo answer: a grounding question (REC {results[bench.name]['tasks']['rec']['score']:.0f}%), "
+              f"the synth-bench row whose box it drew tightest (IoU {box_fit(record, anchor):.2f})", flush=True)
+    elif record is not None:
         task = record["task"]
         print(f"[5/5] a demo answer: a {task} question (the task it scored best on among those it answered right, "
               f"{results[bench.name]['tasks'][task]['score']:.0f}%), on a synth-bench image it answered right",

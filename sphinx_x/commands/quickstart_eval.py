@@ -43,16 +43,29 @@ def row_right(record: dict[str, Any], anchor: str) -> bool:
 
 def pick_demo(records: list[dict[str, Any]], blind_records: list[dict[str, Any]], result: dict[str, Any],
               anchor: str) -> dict[str, Any] | None:
-    """The demo's synth-bench row: from the image task with the best score that has a row answered right,
-    a right row whose blind answer was wrong (the image made the difference) if there is one, else its first
-    right row; None when no row with an image was answered right."""
+    """The demo's synth-bench row: a grounding (REC) row answered right when there is one, the one whose box fits
+    the object tightest (highest IoU), so the drawn answer shows the model finding the object; else, from the image
+    task with the best score that has a row answered right, a right row whose blind answer was wrong (the image
+    made the difference) if there is one, else its first right row; None when no row with an image was answered
+    right."""
     blind_right = {r["id"] for r in blind_records if row_right(r, anchor)}
     right = [r for r in records if r.get("image") and row_right(r, anchor)]
     if not right:
         return None
+    boxes = [r for r in right if r["task"] == "rec"]
+    if boxes:
+        return max(boxes, key=lambda r: box_fit(r, anchor))
     best = max({r["task"] for r in right}, key=lambda task: result["tasks"][task]["score"])
     rows = [r for r in right if r["task"] == best]
     return next((r for r in rows if r["id"] not in blind_right), rows[0])
+
+
+def box_fit(record: dict[str, Any], anchor: str) -> float:
+    """IoU of a REC record's predicted box with its ground truth (0.0 when no box can be read)."""
+    from sphinx_x.eval.metrics import box_iou, predicted_box_pixels
+
+    box = predicted_box_pixels(record["prediction"], record["width"], record["height"], anchor)
+    return 0.0 if box is None else box_iou(box, record["gt_box"])
 
 
 def expected_answer(record: dict[str, Any]) -> str:

@@ -81,7 +81,7 @@ def command_line(s: BuildSettings) -> str:
     warm, default_warm = s.warmup_config(), LookupWarmupConfig()
     for flag, attr in (("--warmup-steps", "steps"), ("--warmup-samples", "samples"),
                        ("--warmup-text-steps", "text_steps"), ("--warmup-box-steps", "box_steps"),
-                       ("--warmup-box-mix-steps", "box_mix_steps")):
+                       ("--warmup-box-mix-steps", "box_mix_steps"), ("--warmup-text-share", "text_share")):
         if getattr(warm, attr) != getattr(default_warm, attr) and (attr == "steps" or warm.steps > 0):
             parts.append(f"{flag} {getattr(warm, attr)}")
     if warm.steps > 0 and tuple(warm.kinds) != default_warm.kinds:
@@ -175,14 +175,15 @@ def build_standins(out: str | Path, settings: BuildSettings, progress: bool = Fa
         if warm.steps > 0:
             boxes = (f", then {warm.box_steps} on boxes of a scene's only object and {warm.box_mix_steps} on those, "
                      "boxes among 2-4 and the lookups together") if warm.box_steps or warm.box_mix_steps else ""
+            text = f"; text dialogues {100 * warm.text_share:g}% of every stage's samples" if warm.text_share else ""
             log(f"[3/3] {preset}'s LLM: lookup warm-up ({warm.steps} one-stage steps on {warm.samples} single "
-                f"{' / '.join(warm.kinds)} questions{boxes}; experts frozen; its projector and tags kept), then "
+                f"{' / '.join(warm.kinds)} questions{boxes}{text}; experts frozen; its projector and tags kept), then "
                 f"{warm.text_steps} text steps")
             warmup_made, warmup_scores = warm_up_llm_dir(tmp / "llm", expert_paths, tokenizer, llm_cfg, warm,
                                                          llm_accuracy, tmp / CONNECTOR_NAME, progress, preset)
             log("      held-out lookups after the warm-up: " + ", ".join(
                 f"{k} {100 * a:.1f}%" for k, a in warmup_scores["llm_lookup_warmup_accuracy"].items())
-                + "; answers after the text steps: " + ", ".join(
+                + "; the LLM's text answers: " + ", ".join(
                 f"{k} {100 * a:.1f}%" for k, a in warmup_scores["llm_held_out_answer_accuracy"].items()))
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         manifest = {
@@ -291,17 +292,25 @@ def warmup_line(w: dict[str, Any], seed: int) -> str:
     boxes = (f"; then {box} steps of boxes of a scene's only object, and {mixed} steps of those, boxes of the named "
              f"object among 2-4 and the lookups together (from the model before; without the lone boxes first the "
              f"model draws one wide box for every question: docs/experiments.md, stops 35-36)") if box or mixed else ""
+    share = w.get("text_share", 0.0)  # sets made before stop 37 had no text in the warm-up
+    if share:
+        boxes += (f"; text dialogues (the corpus's text domain) {100 * share:g}% of every stage's samples, so the LLM "
+                  f"keeps its text without text steps after it (docs/experiments.md, stop 37)")
+    counts = {k: w["kinds"].count(k) for k in dict.fromkeys(w["kinds"])}  # "shape, shape, color": shape twice
+    kinds = " and ".join(k if n == 1 else f"{k} ({n} in {len(w['kinds'])})" for k, n in counts.items())
+    text = (f"Then {w['text_steps']} steps of the text pretraining above again (the LLM only). "
+            if w["text_steps"] else "No text steps after it. ")
+    wall = f"{w['wall_s'] / 60:.1f}" + (f" + {w['text_wall_s'] / 60:.1f}" if w["text_steps"] else "")
     return (f"- LLM lookup warm-up, after the text pretraining (sphinx_x/standins/lookup_warmup.py): a one-stage run "
             f"with nano's recipe ({optim['name']}, lr {optim['lr']:g}, batch {batch}) and the experts above frozen, "
             f"{w['steps']} steps on "
-            f"{w['samples']} single questions about scenes of 2-4 objects, {' and '.join(w['kinds'])} lookups in turn "
+            f"{w['samples']} single questions about scenes of 2-4 objects, {kinds} lookups in turn "
             f"(\"What shape is the red object?\", \"What color is the star?\"), seed {seed}{boxes}. "
             f"Its LLM and its connector (projector and image tags, {CONNECTOR_NAME}) are kept, and the one-stage run "
-            f"starts from both. Then "
-            f"{w['text_steps']} steps of the text pretraining above again (the LLM only). Why: nano's LLM learns one "
+            f"starts from both. {text}Why: nano's LLM learns one "
             f"lookup in the one-stage mix and then not the other; one that learnt both first keeps them, and keeps "
             f"them on more seeds when its warm-up projector comes with it (docs/experiments.md, stops 31-35). "
-            f"Wall time {w['wall_s'] / 60:.1f} + {w['text_wall_s'] / 60:.1f} min.")
+            f"Wall time {wall} min.")
 
 
 def model_card(manifest: dict[str, Any], config: Any) -> str:

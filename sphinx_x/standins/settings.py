@@ -20,23 +20,29 @@ EXPERT_OCR_WEIGHT = 0.0
 LLM_STEPS = 800
 ARITHMETIC_SHARE = 0.0
 # The lookup warm-up after text pretraining (sphinx_x/standins/lookup_warmup.py): one-stage steps of 8 single
-# colour / shape questions (one pass over WARMUP_SAMPLES), then text pretraining again for WARMUP_TEXT_STEPS steps.
-# docs/experiments.md, stop 34: of two 1600-step warm-ups, one kept the shape lookup through the quickstart's
-# one-stage run and one lost it; 2400 steps keep it (shape 99% held-out after the warm-up, 100 in the quickstart),
-# and 1600 text steps then bring the LLM's text back (64.9% held-out, the stand-in 57.5%; 800 left 46.5%).
-WARMUP_STEPS = 2400
-WARMUP_SAMPLES = 19200
-WARMUP_TEXT_STEPS = 1600
+# shape / colour questions (one pass over WARMUP_SAMPLES questions and the text dialogues beside them), shape asked
+# twice as often as colour. docs/experiments.md, stop 34: 2400 steps of colour and shape in turn keep the shape lookup
+# through the quickstart's one-stage run where 1600 did not; stop 37: with text dialogues in the mix, 3000 steps in
+# turn left shape at 52% after the box stages, 4000 with shape twice as often at 99%.
+WARMUP_STEPS = 4000
+WARMUP_SAMPLES = 25600
+WARMUP_KINDS_DEFAULT = ("shape", "shape", "color")
+# Text pretraining again after the warm-up (the LLM only): 0. Those steps brought the text back (64.9% held-out after
+# 1600) but moved the LLM off the warm-up's connector, and the one-stage run then lost the boxes (stop 36); text
+# dialogues inside the warm-up (WARMUP_TEXT_SHARE) keep it better (87.8%, arithmetic 79.5%: stop 37).
+WARMUP_TEXT_STEPS = 0
 # the colour of the named shape, the shape of the named colour, its box; the box of a scene's only object
 WARMUP_KINDS = ("color", "shape", "rec", "box")
-# Then two box stages, off by default (docs/experiments.md, stops 35-36). Without them the model writes one wide prior
-# box for every question (held-out rec 9% after 1600 steps of box questions among 2-4 objects). 800 steps of boxes of
-# a scene's only object, then 1600 with those, boxes of the named object among 2-4 and the lookups together (a
-# third, a third, a sixth each) give the warm-up model lone boxes 81%, named boxes 32%, lookups 98-99%; but the
-# quickstart's one-stage run does not keep them (REC 8.3 ± 7.6 against 4.2 ± 3.8 without) and scored lower overall
-# (46.6 ± 2.3 against 47.6 ± 1.3, 3 seeds), so the packaged set is made without them.
-WARMUP_BOX_STEPS = 0
-WARMUP_BOX_MIX_STEPS = 0
+# Then two box stages. Without them the model writes one wide prior box for every question (held-out rec 9% after
+# 1600 steps of box questions among 2-4 objects). Steps of boxes of a scene's only object, then of those, boxes of
+# the named object among 2-4 and the lookups together (docs/experiments.md, stops 35-37). With text steps after them
+# the quickstart lost the boxes (REC 8.3 ± 7.6, stop 36); with text inside the warm-up and a one-stage corpus whose
+# grounding dialogues ask a box first, it keeps them (stop 37).
+WARMUP_BOX_STEPS = 1000
+WARMUP_BOX_MIX_STEPS = 2000
+# The text dialogues' share of every warm-up stage's samples (the corpus's text domain, beside the questions), so
+# that the LLM keeps its text without text steps after the warm-up (docs/experiments.md, stop 37).
+WARMUP_TEXT_SHARE = 0.2
 WARMUP_BATCH = 8  # the global batch of nano's recipe (sphinx_x/train/recipe.py), which the warm-up trains with
 
 
@@ -92,21 +98,26 @@ class LookupWarmupConfig:
     """The lookup warm-up: `steps` one-stage steps (nano's recipe, batch 8) on `samples` single questions whose
     kinds take turns (name one twice to ask it twice as often), then `box_steps` steps on boxes of a scene's only
     object and `box_mix_steps` steps on those, boxes among 2-4 objects and `kinds` together (one fresh question
-    per sample in both), then `text_steps` steps of text pretraining again. steps 0: no warm-up."""
+    per sample in both), then `text_steps` steps of text pretraining again. Text dialogues make `text_share` of every
+    stage's corpus (the lookup stage's `samples` questions plus text; a box stage's steps one pass over its questions
+    and text). steps 0: no warm-up."""
 
     steps: int = WARMUP_STEPS
     samples: int = WARMUP_SAMPLES
     text_steps: int = WARMUP_TEXT_STEPS
-    kinds: tuple[str, ...] = ("shape", "color")
+    kinds: tuple[str, ...] = WARMUP_KINDS_DEFAULT
     seed: int = 0
     eval_per_kind: int = 100
     box_steps: int = WARMUP_BOX_STEPS
     box_mix_steps: int = WARMUP_BOX_MIX_STEPS
+    text_share: float = WARMUP_TEXT_SHARE  # of each stage's samples: text dialogues, so the LLM keeps its text
 
     def __post_init__(self) -> None:
         for name in ("steps", "text_steps", "box_steps", "box_mix_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"warm-up {name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.text_share < 1.0:
+            raise ValueError(f"warm-up text_share must be in [0, 1), got {self.text_share}")
         if self.samples < WARMUP_BATCH:
             raise ValueError(f"warm-up samples must be >= {WARMUP_BATCH} (one batch of nano's recipe), got "
                              f"{self.samples}")
