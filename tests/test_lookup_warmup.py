@@ -71,6 +71,9 @@ def test_box_stages_mix_lone_and_named_boxes_with_the_lookups():
     assert box_kinds(packaged) == ("box", "rec", "box", "rec", "shape", "shape", "color")
     assert scored_kinds(packaged) == ("shape", "color", "rec", "box") and packaged.text_share == 0.2
     assert scored_kinds(LookupWarmupConfig(box_steps=0, box_mix_steps=0)) == ("shape", "color")
+    # named boxes more often: the mixed stage's own kinds
+    assert box_kinds(LookupWarmupConfig(box_mix_kinds=("box", "rec", "rec", "shape", "color"))) == (
+        "box", "rec", "rec", "shape", "color")
 
 
 def test_the_answer_is_the_named_objects_own(monkeypatch):
@@ -138,6 +141,8 @@ def test_settings_are_checked():
         LookupWarmupConfig(samples=7)
     with pytest.raises(ValueError, match="kinds must be among color, shape, rec, box, got"):
         LookupWarmupConfig(kinds=("count",))
+    with pytest.raises(ValueError, match="box_mix_kinds must be among color, shape, rec, box, got"):
+        LookupWarmupConfig(box_mix_kinds=("box", "count"))
     with pytest.raises(ValueError, match="warm-up box_mix_steps must be >= 0, got -2"):
         LookupWarmupConfig(box_mix_steps=-2)
     for share in (-0.1, 1.0):
@@ -166,7 +171,8 @@ def test_a_warm_up_without_text_steps_scores_the_warmed_llm(tmp_path, monkeypatc
                                   box_mix_steps=0, text_share=0.5)), log=lambda m: None)
     # the lookups: their 8 questions and as many text dialogues; the lone boxes: two steps of 8, half of them text
     assert corpora == [("lookup-train", 8, 8), ("box-train", 8, 8)]
-    assert manifest["made"]["command"].endswith("--warmup-text-steps 0 --warmup-box-steps 2 --warmup-text-share 0.5")
+    assert manifest["made"]["command"].endswith(
+        "--warmup-steps 1 --warmup-samples 8 --warmup-box-steps 2 --warmup-box-mix-steps 0 --warmup-text-share 0.5")
     assert "text dialogues (the corpus's text domain) 50% of every stage's samples" in (
         tmp_path / "set" / "MODEL_CARD.md").read_text()
     assert manifest["made"]["llm"]["lookup_warmup"]["text_wall_s"] == 0.0

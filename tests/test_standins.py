@@ -133,13 +133,15 @@ def test_build_writes_a_set_that_loads_like_the_packaged_one(tmp_path, monkeypat
                              expert_token_weight=1.0,
                              llm=LlmPretrainConfig(steps=2, batch_size=2, seed=1, eval_per_kind=2),
                              warmup=LookupWarmupConfig(steps=2, samples=8, text_steps=1, seed=1, eval_per_kind=2,
-                                                       box_steps=1, box_mix_steps=1))
+                                                       box_steps=1, box_mix_steps=1, text_share=0.0,
+                                                       kinds=("shape", "color"), box_mix_kinds=("box", "rec", "color")))
     logged = []
     manifest = build_standins(out, settings, log=logged.append)
     assert json.loads(json.dumps(manifest)) == read_manifest(out) and has_standins(out)
     assert manifest["made"]["command"] == "sphinx-x build-standins --out DIR --seed 1 --expert-steps 1 --llm-steps 2" \
         " --expert-lr 0.002 --expert-scene-weight 0 --llm-batch 2 --warmup-steps 2 --warmup-samples 8" \
-        " --warmup-text-steps 1 --warmup-box-steps 1 --warmup-box-mix-steps 1"
+        " --warmup-text-steps 1 --warmup-box-steps 1 --warmup-box-mix-steps 1 --warmup-text-share 0.0" \
+        " --warmup-kinds shape,color --warmup-box-mix-kinds box,rec,color"
     assert manifest["scores"]["experts_held_out_shape_accuracy"] == {}  # no scene-level probe was trained
     assert set(manifest["scores"]["experts_held_out_token_accuracy"]) == {"clip_convnext", "dinov2"}
     assert manifest["made"]["llm"]["steps"] == 2 and manifest["made"]["experts"]["steps"] == 1
@@ -152,7 +154,7 @@ def test_build_writes_a_set_that_loads_like_the_packaged_one(tmp_path, monkeypat
                "frozen;" in line for line in logged)
     warm = manifest["made"]["llm"]["lookup_warmup"]
     assert (warm["steps"], warm["samples"], warm["text_steps"], warm["kinds"]) == (2, 8, 1, ["shape", "color"])
-    assert (warm["box_steps"], warm["box_mix_steps"]) == (1, 1)
+    assert (warm["box_steps"], warm["box_mix_steps"], warm["box_mix_kinds"]) == (1, 1, ["box", "rec", "color"])
     # scored on both lookups and both boxes (the named object's among 2-4, a lone object's)
     assert set(manifest["scores"]["llm_lookup_warmup_accuracy"]) == {"shape", "color", "rec", "box"}
     assert set(manifest["scores"]["llm_text_pretraining_answer_accuracy"]) == {"text", "arithmetic", "scene"}
@@ -173,6 +175,7 @@ def test_build_writes_a_set_that_loads_like_the_packaged_one(tmp_path, monkeypat
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in saved.items())
     card = (out / "MODEL_CARD.md").read_text()
     assert "--expert-steps 1 --llm-steps 2" in card and "2 AdamW steps of 2 samples" in card
+    assert "(the mixed stage's kinds in turn: box, rec, color)" in card and "Then 1 steps of the text" in card
     assert "lr 0.002" in card and "per-token x 1" in card and "scene-level" not in card
     assert "LLM lookup warm-up, after the text pretraining" in card and "2 steps on 8 single questions" in card
     assert "| LLM after its lookup warm-up (with the warm-up's own projector) | shape of the object" in card

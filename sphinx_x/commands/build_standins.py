@@ -68,6 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup-box-mix-steps", type=non_negative_int, default=w.box_mix_steps,
                    help=f"then warm-up steps on those boxes, boxes of the named object among 2-4 and the lookups "
                         f"together (default {w.box_mix_steps})")
+    p.add_argument("--warmup-box-mix-kinds", default="",
+                   help="the mixed box stage's kinds in turn, comma-separated among "
+                        f"{', '.join(defaults.WARMUP_KINDS)} (default: box,rec,box,rec, then --warmup-kinds)")
     p.add_argument("--warmup-text-share", type=float, default=w.text_share,
                    help=f"share of every warm-up stage's samples that are text dialogues, so the LLM keeps its text "
                         f"without --warmup-text-steps (default {w.text_share:g})")
@@ -99,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
                                     text_steps=args.warmup_text_steps, seed=args.seed,
                                     box_steps=args.warmup_box_steps, box_mix_steps=args.warmup_box_mix_steps,
                                     text_share=args.warmup_text_share,
+                                    box_mix_kinds=tuple(k.strip() for k in args.warmup_box_mix_kinds.split(",")
+                                                        if k.strip()),
                                     kinds=tuple(k.strip() for k in args.warmup_kinds.split(",") if k.strip()))
     except ValueError as e:
         print(f"sphinx-x build-standins: error: {e}", file=sys.stderr)

@@ -86,6 +86,8 @@ def command_line(s: BuildSettings) -> str:
             parts.append(f"{flag} {getattr(warm, attr)}")
     if warm.steps > 0 and tuple(warm.kinds) != default_warm.kinds:
         parts.append(f"--warmup-kinds {','.join(warm.kinds)}")
+    if warm.steps > 0 and warm.box_mix_kinds:
+        parts.append(f"--warmup-box-mix-kinds {','.join(warm.box_mix_kinds)}")
     return " ".join(parts)
 
 
@@ -292,6 +294,8 @@ def warmup_line(w: dict[str, Any], seed: int) -> str:
     boxes = (f"; then {box} steps of boxes of a scene's only object, and {mixed} steps of those, boxes of the named "
              f"object among 2-4 and the lookups together (from the model before; without the lone boxes first the "
              f"model draws one wide box for every question: docs/experiments.md, stops 35-36)") if box or mixed else ""
+    if w.get("box_mix_kinds"):
+        boxes += f" (the mixed stage's kinds in turn: {', '.join(w['box_mix_kinds'])})"
     share = w.get("text_share", 0.0)  # sets made before stop 37 had no text in the warm-up
     if share:
         boxes += (f"; text dialogues (the corpus's text domain) {100 * share:g}% of every stage's samples, so the LLM "

@@ -96,8 +96,9 @@ def stage_rows(cfg: LookupWarmupConfig, questions: int) -> tuple[int, int]:
 
 
 def box_kinds(cfg: LookupWarmupConfig) -> tuple[str, ...]:
-    """The mixed box stage's kinds in turn: with two lookup kinds, lone boxes and boxes among 2-4 a third each."""
-    return ("box", "rec", "box", "rec", *cfg.kinds)
+    """The mixed box stage's kinds in turn: `cfg.box_mix_kinds` when given, else lone boxes, boxes among 2-4 and the
+    lookup stage's kinds (with two lookup kinds, the boxes a third each)."""
+    return cfg.box_mix_kinds or ("box", "rec", "box", "rec", *cfg.kinds)
 
 
 def scored_kinds(cfg: LookupWarmupConfig) -> tuple[str, ...]:
@@ -209,7 +210,8 @@ def warm_up_llm_dir(llm_dir: Path, expert_paths: dict[str, Path], tokenizer: Any
     # no text steps: the summary keeps the text pretraining's settings (its `steps` then says 0 were run)
     text_cfg = replace(llm_cfg, steps=warm.text_steps) if warm.text_steps else llm_cfg
     result = pretrain_llm(llm.train(), tokenizer, text_cfg, progress=progress) if warm.text_steps else None
-    made = {**asdict(warm), "kinds": list(warm.kinds), "wall_s": round(warmed.seconds, 1),
+    made = {**asdict(warm), "kinds": list(warm.kinds), "box_mix_kinds": list(warm.box_mix_kinds),
+            "wall_s": round(warmed.seconds, 1),
             "text_wall_s": round(result.seconds, 1) if result else 0.0}
     if result is None:  # no text stage: the held-out answers of the warmed LLM itself
         from sphinx_x.standins.llm_pretrain import LlmPretrainResult, held_out_accuracy

@@ -111,6 +111,7 @@ class LookupWarmupConfig:
     box_steps: int = WARMUP_BOX_STEPS
     box_mix_steps: int = WARMUP_BOX_MIX_STEPS
     text_share: float = WARMUP_TEXT_SHARE  # of each stage's samples: text dialogues, so the LLM keeps its text
+    box_mix_kinds: tuple[str, ...] = ()  # the mixed box stage's kinds in turn; () = box, rec, box, rec, then `kinds`
 
     def __post_init__(self) -> None:
         for name in ("steps", "text_steps", "box_steps", "box_mix_steps"):
@@ -124,3 +125,6 @@ class LookupWarmupConfig:
         unknown = [k for k in self.kinds if k not in WARMUP_KINDS]
         if not self.kinds or unknown:
             raise ValueError(f"warm-up kinds must be among {', '.join(WARMUP_KINDS)}, got {list(self.kinds)}")
+        if any(k not in WARMUP_KINDS for k in self.box_mix_kinds):
+            raise ValueError(f"warm-up box_mix_kinds must be among {', '.join(WARMUP_KINDS)}, got "
+                             f"{list(self.box_mix_kinds)}")
