@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from sphinx_x.data.synth.common import Sample, sample_rng
-from sphinx_x.data.synth.corpus import _conversation_row, encode_png
+from sphinx_x.data.synth.corpus import conversation_row, encode_png
 from sphinx_x.data.synth.ocr import generate_ocr
 from sphinx_x.data.synth.scenes import ask_color, ask_shape, make_scene, render_scene
 
@@ -61,7 +61,7 @@ def main() -> int:
             sample = basics_sample(sample_rng(args.seed, "basics", i))
             image = f"images/basics{n}/{i:06d}.png"
             (args.corpus / image).write_bytes(encode_png(sample.image))
-            f.write(json.dumps(_conversation_row(sample, f"basics-{i:06d}", image), sort_keys=True) + "\n")
+            f.write(json.dumps(conversation_row(sample, f"basics-{i:06d}", image), sort_keys=True) + "\n")
     meta = yaml.safe_load(mix.read_text())["META"]
     for entry in meta:
         entry["phase"] = 0 if args.mixed else 1

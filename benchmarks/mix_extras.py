@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from sphinx_x.data.synth.common import Sample, sample_rng
-from sphinx_x.data.synth.corpus import _conversation_row, drill_sample, encode_png
+from sphinx_x.data.synth.corpus import conversation_row, drill_sample, encode_png
 from sphinx_x.data.synth.scenes import ask_color, ask_shape, distinct_turns, make_scene, render_scene, revealed
 
 
@@ -61,7 +61,7 @@ def main(argv=None) -> Path:
                 nturns += len(s.turns)
                 img = f"images/dense{a.dense}/{i:06d}.png"
                 (a.corpus / img).write_bytes(encode_png(s.image))
-                f.write(json.dumps(_conversation_row(s, f"dense-{i:06d}", img), sort_keys=True) + "\n")
+                f.write(json.dumps(conversation_row(s, f"dense-{i:06d}", img), sort_keys=True) + "\n")
         print("dense turns", nturns)
         for e in meta:
             e["phase"] = 1 if a.phased else 0
@@ -71,7 +71,7 @@ def main(argv=None) -> Path:
         with rows.open("w") as f:
             for i in range(a.drills):
                 s = drill_sample(78, i)  # the generator's drills (`sphinx-x data synth --drills`), seed 78
-                f.write(json.dumps(_conversation_row(s, f"drill-{i:06d}", None), sort_keys=True) + "\n")
+                f.write(json.dumps(conversation_row(s, f"drill-{i:06d}", None), sort_keys=True) + "\n")
         meta.append({"path": f"train/drills{a.drills}.jsonl", "type": "text", "root": "."})
     out = a.corpus / f"{a.name}.yaml"
     out.write_text(yaml.safe_dump({"META": meta}, sort_keys=False))

@@ -10,7 +10,15 @@ import pytest
 from PIL import Image
 
 from sphinx_x.data.synth.scenes import COLORS, SHAPES
-from sphinx_x.standins.lookup_warmup import MIX_FILE, ROW_FILE, box_kinds, lookup_corpus, lookup_question, scored_kinds
+from sphinx_x.standins.lookup_warmup import (
+    MIX_FILE,
+    ROW_FILE,
+    box_kinds,
+    lookup_corpus,
+    lookup_question,
+    scored_kinds,
+    warmup_stages,
+)
 from sphinx_x.standins.settings import LookupWarmupConfig
 
 
@@ -70,10 +78,28 @@ def test_box_stages_mix_lone_and_named_boxes_with_the_lookups():
     packaged = LookupWarmupConfig()
     assert box_kinds(packaged) == ("box", "rec", "box", "rec", "shape", "shape", "color")
     assert scored_kinds(packaged) == ("shape", "color", "rec", "box") and packaged.text_share == 0.2
-    assert scored_kinds(LookupWarmupConfig(box_steps=0, box_mix_steps=0)) == ("shape", "color")
+    assert scored_kinds(LookupWarmupConfig(box_steps=0, box_mix_steps=0, rec_rounds=0)) == ("shape", "color")
+    assert scored_kinds(LookupWarmupConfig(box_steps=0, box_mix_steps=0, rec_steps=5)) == ("shape", "color", "rec",
+                                                                                             "box")
     # named boxes more often: the mixed stage's own kinds
     assert box_kinds(LookupWarmupConfig(box_mix_kinds=("box", "rec", "rec", "shape", "color"))) == (
         "box", "rec", "rec", "shape", "color")
+
+
+def test_the_stages_run_in_order_and_the_named_box_rounds_repeat():
+    """The packaged set's stages: lookups, lone boxes, the mixed stage, then three named-box rounds with their own
+    questions (the splits of the runs that measured them, docs/experiments.md, stop 38); stages of 0 steps drop."""
+    stages = warmup_stages(LookupWarmupConfig())
+    assert [(name, steps, split) for name, steps, _, split in stages] == [
+        ("", 4000, "lookup-train"), ("-boxes", 1000, "box-train"), ("-box-mix", 2000, "box-mix-train"),
+        ("-rec1", 2000, "box-more-train"), ("-rec2", 2000, "box-more2-train"), ("-rec3", 2000, "box-more3-train")]
+    assert stages[-1][2] == stages[-2][2] == ("box", "rec", "rec", "shape", "color")
+    cfg = LookupWarmupConfig(steps=3, box_steps=0, box_mix_steps=2, rec_steps=1, rec_rounds=3, rec_kinds=("rec",))
+    assert [(name, steps, kinds) for name, steps, kinds, _ in warmup_stages(cfg)] == [
+        ("", 3, cfg.kinds), ("-box-mix", 2, box_kinds(cfg)), ("-rec1", 1, ("rec",)), ("-rec2", 1, ("rec",)),
+        ("-rec3", 1, ("rec",))]
+    assert [split for *_, split in warmup_stages(cfg)][2:] == ["box-more-train", "box-more2-train", "box-more3-train"]
+    assert len(warmup_stages(LookupWarmupConfig(rec_steps=0))) == len(warmup_stages(LookupWarmupConfig(rec_rounds=0)))
 
 
 def test_the_answer_is_the_named_objects_own(monkeypatch):
@@ -145,6 +171,13 @@ def test_settings_are_checked():
         LookupWarmupConfig(box_mix_kinds=("box", "count"))
     with pytest.raises(ValueError, match="warm-up box_mix_steps must be >= 0, got -2"):
         LookupWarmupConfig(box_mix_steps=-2)
+    with pytest.raises(ValueError, match="warm-up rec_rounds must be >= 0, got -1"):
+        LookupWarmupConfig(rec_rounds=-1)
+    with pytest.raises(ValueError, match="rec_kinds must be among color, shape, rec, box, got"):
+        LookupWarmupConfig(rec_kinds=("rec", "ocr"))
+    with pytest.raises(ValueError, match="rec_kinds must name at least one kind"):
+        LookupWarmupConfig(rec_kinds=())
+    assert LookupWarmupConfig(rec_kinds=(), rec_rounds=0).rec_kinds == ()  # no rounds: no kinds needed
     for share in (-0.1, 1.0):
         with pytest.raises(ValueError, match=r"text_share must be in \[0, 1\)"):
             LookupWarmupConfig(text_share=share)
@@ -168,11 +201,13 @@ def test_a_warm_up_without_text_steps_scores_the_warmed_llm(tmp_path, monkeypatc
     manifest = build_standins(tmp_path / "set", BuildSettings(
         seed=1, expert_steps=1, expert_batch=2, llm=LlmPretrainConfig(steps=2, batch_size=2, seed=1, eval_per_kind=2),
         warmup=LookupWarmupConfig(steps=1, samples=8, text_steps=0, seed=1, eval_per_kind=2, box_steps=2,
-                                  box_mix_steps=0, text_share=0.5)), log=lambda m: None)
-    # the lookups: their 8 questions and as many text dialogues; the lone boxes: two steps of 8, half of them text
-    assert corpora == [("lookup-train", 8, 8), ("box-train", 8, 8)]
+                                  box_mix_steps=0, text_share=0.5, rec_steps=1, rec_rounds=1)), log=lambda m: None)
+    # the lookups: their 8 questions and as many text dialogues; the lone boxes: two steps of 8, half of them text;
+    # the named-box round: one step, still one batch of questions
+    assert corpora == [("lookup-train", 8, 8), ("box-train", 8, 8), ("box-more-train", 8, 8)]
     assert manifest["made"]["command"].endswith(
-        "--warmup-steps 1 --warmup-samples 8 --warmup-box-steps 2 --warmup-box-mix-steps 0 --warmup-text-share 0.5")
+        "--warmup-steps 1 --warmup-samples 8 --warmup-box-steps 2 --warmup-box-mix-steps 0 --warmup-text-share 0.5"
+        " --warmup-rec-steps 1 --warmup-rec-rounds 1")
     assert "text dialogues (the corpus's text domain) 50% of every stage's samples" in (
         tmp_path / "set" / "MODEL_CARD.md").read_text()
     assert manifest["made"]["llm"]["lookup_warmup"]["text_wall_s"] == 0.0

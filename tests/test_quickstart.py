@@ -13,7 +13,14 @@ from sphinx_x.cli import main as cli_main
 from sphinx_x.commands import quickstart as qs
 from sphinx_x.commands.quickstart import RECIPE, train_config
 from sphinx_x.data.synth import BENCH_TASKS
-from sphinx_x.standins.settings import WARMUP_BOX_MIX_STEPS, WARMUP_BOX_STEPS, WARMUP_STEPS, WARMUP_TEXT_STEPS
+from sphinx_x.standins.settings import (
+    WARMUP_BOX_MIX_STEPS,
+    WARMUP_BOX_STEPS,
+    WARMUP_REC_ROUNDS,
+    WARMUP_REC_STEPS,
+    WARMUP_STEPS,
+    WARMUP_TEXT_STEPS,
+)
 from sphinx_x.train.config import load_train_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,6 +63,7 @@ def test_plan_spends_the_budget_at_the_idle_rates():
     assert scratch.warmup_text_steps == scratch.warmup_steps * WARMUP_TEXT_STEPS // WARMUP_STEPS
     assert scratch.warmup_box_steps == (scratch.warmup_steps * WARMUP_BOX_STEPS // WARMUP_STEPS,
                                         scratch.warmup_steps * WARMUP_BOX_MIX_STEPS // WARMUP_STEPS)
+    assert scratch.warmup_rec_steps == scratch.warmup_steps * WARMUP_REC_STEPS // WARMUP_STEPS
     capped = qs.plan_run(10, 8000, 520, expert_cap=3, train_cap=5, from_scratch=True, llm_cap=4, warmup_cap=6)
     assert (capped.expert_steps, capped.llm_steps, capped.train_steps, capped.warmup_steps) == (3, 4, 5, 6)
     assert qs.plan_run(10, 8000, 520, from_scratch=True, warmup_cap=0).warmup_steps == 0
@@ -309,15 +317,17 @@ def test_quickstart_from_scratch_pretrains_the_standins_itself(tmp_path, capsys,
     monkeypatch.setattr(qs, "clock", lambda: 50 * perf_counter())
     monkeypatch.setattr(qs, "LLM_EVAL_PER_KIND", 2)
     out = tmp_path / "qs"
-    rc = cli_main(["quickstart", "--out", str(out), "--minutes", "0.5", "--train-samples", "30",
+    # 0.6 minutes: the warm-up's share buys its 2 capped steps and so a box stage and the named-box rounds
+    rc = cli_main(["quickstart", "--out", str(out), "--minutes", "0.6", "--train-samples", "30",
                    "--bench-rows", str(len(BENCH_TASKS)), "--max-steps", "2", "--expert-steps", "3",
                    "--llm-steps", "2", "--warmup-steps", "2", "--from-scratch", "--quiet"])
     assert rc == 0
     captured = capsys.readouterr()
     printed, err = captured.out, captured.err
     boxes = (2 * WARMUP_BOX_STEPS // WARMUP_STEPS, 2 * WARMUP_BOX_MIX_STEPS // WARMUP_STEPS)  # both in the set's ratios
-    box_plan = f"{boxes[0]} + {boxes[1]} box, " if any(boxes) else ""  # the box stages are off in the packaged set
-    assert "plan for --minutes 0.5 on 2 idle CPU cores: 3 expert and 2 LLM pretraining steps, 2 lookup warm-up, " \
+    rounds = f" + {WARMUP_REC_ROUNDS} x {2 * WARMUP_REC_STEPS // WARMUP_STEPS}"  # the named-box rounds, in ratio too
+    box_plan = f"{boxes[0]} + {boxes[1]}{rounds} box, "
+    assert "plan for --minutes 0.6 on 2 idle CPU cores: 3 expert and 2 LLM pretraining steps, 2 lookup warm-up, " \
         f"{box_plan}{2 * WARMUP_TEXT_STEPS // WARMUP_STEPS} text steps, 2 one-stage" in printed
     assert "[2/5] pretraining nano's vision experts" in printed and "[2/5] pretraining nano's LLM" in printed
     assert "[2/5] nano's LLM: lookup warm-up on single colour / shape questions, 2 one-stage steps" in printed
@@ -333,6 +343,6 @@ def test_quickstart_from_scratch_pretrains_the_standins_itself(tmp_path, capsys,
     assert "| expert pretraining | 3 of 3 planned steps |" in summary
     assert "| LLM pretraining | 2 of 2 planned steps |" in summary
     text_steps = 2 * WARMUP_TEXT_STEPS // WARMUP_STEPS
-    box_work = f"{boxes[0]} + {boxes[1]} box steps + " if any(boxes) else ""
+    box_work = f"{boxes[0]} + {boxes[1]}{rounds} box steps + "
     assert f"| LLM lookup warm-up | 2 of 2 planned steps + {box_work}{text_steps} text steps |" in summary
     assert "note: expert pretraining ran" in err  # the early note, before the LLM and one-stage training

@@ -134,14 +134,16 @@ def test_build_writes_a_set_that_loads_like_the_packaged_one(tmp_path, monkeypat
                              llm=LlmPretrainConfig(steps=2, batch_size=2, seed=1, eval_per_kind=2),
                              warmup=LookupWarmupConfig(steps=2, samples=8, text_steps=1, seed=1, eval_per_kind=2,
                                                        box_steps=1, box_mix_steps=1, text_share=0.0,
-                                                       kinds=("shape", "color"), box_mix_kinds=("box", "rec", "color")))
+                                                       kinds=("shape", "color"), box_mix_kinds=("box", "rec", "color"),
+                                                       rec_steps=1, rec_rounds=2, rec_kinds=("rec", "shape")))
     logged = []
     manifest = build_standins(out, settings, log=logged.append)
     assert json.loads(json.dumps(manifest)) == read_manifest(out) and has_standins(out)
     assert manifest["made"]["command"] == "sphinx-x build-standins --out DIR --seed 1 --expert-steps 1 --llm-steps 2" \
         " --expert-lr 0.002 --expert-scene-weight 0 --llm-batch 2 --warmup-steps 2 --warmup-samples 8" \
         " --warmup-text-steps 1 --warmup-box-steps 1 --warmup-box-mix-steps 1 --warmup-text-share 0.0" \
-        " --warmup-kinds shape,color --warmup-box-mix-kinds box,rec,color"
+        " --warmup-rec-steps 1 --warmup-rec-rounds 2 --warmup-kinds shape,color --warmup-box-mix-kinds box,rec,color" \
+        " --warmup-rec-kinds rec,shape"
     assert manifest["scores"]["experts_held_out_shape_accuracy"] == {}  # no scene-level probe was trained
     assert set(manifest["scores"]["experts_held_out_token_accuracy"]) == {"clip_convnext", "dinov2"}
     assert manifest["made"]["llm"]["steps"] == 2 and manifest["made"]["experts"]["steps"] == 1
@@ -150,11 +152,14 @@ def test_build_writes_a_set_that_loads_like_the_packaged_one(tmp_path, monkeypat
     assert any("[2/3] pretraining nano's LLM" in line for line in logged)
     # the LLM's lookup warm-up ran after its text pretraining, and the set records it
     assert any("[3/3] nano's LLM: lookup warm-up (2 one-stage steps on 8 single shape / color questions, then 1 on "
-               "boxes of a scene's only object and 1 on those, boxes among 2-4 and the lookups together; experts "
-               "frozen;" in line for line in logged)
+               "boxes of a scene's only object and 1 on those, boxes among 2-4 and the lookups together, then 2 x 1 on "
+               "rec / shape; experts frozen;" in line for line in logged)
     warm = manifest["made"]["llm"]["lookup_warmup"]
     assert (warm["steps"], warm["samples"], warm["text_steps"], warm["kinds"]) == (2, 8, 1, ["shape", "color"])
     assert (warm["box_steps"], warm["box_mix_steps"], warm["box_mix_kinds"]) == (1, 1, ["box", "rec", "color"])
+    assert (warm["rec_steps"], warm["rec_rounds"], warm["rec_kinds"]) == (1, 2, ["rec", "shape"])
+    assert "then 2 rounds of 1 steps, each from the model before with a fresh schedule and fresh questions, on rec, " \
+        "shape in turn" in (out / "MODEL_CARD.md").read_text()
     # scored on both lookups and both boxes (the named object's among 2-4, a lone object's)
     assert set(manifest["scores"]["llm_lookup_warmup_accuracy"]) == {"shape", "color", "rec", "box"}
     assert set(manifest["scores"]["llm_text_pretraining_answer_accuracy"]) == {"text", "arithmetic", "scene"}

@@ -71,6 +71,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup-box-mix-kinds", default="",
                    help="the mixed box stage's kinds in turn, comma-separated among "
                         f"{', '.join(defaults.WARMUP_KINDS)} (default: box,rec,box,rec, then --warmup-kinds)")
+    p.add_argument("--warmup-rec-steps", type=non_negative_int, default=w.rec_steps,
+                   help=f"then rounds of this many warm-up steps on boxes of the named object asked more often "
+                        f"(default {w.rec_steps})")
+    p.add_argument("--warmup-rec-rounds", type=non_negative_int, default=w.rec_rounds,
+                   help=f"how many such rounds, each from the model before with a fresh schedule and fresh questions "
+                        f"(default {w.rec_rounds})")
+    p.add_argument("--warmup-rec-kinds", default=",".join(w.rec_kinds),
+                   help=f"the rounds' kinds in turn, comma-separated among {', '.join(defaults.WARMUP_KINDS)} "
+                        f"(default {','.join(w.rec_kinds)})")
     p.add_argument("--warmup-text-share", type=float, default=w.text_share,
                    help=f"share of every warm-up stage's samples that are text dialogues, so the LLM keeps its text "
                         f"without --warmup-text-steps (default {w.text_share:g})")
@@ -101,7 +110,9 @@ def run(args: argparse.Namespace) -> int:
         warmup = LookupWarmupConfig(steps=args.warmup_steps, samples=args.warmup_samples,
                                     text_steps=args.warmup_text_steps, seed=args.seed,
                                     box_steps=args.warmup_box_steps, box_mix_steps=args.warmup_box_mix_steps,
-                                    text_share=args.warmup_text_share,
+                                    text_share=args.warmup_text_share, rec_steps=args.warmup_rec_steps,
+                                    rec_rounds=args.warmup_rec_rounds,
+                                    rec_kinds=tuple(k.strip() for k in args.warmup_rec_kinds.split(",") if k.strip()),
                                     box_mix_kinds=tuple(k.strip() for k in args.warmup_box_mix_kinds.split(",")
                                                         if k.strip()),
                                     kinds=tuple(k.strip() for k in args.warmup_kinds.split(",") if k.strip()))

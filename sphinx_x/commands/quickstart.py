@@ -59,7 +59,14 @@ from sphinx_x.commands.quickstart_eval import (
     scores_side_by_side,
 )
 from sphinx_x.fileio import write_atomic
-from sphinx_x.standins.settings import WARMUP_BOX_MIX_STEPS, WARMUP_BOX_STEPS, WARMUP_STEPS, WARMUP_TEXT_STEPS
+from sphinx_x.standins.settings import (
+    WARMUP_BOX_MIX_STEPS,
+    WARMUP_BOX_STEPS,
+    WARMUP_REC_ROUNDS,
+    WARMUP_REC_STEPS,
+    WARMUP_STEPS,
+    WARMUP_TEXT_STEPS,
+)
 from sphinx_x.train.recipe import RECIPE, train_config
 
 TRAIN_SAMPLES = 8000  # distinct training samples (a 10-minute run on the stand-ins sees each about once)
@@ -93,9 +100,10 @@ OVERRUN_WARNING = 1.1  # warn when the run took more than this times its planned
 # shipped, docs/experiments.md (2026-11-26): experts 4.1 of 9.1 minutes read colours better than 2.5 (57.5 vs
 # 52.5 on 40 rows); the LLM's share is a first split, not yet measured.
 # The LLM's lookup warm-up (sphinx_x/standins/lookup_warmup.py) gets SCRATCH_WARMUP_SHARE: its one-stage steps at
-# TRAIN_STEPS_PER_MIN, its two box stages and any text steps after it (at LLM_STEPS_PER_MIN), all in the packaged
-# set's ratios to WARMUP_STEPS. At --minutes 10 that is ~90 lookup steps, far from the 4000 that bind both lookups:
-# the chain runs, the binding needs a larger --minutes (or the packaged set). First split, not measured.
+# TRAIN_STEPS_PER_MIN, its box stages and named-box rounds and any text steps after it (at LLM_STEPS_PER_MIN), all in
+# the packaged set's ratios to WARMUP_STEPS. At --minutes 10 that is 50 lookup steps (then 12 + 25 + 3 x 25 box
+# steps), far from the 4000 that bind both lookups: the chain runs, the binding needs a larger --minutes (or the
+# packaged set). First split, not measured.
 SCRATCH_EXPERTS_SHARE = 0.3
 SCRATCH_LLM_SHARE = 0.15
 SCRATCH_WARMUP_SHARE = 0.15
@@ -177,8 +185,14 @@ class Plan:
                 self.warmup_steps * WARMUP_BOX_MIX_STEPS // WARMUP_STEPS)
 
     @property
+    def warmup_rec_steps(self) -> int:
+        """Each round's steps of the warm-up's named-box rounds (WARMUP_REC_ROUNDS of them)."""
+        return self.warmup_steps * WARMUP_REC_STEPS // WARMUP_STEPS
+
+    @property
     def warmup_s(self) -> float:
-        return (60 * (self.warmup_steps + sum(self.warmup_box_steps)) / TRAIN_STEPS_PER_MIN
+        rounds = WARMUP_REC_ROUNDS * self.warmup_rec_steps
+        return (60 * (self.warmup_steps + sum(self.warmup_box_steps) + rounds) / TRAIN_STEPS_PER_MIN
                 + 60 * self.warmup_text_steps / LLM_STEPS_PER_MIN)
 
     @property
@@ -199,8 +213,8 @@ def plan_run(minutes: float, train_samples: int, bench_rows: int, expert_cap: in
     shares = (SCRATCH_EXPERTS_SHARE, SCRATCH_LLM_SHARE, SCRATCH_WARMUP_SHARE) if from_scratch else (0.0, 0.0, 0.0)
     experts = math.floor(shares[0] * train_s / 60 * EXPERT_STEPS_PER_MIN)
     llm = math.floor(shares[1] * train_s / 60 * LLM_STEPS_PER_MIN)
-    # minutes per warm-up step: one one-stage step, its share of the box stages' and of the text steps after
-    box_ratio = (WARMUP_BOX_STEPS + WARMUP_BOX_MIX_STEPS) / WARMUP_STEPS
+    # minutes per warm-up step: one one-stage step, its share of the box stages' and rounds' and of the text steps
+    box_ratio = (WARMUP_BOX_STEPS + WARMUP_BOX_MIX_STEPS + WARMUP_REC_ROUNDS * WARMUP_REC_STEPS) / WARMUP_STEPS
     warmup = math.floor(shares[2] * train_s / 60 / ((1 + box_ratio) / TRAIN_STEPS_PER_MIN
                                                     + WARMUP_TEXT_STEPS / WARMUP_STEPS / LLM_STEPS_PER_MIN))
     one_stage = math.floor((1 - sum(shares)) * train_s / 60 * TRAIN_STEPS_PER_MIN)
@@ -348,8 +362,9 @@ def warm_up(out: Path, plan: Plan, seed: int, progress: bool, phases: list[Phase
     questions = max(WARMUP_BATCH, round(WARMUP_BATCH * plan.warmup_steps * (1 - WARMUP_TEXT_SHARE)))
     warm = LookupWarmupConfig(steps=plan.warmup_steps, samples=questions,
                               text_steps=plan.warmup_text_steps, seed=seed, eval_per_kind=LLM_EVAL_PER_KIND,
-                              box_steps=box, box_mix_steps=box_mix)
-    boxes = f", then {box} + {box_mix} on boxes" if box or box_mix else ""
+                              box_steps=box, box_mix_steps=box_mix, rec_steps=plan.warmup_rec_steps)
+    rounds = f" + {warm.rec_rounds} x {warm.rec_steps}" if warm.rec_steps and warm.rec_rounds else ""
+    boxes = f", then {box} + {box_mix}{rounds} on boxes" if box or box_mix or rounds else ""
     text = f", then {warm.text_steps} text steps" if warm.text_steps else ""
     print(f"[2/5] nano's LLM: lookup warm-up on single colour / shape questions, {warm.steps} one-stage steps{boxes} "
           f"with {100 * warm.text_share:g}% text dialogues (experts frozen; its projector and tags are kept){text}",
@@ -357,7 +372,7 @@ def warm_up(out: Path, plan: Plan, seed: int, progress: bool, phases: list[Phase
     t = clock()
     _, scores = warm_up_llm_dir(out / "llm", expert_paths, tokenizer, llm_cfg, warm, text_accuracy,
                                 out / CONNECTOR_NAME, progress)
-    boxes = f"{box} + {box_mix} box steps + " if box or box_mix else ""
+    boxes = f"{box} + {box_mix}{rounds} box steps + " if box or box_mix or rounds else ""
     phases.append(Phase("LLM lookup warm-up", f"{warm.steps} of {plan.warmup_steps} planned steps + {boxes}"
                         f"{warm.text_steps} text steps", plan.warmup_s, clock() - t, warm.steps, plan.warmup_steps,
                         TRAIN_STEPS_PER_MIN))
@@ -411,7 +426,9 @@ def run(args: argparse.Namespace) -> int:
         from_scratch = True
     plan = plan_run(args.minutes, args.train_samples, args.bench_rows, args.expert_steps, args.max_steps,
                     from_scratch, args.llm_steps, args.warmup_steps)
-    boxes = " + ".join(map(str, plan.warmup_box_steps)) + " box, " if any(plan.warmup_box_steps) else ""
+    rounds = f" + {WARMUP_REC_ROUNDS} x {plan.warmup_rec_steps}" if plan.warmup_rec_steps and WARMUP_REC_ROUNDS else ""
+    boxes = " + ".join(map(str, plan.warmup_box_steps)) + f"{rounds} box, " if any(plan.warmup_box_steps) or rounds \
+        else ""
     pretraining = (f"{plan.expert_steps} expert and {plan.llm_steps} LLM pretraining steps, {plan.warmup_steps} "
                    f"lookup warm-up, {boxes}{plan.warmup_text_steps} text steps, " if from_scratch
                    else "the packaged pretrained stand-ins, " if given is None else "the given pretrained stand-ins, ")

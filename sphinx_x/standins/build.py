@@ -81,13 +81,16 @@ def command_line(s: BuildSettings) -> str:
     warm, default_warm = s.warmup_config(), LookupWarmupConfig()
     for flag, attr in (("--warmup-steps", "steps"), ("--warmup-samples", "samples"),
                        ("--warmup-text-steps", "text_steps"), ("--warmup-box-steps", "box_steps"),
-                       ("--warmup-box-mix-steps", "box_mix_steps"), ("--warmup-text-share", "text_share")):
+                       ("--warmup-box-mix-steps", "box_mix_steps"), ("--warmup-text-share", "text_share"),
+                       ("--warmup-rec-steps", "rec_steps"), ("--warmup-rec-rounds", "rec_rounds")):
         if getattr(warm, attr) != getattr(default_warm, attr) and (attr == "steps" or warm.steps > 0):
             parts.append(f"{flag} {getattr(warm, attr)}")
     if warm.steps > 0 and tuple(warm.kinds) != default_warm.kinds:
         parts.append(f"--warmup-kinds {','.join(warm.kinds)}")
     if warm.steps > 0 and warm.box_mix_kinds:
         parts.append(f"--warmup-box-mix-kinds {','.join(warm.box_mix_kinds)}")
+    if warm.steps > 0 and tuple(warm.rec_kinds) != default_warm.rec_kinds:
+        parts.append(f"--warmup-rec-kinds {','.join(warm.rec_kinds)}")
     return " ".join(parts)
 
 
@@ -177,6 +180,8 @@ def build_standins(out: str | Path, settings: BuildSettings, progress: bool = Fa
         if warm.steps > 0:
             boxes = (f", then {warm.box_steps} on boxes of a scene's only object and {warm.box_mix_steps} on those, "
                      "boxes among 2-4 and the lookups together") if warm.box_steps or warm.box_mix_steps else ""
+            if warm.rec_steps and warm.rec_rounds:
+                boxes += f", then {warm.rec_rounds} x {warm.rec_steps} on {' / '.join(warm.rec_kinds)}"
             text = f"; text dialogues {100 * warm.text_share:g}% of every stage's samples" if warm.text_share else ""
             log(f"[3/3] {preset}'s LLM: lookup warm-up ({warm.steps} one-stage steps on {warm.samples} single "
                 f"{' / '.join(warm.kinds)} questions{boxes}{text}; experts frozen; its projector and tags kept), then "
@@ -296,6 +301,11 @@ def warmup_line(w: dict[str, Any], seed: int) -> str:
              f"model draws one wide box for every question: docs/experiments.md, stops 35-36)") if box or mixed else ""
     if w.get("box_mix_kinds"):
         boxes += f" (the mixed stage's kinds in turn: {', '.join(w['box_mix_kinds'])})"
+    rounds, rec_steps = w.get("rec_rounds", 0), w.get("rec_steps", 0)  # sets made before stop 38 had no rounds
+    if rounds and rec_steps:
+        boxes += (f"; then {rounds} round{'s' * (rounds != 1)} of {rec_steps} steps, each from the model before with "
+                  f"a fresh schedule and fresh questions, on {', '.join(w['rec_kinds'])} in turn (boxes of the named "
+                  f"object more often: docs/experiments.md, stop 38)")
     share = w.get("text_share", 0.0)  # sets made before stop 37 had no text in the warm-up
     if share:
         boxes += (f"; text dialogues (the corpus's text domain) {100 * share:g}% of every stage's samples, so the LLM "

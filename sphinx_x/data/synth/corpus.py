@@ -128,7 +128,8 @@ def encode_png(img) -> bytes:
     return buf.getvalue()
 
 
-def _conversation_row(sample: Sample, sid: str, image: str | None) -> dict[str, Any]:
+def conversation_row(sample: Sample, sid: str, image: str | None) -> dict[str, Any]:
+    """A training row in the LLaVA format: `sid`, the sample's turns as human / gpt pairs, `image` when given."""
     # No `<image>` placeholder: the image goes right after BOS (README's rule for a sample
     # without one), the same layout inference uses for "an image + a question" (`model.chat`, the
     # harness, synth-bench rows), so training and evaluation see identical prompts.
@@ -154,7 +155,7 @@ def build(job: tuple[int, str, int]) -> tuple[str, str, bytes | None]:
     sample = make_sample(seed, split, index)
     sid = f"{split}-{index:06d}"
     image = f"images/{split}/{index:06d}.png" if sample.image is not None else None
-    row = _bench_row(sample, sid, image) if split == "test" else _conversation_row(sample, sid, image)
+    row = _bench_row(sample, sid, image) if split == "test" else conversation_row(sample, sid, image)
     png = encode_png(sample.image) if sample.image is not None else None
     return sample.domain, json.dumps(row, sort_keys=True, ensure_ascii=False), png
 
@@ -218,7 +219,7 @@ def drill_sample(seed: int, index: int) -> Sample:
 def _write_drills(out: Path, seed: int, n: int) -> None:
     with (out / "train" / "drills.jsonl").open("w", encoding="utf-8", newline="\n") as f:
         for i in range(n):
-            row = _conversation_row(drill_sample(seed, i), f"drill-{i:06d}", None)
+            row = conversation_row(drill_sample(seed, i), f"drill-{i:06d}", None)
             f.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
 
 
