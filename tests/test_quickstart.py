@@ -13,14 +13,7 @@ from sphinx_x.cli import main as cli_main
 from sphinx_x.commands import quickstart as qs
 from sphinx_x.commands.quickstart import RECIPE, train_config
 from sphinx_x.data.synth import BENCH_TASKS
-from sphinx_x.standins.settings import (
-    WARMUP_BOX_MIX_STEPS,
-    WARMUP_BOX_STEPS,
-    WARMUP_REC_ROUNDS,
-    WARMUP_REC_STEPS,
-    WARMUP_STEPS,
-    WARMUP_TEXT_STEPS,
-)
+from sphinx_x.standins import settings as warm  # the packaged set's warm-up, which --from-scratch scales
 from sphinx_x.train.config import load_train_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,10 +53,10 @@ def test_plan_spends_the_budget_at_the_idle_rates():
     assert scratch.llm_s / spent == pytest.approx(qs.SCRATCH_LLM_SHARE, abs=0.01)
     assert scratch.warmup_s / spent == pytest.approx(qs.SCRATCH_WARMUP_SHARE, abs=0.01)
     assert scratch.warmup_steps > 0  # its text steps in the packaged set's ratio
-    assert scratch.warmup_text_steps == scratch.warmup_steps * WARMUP_TEXT_STEPS // WARMUP_STEPS
-    assert scratch.warmup_box_steps == (scratch.warmup_steps * WARMUP_BOX_STEPS // WARMUP_STEPS,
-                                        scratch.warmup_steps * WARMUP_BOX_MIX_STEPS // WARMUP_STEPS)
-    assert scratch.warmup_rec_steps == scratch.warmup_steps * WARMUP_REC_STEPS // WARMUP_STEPS
+    assert scratch.warmup_text_steps == scratch.warmup_steps * warm.WARMUP_TEXT_STEPS // warm.WARMUP_STEPS
+    assert scratch.warmup_box_steps == (scratch.warmup_steps * warm.WARMUP_BOX_STEPS // warm.WARMUP_STEPS,
+                                        scratch.warmup_steps * warm.WARMUP_BOX_MIX_STEPS // warm.WARMUP_STEPS)
+    assert scratch.warmup_rec_steps == scratch.warmup_steps * warm.WARMUP_REC_STEPS // warm.WARMUP_STEPS
     capped = qs.plan_run(10, 8000, 520, expert_cap=3, train_cap=5, from_scratch=True, llm_cap=4, warmup_cap=6)
     assert (capped.expert_steps, capped.llm_steps, capped.train_steps, capped.warmup_steps) == (3, 4, 5, 6)
     assert qs.plan_run(10, 8000, 520, from_scratch=True, warmup_cap=0).warmup_steps == 0
@@ -324,17 +317,18 @@ def test_quickstart_from_scratch_pretrains_the_standins_itself(tmp_path, capsys,
     assert rc == 0
     captured = capsys.readouterr()
     printed, err = captured.out, captured.err
-    boxes = (2 * WARMUP_BOX_STEPS // WARMUP_STEPS, 2 * WARMUP_BOX_MIX_STEPS // WARMUP_STEPS)  # both in the set's ratios
-    rounds = f" + {WARMUP_REC_ROUNDS} x {2 * WARMUP_REC_STEPS // WARMUP_STEPS}"  # the named-box rounds, in ratio too
+    # the box stages and the named-box rounds, all in the set's ratios to its lookup steps
+    boxes = (2 * warm.WARMUP_BOX_STEPS // warm.WARMUP_STEPS, 2 * warm.WARMUP_BOX_MIX_STEPS // warm.WARMUP_STEPS)
+    rounds = f" + {warm.WARMUP_REC_ROUNDS} x {2 * warm.WARMUP_REC_STEPS // warm.WARMUP_STEPS}"
     box_plan = f"{boxes[0]} + {boxes[1]}{rounds} box, "
     assert "plan for --minutes 0.6 on 2 idle CPU cores: 3 expert and 2 LLM pretraining steps, 2 lookup warm-up, " \
-        f"{box_plan}{2 * WARMUP_TEXT_STEPS // WARMUP_STEPS} text steps, 2 one-stage" in printed
+        f"{box_plan}{2 * warm.WARMUP_TEXT_STEPS // warm.WARMUP_STEPS} text steps, 2 one-stage" in printed
     assert "[2/5] pretraining nano's vision experts" in printed and "[2/5] pretraining nano's LLM" in printed
     assert "[2/5] nano's LLM: lookup warm-up on single colour / shape questions, 2 one-stage steps" in printed
     assert "held-out lookups right: shape " in printed
     llm_summary = read_summary(out / "llm")  # text pretraining, then the warm-up, then 1 text step
     assert llm_summary["text_pretraining"]["steps"] == 2 and llm_summary["lookup_warmup"]["steps"] == 2
-    assert llm_summary["steps"] == 2 * WARMUP_TEXT_STEPS // WARMUP_STEPS
+    assert llm_summary["steps"] == 2 * warm.WARMUP_TEXT_STEPS // warm.WARMUP_STEPS
     model = SphinxX.from_pretrained(out / "train" / "final")
     _assert_started_from(model, {n: out / "experts" / f"{n}.safetensors" for n in model.visual.experts},
                          out / "llm", 2, out / "connector.safetensors")
@@ -342,7 +336,7 @@ def test_quickstart_from_scratch_pretrains_the_standins_itself(tmp_path, capsys,
     assert "stand-in experts and LLM: pretrained in this run (--from-scratch)" in summary
     assert "| expert pretraining | 3 of 3 planned steps |" in summary
     assert "| LLM pretraining | 2 of 2 planned steps |" in summary
-    text_steps = 2 * WARMUP_TEXT_STEPS // WARMUP_STEPS
+    text_steps = 2 * warm.WARMUP_TEXT_STEPS // warm.WARMUP_STEPS
     box_work = f"{boxes[0]} + {boxes[1]}{rounds} box steps + "
     assert f"| LLM lookup warm-up | 2 of 2 planned steps + {box_work}{text_steps} text steps |" in summary
     assert "note: expert pretraining ran" in err  # the early note, before the LLM and one-stage training
