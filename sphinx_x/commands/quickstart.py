@@ -190,6 +190,14 @@ class Plan:
         return self.warmup_steps * WARMUP_REC_STEPS // WARMUP_STEPS
 
     @property
+    def warmup_box_text(self) -> str:
+        """The box stages and rounds as printed, e.g. "12 + 25 + 3 x 25"; "" when the warm-up has none."""
+        box, box_mix = self.warmup_box_steps
+        rounds = f" + {WARMUP_REC_ROUNDS} x {self.warmup_rec_steps}" if self.warmup_rec_steps and WARMUP_REC_ROUNDS \
+            else ""
+        return f"{box} + {box_mix}{rounds}" if box or box_mix or rounds else ""
+
+    @property
     def warmup_s(self) -> float:
         rounds = WARMUP_REC_ROUNDS * self.warmup_rec_steps
         return (60 * (self.warmup_steps + sum(self.warmup_box_steps) + rounds) / TRAIN_STEPS_PER_MIN
@@ -363,8 +371,7 @@ def warm_up(out: Path, plan: Plan, seed: int, progress: bool, phases: list[Phase
     warm = LookupWarmupConfig(steps=plan.warmup_steps, samples=questions,
                               text_steps=plan.warmup_text_steps, seed=seed, eval_per_kind=LLM_EVAL_PER_KIND,
                               box_steps=box, box_mix_steps=box_mix, rec_steps=plan.warmup_rec_steps)
-    rounds = f" + {warm.rec_rounds} x {warm.rec_steps}" if warm.rec_steps and warm.rec_rounds else ""
-    boxes = f", then {box} + {box_mix}{rounds} on boxes" if box or box_mix or rounds else ""
+    boxes = f", then {plan.warmup_box_text} on boxes" if plan.warmup_box_text else ""
     text = f", then {warm.text_steps} text steps" if warm.text_steps else ""
     print(f"[2/5] nano's LLM: lookup warm-up on single colour / shape questions, {warm.steps} one-stage steps{boxes} "
           f"with {100 * warm.text_share:g}% text dialogues (experts frozen; its projector and tags are kept){text}",
@@ -372,7 +379,7 @@ def warm_up(out: Path, plan: Plan, seed: int, progress: bool, phases: list[Phase
     t = clock()
     _, scores = warm_up_llm_dir(out / "llm", expert_paths, tokenizer, llm_cfg, warm, text_accuracy,
                                 out / CONNECTOR_NAME, progress)
-    boxes = f"{box} + {box_mix}{rounds} box steps + " if box or box_mix or rounds else ""
+    boxes = f"{plan.warmup_box_text} box steps + " if plan.warmup_box_text else ""
     phases.append(Phase("LLM lookup warm-up", f"{warm.steps} of {plan.warmup_steps} planned steps + {boxes}"
                         f"{warm.text_steps} text steps", plan.warmup_s, clock() - t, warm.steps, plan.warmup_steps,
                         TRAIN_STEPS_PER_MIN))
@@ -426,9 +433,7 @@ def run(args: argparse.Namespace) -> int:
         from_scratch = True
     plan = plan_run(args.minutes, args.train_samples, args.bench_rows, args.expert_steps, args.max_steps,
                     from_scratch, args.llm_steps, args.warmup_steps)
-    rounds = f" + {WARMUP_REC_ROUNDS} x {plan.warmup_rec_steps}" if plan.warmup_rec_steps and WARMUP_REC_ROUNDS else ""
-    boxes = " + ".join(map(str, plan.warmup_box_steps)) + f"{rounds} box, " if any(plan.warmup_box_steps) or rounds \
-        else ""
+    boxes = f"{plan.warmup_box_text} box, " if plan.warmup_box_text else ""
     pretraining = (f"{plan.expert_steps} expert and {plan.llm_steps} LLM pretraining steps, {plan.warmup_steps} "
                    f"lookup warm-up, {boxes}{plan.warmup_text_steps} text steps, " if from_scratch
                    else "the packaged pretrained stand-ins, " if given is None else "the given pretrained stand-ins, ")
