@@ -180,7 +180,25 @@ def test_token_objective_alone_leaves_the_scene_probe_out(tmp_path):
         pretrain_experts(VISION, tmp_path / "x", steps=1, token_weight=0.0, scene_weight=0.0)
 
 
-def test_reading_objective_trains_word_heads_on_crops_that_widen_to_the_page(tmp_path):
+def test_reading_targets_name_the_word_in_the_tokens_over_it():
+    from sphinx_x.train.expert_words import BACKGROUND, IGNORED, word_token_labels
+
+    def grid(box):
+        return word_token_labels(box, 4, 7).view(4, 4)
+
+    inside = grid((0.05, 0.05, 0.2, 0.2))  # within token (0, 0)
+    assert inside[0, 0] == 7 and (inside.flatten()[1:] == BACKGROUND).all()
+    halves = grid((0.15, 0.05, 0.35, 0.15))  # half in token (0, 0), half in (0, 1)
+    assert halves[0, 0] == 7 and halves[0, 1] == 7 and halves[0, 2] == BACKGROUND
+    edge = grid((0.05, 0.05, 0.26, 0.1))  # 5% of the word in token (0, 1): no target there
+    assert edge[0, 0] == 7 and edge[0, 1] == IGNORED
+    large = grid((0.0, 0.0, 1.0, 0.5))  # a word larger than a cell: the cells it covers name it
+    assert (large[:2] == 7).all() and (large[2:] == BACKGROUND).all()
+    beyond = grid((0.8, 0.8, 1.3, 1.1))  # a word leaving the view: the share inside counts
+    assert beyond[3, 3] == 7
+
+
+def test_reading_examples_show_the_page_as_the_model_sees_it(tmp_path):
     import random
 
     from sphinx_x.canvas import make_canvas, to_uint8_tensor
@@ -188,25 +206,50 @@ def test_reading_objective_trains_word_heads_on_crops_that_widen_to_the_page(tmp
     from sphinx_x.train import expert_words
     from sphinx_x.train.expert_pretrain import pretrain_experts
 
-    page, word = expert_words.word_example(VISION, 3, 5, None)  # the whole page, as synth-bench renders it
+    views, word = expert_words.word_example(VISION, 3, 5)
     sample = generate_ocr(random.Random("sphinx-x-expert-words:3:5"), task="ocr")
     assert WORDS[word] == sample.bench["answer"]
+    side = max(sample.image.size)
+    x1, y1, x2, y2 = (v / side for v in sample.meta["words"][0]["box"])
+    i, j = int(y1 + y2 >= 1), int(x1 + x2 >= 1)  # the quadrant holding the word's centre
     for e in VISION.experts:
-        assert torch.equal(page[e.name], to_uint8_tensor(make_canvas(sample.image, e.view_size, VISION.canvas)))
-    # at the curriculum's start a crop shows the word large: far more ink pixels than on the whole page
+        r = e.view_size
+        assert torch.equal(views[e.name], to_uint8_tensor(make_canvas(sample.image, r, VISION.canvas)))
+        big = to_uint8_tensor(make_canvas(sample.image, 2 * r, VISION.canvas))
+        assert torch.equal(views[f"{e.name}.crop"], big[:, i * r:(i + 1) * r, j * r:(j + 1) * r])
+    # nearly every view's targets name the word somewhere (not where a word straddles cells so that none holds 30%
+    # of it); the zoomed views show it larger than the global views
     ink = lambda v: int((v.float().mean(0) < 70).sum())  # noqa: E731  (the inks; paper and padding are lighter)
-    crops = [expert_words.word_example(VISION, 3, i, 0.0) for i in range(12)]
-    pages = [expert_words.word_example(VISION, 3, i, None) for i in range(12)]
+    batch, words = expert_words.word_batch(VISION, 3, 0, 12)
+    assert batch["labels"].shape == (36, VISION.feature_grid ** 2)
+    named = (batch["labels"] == words.repeat(3)[:, None]).any(dim=1)
+    assert named.sum() >= 30 and set(batch["labels"].unique().tolist()) <= {*words.tolist(), 24, -100}
     name = VISION.experts[0].name
-    assert [w for _, w in crops] == [w for _, w in pages]
-    assert sum(ink(c[name]) for c, _ in crops) > 3 * sum(ink(p[name]) for p, _ in pages)
+    assert sum(map(ink, batch[name][24:])) > 2 * sum(map(ink, batch[name][:12]))
     result = pretrain_experts(VISION, tmp_path, steps=2, batch_size=4, seed=0, num_workers=0, scene_weight=0.0,
                               ocr_weight=1.0, ocr_batch=3)
     assert result.accuracy == {} and result.token_accuracy == {}
-    assert set(result.word_accuracy) == {"clip_convnext", "dinov2"}
-    assert all(0.0 <= a <= 1.0 for a in result.word_accuracy.values())
-    # at initialisation each expert's reading loss is about ln 24 (24 words)
-    assert result.losses[0] == pytest.approx(2 * torch.log(torch.tensor(24.0)).item(), abs=0.6)
+    assert set(result.word_accuracy) == set(result.word_view_accuracy) == {"clip_convnext", "dinov2"}
+    assert all(0.0 <= a <= 1.0 for a in [*result.word_accuracy.values(), *result.word_view_accuracy.values()])
+    # at initialisation each expert's reading loss is about ln 25 (24 words and background)
+    assert result.losses[0] == pytest.approx(2 * torch.log(torch.tensor(25.0)).item(), abs=0.6)
+
+
+def test_a_stage_can_start_from_saved_trunks(tmp_path):
+    from safetensors.torch import load_file
+
+    from sphinx_x.train.expert_pretrain import pretrain_experts
+
+    first = pretrain_experts(VISION, tmp_path / "a", steps=1, batch_size=2, seed=0, num_workers=0)
+    tuned = pretrain_experts(VISION, tmp_path / "b", steps=1, batch_size=2, seed=5, num_workers=0, lr=1e-12,
+                             init_from=first.paths)
+    fresh = pretrain_experts(VISION, tmp_path / "c", steps=1, batch_size=2, seed=5, num_workers=0, lr=1e-12)
+    for name in first.paths:
+        a, b, c = (load_file(r.paths[name]) for r in (first, tuned, fresh))
+        assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)  # from the saved trunk (lr ~0: unchanged)
+        assert not all(torch.allclose(a[k], c[k], atol=1e-6) for k in a)  # a random init otherwise
+    with pytest.raises(ValueError, match="init_from names experts"):
+        pretrain_experts(VISION, tmp_path / "d", steps=1, init_from={"nope": first.paths["dinov2"]})
 
 
 def test_cli_refuses_no_objective(tmp_path, capsys):
@@ -220,3 +263,23 @@ def test_cli_refuses_no_objective(tmp_path, capsys):
     assert cli_main(["pretrain-experts", "--out", str(tmp_path / "e"), "--box-weight", "-1"]) == 2
     assert "--box-weight must be >= 0, got -1" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
+
+
+def test_cli_fine_tunes_some_experts_from_a_set(tmp_path, capsys):
+    """`--init-from SET --experts NAME`: the reading stage by hand; model.yaml takes the other experts from the set."""
+    from sphinx_x.standins import standins_dir
+
+    out = tmp_path / "read"
+    assert cli_main(["pretrain-experts", "--out", str(out), "--init-from", str(standins_dir()), "--experts",
+                     "clip_convnext", "--steps", "1", "--batch-size", "2", "--ocr-weight", "1", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "clip_convnext: reading held-out: names the word of" in printed and "dinov2" not in printed
+    assert [p.name for p in out.glob("*.safetensors")] == ["clip_convnext.safetensors"]
+    experts = {e.name: e.checkpoint for e in SphinxXConfig.load(out / "model.yaml").vision.experts}
+    assert experts == {"clip_convnext": str((out / "clip_convnext.safetensors").resolve()),
+                       "dinov2": str((standins_dir() / "experts" / "dinov2.safetensors").resolve())}
+    assert cli_main(["pretrain-experts", "--out", str(tmp_path / "x"), "--experts", "clip_convnext,nope"]) == 2
+    assert "--experts clip_convnext,nope: name experts among clip_convnext, dinov2" in capsys.readouterr().err
+    assert cli_main(["pretrain-experts", "--out", str(tmp_path / "x"), "--init-from", str(tmp_path)]) == 2
+    assert "no clip_convnext.safetensors, dinov2.safetensors in" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -54,6 +54,24 @@ def test_rec_questions_ask_for_the_named_objects_box():
     assert answer_right("color", " Red ", "red") and not answer_right("shape", "star", "circle")
 
 
+def test_ocr_questions_ask_for_the_word_on_a_synth_bench_page():
+    from sphinx_x.data.synth.common import sample_rng
+    from sphinx_x.data.synth.ocr import TRANSCRIBE_PROMPT, WORDS, generate_ocr
+    from sphinx_x.standins.lookup_warmup import scored_kinds
+
+    for i in range(6):
+        image, question, answer = lookup_question(2, "box-more-train", i, "ocr")
+        page = generate_ocr(sample_rng(2, "box-more-train", i), task="ocr")  # the page synth-bench would render
+        assert (question, answer) == (TRANSCRIBE_PROMPT, page.bench["answer"]) and answer in WORDS
+        assert image.tobytes() == page.image.tobytes()
+    # a held-out split draws its own pages
+    assert lookup_question(2, "lookup-test", 0, "ocr")[0].tobytes() != lookup_question(2, "box-more-train", 0,
+                                                                                      "ocr")[0].tobytes()
+    # a round that reads is scored on reading too
+    assert scored_kinds(LookupWarmupConfig(rec_kinds=("rec", "ocr")))[-1] == "ocr"
+    assert "ocr" not in scored_kinds(LookupWarmupConfig(rec_kinds=("rec", "shape")))
+
+
 def test_box_questions_ask_for_the_only_objects_box(monkeypatch):
     from sphinx_x.data.synth import scenes
     from sphinx_x.data.synth.common import box_text
@@ -165,16 +183,16 @@ def test_settings_are_checked():
         LookupWarmupConfig(steps=-1)
     with pytest.raises(ValueError, match=r"samples must be >= 8 \(one batch of nano's recipe\), got 7"):
         LookupWarmupConfig(samples=7)
-    with pytest.raises(ValueError, match="kinds must be among color, shape, rec, box, got"):
+    with pytest.raises(ValueError, match="kinds must be among color, shape, rec, box, ocr, got"):
         LookupWarmupConfig(kinds=("count",))
-    with pytest.raises(ValueError, match="box_mix_kinds must be among color, shape, rec, box, got"):
+    with pytest.raises(ValueError, match="box_mix_kinds must be among color, shape, rec, box, ocr, got"):
         LookupWarmupConfig(box_mix_kinds=("box", "count"))
     with pytest.raises(ValueError, match="warm-up box_mix_steps must be >= 0, got -2"):
         LookupWarmupConfig(box_mix_steps=-2)
     with pytest.raises(ValueError, match="warm-up rec_rounds must be >= 0, got -1"):
         LookupWarmupConfig(rec_rounds=-1)
-    with pytest.raises(ValueError, match="rec_kinds must be among color, shape, rec, box, got"):
-        LookupWarmupConfig(rec_kinds=("rec", "ocr"))
+    with pytest.raises(ValueError, match="rec_kinds must be among color, shape, rec, box, ocr, got"):
+        LookupWarmupConfig(rec_kinds=("rec", "count"))
     with pytest.raises(ValueError, match="rec_kinds must name at least one kind"):
         LookupWarmupConfig(rec_kinds=())
     assert LookupWarmupConfig(rec_kinds=(), rec_rounds=0).rec_kinds == ()  # no rounds: no kinds needed

@@ -48,8 +48,11 @@ def test_plan_spends_the_budget_at_the_idle_rates():
     # --from-scratch: the experts and the LLM get their shares first
     scratch = qs.plan_run(10, 8000, 520, from_scratch=True)
     assert scratch.total_s == pytest.approx(600, abs=3.0) and scratch.from_scratch and not scratch.starved  # rounding
-    spent = scratch.expert_s + scratch.llm_s + scratch.warmup_s + scratch.train_s
-    assert scratch.expert_s / spent == pytest.approx(qs.SCRATCH_EXPERTS_SHARE, abs=0.01)
+    spent = scratch.expert_s + scratch.read_s + scratch.llm_s + scratch.warmup_s + scratch.train_s
+    # the experts' share holds their reading stage (none while the packaged set has none)
+    assert (scratch.expert_s + scratch.read_s) / spent == pytest.approx(qs.SCRATCH_EXPERTS_SHARE, abs=0.01)
+    assert scratch.read_steps == int(scratch.expert_steps * qs.SCRATCH_READ_RATIO)
+    assert (scratch.read_steps > 0) == (qs.EXPERT_READ_STEPS > 0)
     assert scratch.llm_s / spent == pytest.approx(qs.SCRATCH_LLM_SHARE, abs=0.01)
     assert scratch.warmup_s / spent == pytest.approx(qs.SCRATCH_WARMUP_SHARE, abs=0.01)
     assert scratch.warmup_steps > 0  # its text steps in the packaged set's ratio
@@ -309,10 +312,11 @@ def test_quickstart_from_scratch_pretrains_the_standins_itself(tmp_path, capsys,
 
     monkeypatch.setattr(qs, "clock", lambda: 50 * perf_counter())
     monkeypatch.setattr(qs, "LLM_EVAL_PER_KIND", 2)
+    monkeypatch.setattr(qs, "SCRATCH_READ_RATIO", 0.25)  # the chain with the experts' reading stage (off by default)
     out = tmp_path / "qs"
     # 0.6 minutes: the warm-up's share buys its 2 capped steps and so a box stage and the named-box rounds
     rc = cli_main(["quickstart", "--out", str(out), "--minutes", "0.6", "--train-samples", "30",
-                   "--bench-rows", str(len(BENCH_TASKS)), "--max-steps", "2", "--expert-steps", "3",
+                   "--bench-rows", str(len(BENCH_TASKS)), "--max-steps", "2", "--expert-steps", "4",
                    "--llm-steps", "2", "--warmup-steps", "2", "--from-scratch", "--quiet"])
     assert rc == 0
     captured = capsys.readouterr()
@@ -321,9 +325,11 @@ def test_quickstart_from_scratch_pretrains_the_standins_itself(tmp_path, capsys,
     boxes = (2 * warm.WARMUP_BOX_STEPS // warm.WARMUP_STEPS, 2 * warm.WARMUP_BOX_MIX_STEPS // warm.WARMUP_STEPS)
     rounds = f" + {warm.WARMUP_REC_ROUNDS} x {2 * warm.WARMUP_REC_STEPS // warm.WARMUP_STEPS}"
     box_plan = f"{boxes[0]} + {boxes[1]}{rounds} box, "
-    assert "plan for --minutes 0.6 on 2 idle CPU cores: 3 expert and 2 LLM pretraining steps, 2 lookup warm-up, " \
+    assert "plan for --minutes 0.6 on 2 idle CPU cores: 4 expert, 1 reading and 2 LLM pretraining steps, 2 lookup " \
+        "warm-up, " \
         f"{box_plan}{2 * warm.WARMUP_TEXT_STEPS // warm.WARMUP_STEPS} text steps, 2 one-stage" in printed
     assert "[2/5] pretraining nano's vision experts" in printed and "[2/5] pretraining nano's LLM" in printed
+    assert "[2/5] the experts' reading stage (clip_convnext): 1 steps of 64 scenes and 32 OCR pages" in printed
     assert "[2/5] nano's LLM: lookup warm-up on single colour / shape questions, 2 one-stage steps" in printed
     assert "held-out lookups right: shape " in printed
     llm_summary = read_summary(out / "llm")  # text pretraining, then the warm-up, then 1 text step
@@ -334,8 +340,8 @@ def test_quickstart_from_scratch_pretrains_the_standins_itself(tmp_path, capsys,
                          out / "llm", 2, out / "connector.safetensors")
     summary = _run_summary(printed.splitlines())
     assert "stand-in experts and LLM: pretrained in this run (--from-scratch)" in summary
-    assert "| expert pretraining | 3 of 3 planned steps |" in summary
-    assert "| LLM pretraining | 2 of 2 planned steps |" in summary
+    assert "| expert pretraining | 4 of 4 planned steps |" in summary
+    assert "| LLM pretraining | 2 of 2 planned steps |" in summary and "| expert reading stage | 1 steps |" in summary
     text_steps = 2 * warm.WARMUP_TEXT_STEPS // warm.WARMUP_STEPS
     box_work = f"{boxes[0]} + {boxes[1]}{rounds} box steps + "
     assert f"| LLM lookup warm-up | 2 of 2 planned steps + {box_work}{text_steps} text steps |" in summary

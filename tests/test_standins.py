@@ -25,11 +25,13 @@ from sphinx_x.standins import (
     standins_dir,
 )
 from sphinx_x.standins.build import BuildSettings, build_standins, command_line
+from sphinx_x.standins.expert_reading import ReadingSettings
 from sphinx_x.standins.settings import LlmPretrainConfig, LookupWarmupConfig
 
 MAX_BYTES = 20 * 10**6  # what the package may ship
 NANO = SphinxXConfig.from_name("nano")
 NO_WARMUP = LookupWarmupConfig(steps=0)  # sets built without the LLM's lookup warm-up (tests/test_lookup_warmup.py)
+NO_READING = ReadingSettings(steps=0)  # sets built without the experts' reading stage
 
 
 def _safetensors_shapes(path) -> dict[str, tuple[int, ...]]:
@@ -135,12 +137,15 @@ def test_build_writes_a_set_that_loads_like_the_packaged_one(tmp_path, monkeypat
                              warmup=LookupWarmupConfig(steps=2, samples=8, text_steps=1, seed=1, eval_per_kind=2,
                                                        box_steps=1, box_mix_steps=1, text_share=0.0,
                                                        kinds=("shape", "color"), box_mix_kinds=("box", "rec", "color"),
-                                                       rec_steps=1, rec_rounds=2, rec_kinds=("rec", "shape")))
+                                                       rec_steps=1, rec_rounds=2, rec_kinds=("rec", "shape")),
+                             reading=ReadingSettings(steps=1, batch_size=2))
     logged = []
+    threads = torch.get_num_threads()
     manifest = build_standins(out, settings, log=logged.append)
     assert json.loads(json.dumps(manifest)) == read_manifest(out) and has_standins(out)
     assert manifest["made"]["command"] == "sphinx-x build-standins --out DIR --seed 1 --expert-steps 1 --llm-steps 2" \
-        " --expert-lr 0.002 --expert-scene-weight 0 --llm-batch 2 --warmup-steps 2 --warmup-samples 8" \
+        " --expert-lr 0.002 --expert-scene-weight 0 --expert-read-steps 1 --llm-batch 2 --warmup-steps 2" \
+        " --warmup-samples 8" \
         " --warmup-text-steps 1 --warmup-box-steps 1 --warmup-box-mix-steps 1 --warmup-text-share 0.0" \
         " --warmup-rec-steps 1 --warmup-rec-rounds 2 --warmup-kinds shape,color --warmup-box-mix-kinds box,rec,color" \
         " --warmup-rec-kinds rec,shape"
@@ -149,9 +154,16 @@ def test_build_writes_a_set_that_loads_like_the_packaged_one(tmp_path, monkeypat
     assert manifest["made"]["llm"]["steps"] == 2 and manifest["made"]["experts"]["steps"] == 1
     assert set(manifest["scores"]["llm_held_out_answer_accuracy"]) == {"text", "arithmetic", "scene"}
     assert not any(out.parent.glob(".tmp-*"))  # written atomically, nothing left behind
-    assert any("[2/3] pretraining nano's LLM" in line for line in logged)
+    # the experts' reading stage tuned the ConvNeXt only, from the scene-pretrained experts, on its own seed stream
+    assert any("[2/4] the experts' reading stage (clip_convnext): 1 steps of 2 scenes and 1 OCR pages" in line
+               for line in logged)
+    read = manifest["made"]["experts"]["reading"]
+    assert (read["steps"], read["experts"], read["seed"], read["ocr_weight"]) == (1, ["clip_convnext"], 2, 1.0)
+    for key in ("experts_held_out_word_accuracy", "experts_held_out_word_view_accuracy"):
+        assert set(manifest["scores"][key]) == {"clip_convnext"}
+    assert any("[3/4] pretraining nano's LLM" in line for line in logged)
     # the LLM's lookup warm-up ran after its text pretraining, and the set records it
-    assert any("[3/3] nano's LLM: lookup warm-up (2 one-stage steps on 8 single shape / color questions, then 1 on "
+    assert any("[4/4] nano's LLM: lookup warm-up (2 one-stage steps on 8 single shape / color questions, then 1 on "
                "boxes of a scene's only object and 1 on those, boxes among 2-4 and the lookups together, then 2 x 1 on "
                "rec / shape; experts frozen;" in line for line in logged)
     warm = manifest["made"]["llm"]["lookup_warmup"]
@@ -186,8 +198,13 @@ def test_build_writes_a_set_that_loads_like_the_packaged_one(tmp_path, monkeypat
     assert "| LLM after its lookup warm-up (with the warm-up's own projector) | shape of the object" in card
     assert "then 1 steps of boxes of a scene's only object, and 1 steps of those" in card
     assert "| box of a scene's only object, IoU >= 0.5 |" in card
+    assert "- Experts' reading stage (clip_convnext; sphinx_x/standins/expert_reading.py): fine-tuned from the " \
+        "experts above, 1 AdamW steps of 2 scenes and 1 synth-bench OCR pages, lr 0.002, seed 2" in card
+    assert "| expert clip_convnext | names the word from the sub-image view that holds it |" in card
 
-    # the warm-up changed the LLM: the same set without it has the same experts and a different LLM
+    # the warm-up changed the LLM: the same set without it has the same experts and a different LLM (at the same
+    # thread count: the warm-up's training sets its own, and the reading stage's bits depend on it)
+    torch.set_num_threads(threads)
     plain = build_standins(tmp_path / "plain", dataclasses.replace(settings, warmup=NO_WARMUP),
                            log=lambda m: None)
     assert "lookup_warmup" not in plain["made"]["llm"] and "--warmup-steps 0" in plain["made"]["command"]
@@ -196,6 +213,21 @@ def test_build_writes_a_set_that_loads_like_the_packaged_one(tmp_path, monkeypat
     assert SphinxXConfig.from_dict(model_config(tmp_path / "plain").to_dict()).connector is None
     for rel in manifest["experts"].values():
         assert plain["files"][rel]["sha256"] == manifest["files"][rel]["sha256"]
+    # without the reading stage the DINOv2 is the same and the ConvNeXt is the scene-pretrained one
+    unread = build_standins(tmp_path / "unread", dataclasses.replace(settings, warmup=NO_WARMUP, reading=NO_READING),
+                            log=lambda m: None)
+    assert "reading" not in unread["made"]["experts"] and "--expert-read" not in unread["made"]["command"]
+    for name, rel in manifest["experts"].items():
+        same = unread["files"][rel]["sha256"] == manifest["files"][rel]["sha256"]
+        assert same == (name == "dinov2"), name
+    # experts copied from a set that had the stage keep it: it does not run again, and the commands say it ran
+    logged.clear()
+    copy = build_standins(tmp_path / "copy", BuildSettings(seed=1, experts_from=str(out), llm=settings.llm,
+                                                           warmup=NO_WARMUP), log=logged.append)
+    assert copy["made"]["experts"]["reading"] == read and not any("reading stage" in line for line in logged)
+    assert "--expert-read-steps 1" in copy["made"]["rebuild_command"]
+    convnext = manifest["experts"]["clip_convnext"]
+    assert copy["files"][convnext] == manifest["files"][convnext]
     assert plain["files"]["llm/model.safetensors"]["sha256"] != manifest["files"]["llm/model.safetensors"]["sha256"]
     # a warmed LLM is not a `pretrain-llm` output: --llm-from refuses it
     with pytest.raises(ValueError, match="has had its lookup warm-up already"):
@@ -209,12 +241,12 @@ def test_build_with_experts_from_copies_them_and_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(expert_pretrain, "HELD_OUT", 8)
     first = tmp_path / "first"
     llm = LlmPretrainConfig(steps=1, batch_size=2, seed=1, eval_per_kind=2)
-    made = build_standins(first, BuildSettings(seed=1, expert_steps=1, expert_batch=2, llm=llm, warmup=NO_WARMUP),
-                          log=lambda m: None)
+    made = build_standins(first, BuildSettings(seed=1, expert_steps=1, expert_batch=2, llm=llm, warmup=NO_WARMUP,
+                                               reading=NO_READING), log=lambda m: None)
     second = tmp_path / "second"
     logged = []
-    manifest = build_standins(second, BuildSettings(seed=1, experts_from=str(first), llm=llm, warmup=NO_WARMUP),
-                              log=logged.append)
+    manifest = build_standins(second, BuildSettings(seed=1, experts_from=str(first), llm=llm, warmup=NO_WARMUP,
+                                                    reading=NO_READING), log=logged.append)
     for name, rel in made["experts"].items():
         assert (second / rel).read_bytes() == (first / rel).read_bytes(), name
         assert manifest["files"][rel] == made["files"][rel]
@@ -228,8 +260,8 @@ def test_build_with_experts_from_copies_them_and_says_so(tmp_path, monkeypatch):
     card = (second / "MODEL_CARD.md").read_text()
     assert "copied from an earlier set" in card and manifest["made"]["rebuild_command"] in card
     # the set may rebuild its own LLM in place; a tampered expert file is refused
-    again = build_standins(second, BuildSettings(seed=1, experts_from=str(second), llm=llm, warmup=NO_WARMUP),
-                           log=lambda m: None)
+    again = build_standins(second, BuildSettings(seed=1, experts_from=str(second), llm=llm, warmup=NO_WARMUP,
+                                                 reading=NO_READING), log=lambda m: None)
     assert (second / made["experts"]["dinov2"]).read_bytes() == (first / made["experts"]["dinov2"]).read_bytes()
     # a copy of a copy names the set the experts were trained in, not the one in between
     assert again["made"]["experts"]["copied_from"] == e["copied_from"]
@@ -242,13 +274,15 @@ def test_build_with_experts_from_copies_them_and_says_so(tmp_path, monkeypatch):
     tok, llm_alone = load_tokenizer("nano"), build_nano_llm("nano", seed=1)
     write_llm_dir(llm_alone, tok, tmp_path / "llm-alone", alone_cfg, pretrain_llm(llm_alone, tok, alone_cfg))
     both = build_standins(tmp_path / "both", BuildSettings(seed=1, experts_from=str(first), warmup=NO_WARMUP,
-                                                          llm_from=str(tmp_path / "llm-alone")), log=lambda m: None)
+                                                          reading=NO_READING, llm_from=str(tmp_path / "llm-alone")),
+                          log=lambda m: None)
     assert (tmp_path / "both" / "llm" / "model.safetensors").read_bytes() == \
         (tmp_path / "llm-alone" / "model.safetensors").read_bytes()
     assert both["made"]["llm"]["arithmetic_share"] == 0.25 and both["made"]["llm"]["steps"] == 1
     with pytest.raises(ValueError, match="pretrained with seed 1, the set's seed is 0"):
         build_standins(tmp_path / "x", BuildSettings(seed=0, llm_from=str(tmp_path / "llm-alone")), log=print)
     assert both["made"]["command"].endswith(f"--llm-from {tmp_path / 'llm-alone'} --warmup-steps 0")
+    assert "--expert-read" not in both["made"]["command"]  # no reading stage: the default
     assert "--llm-steps 1" in both["made"]["rebuild_command"] and "--arithmetic-share 0.25" in \
         both["made"]["rebuild_command"] and "-from" not in both["made"]["rebuild_command"]
     assert "`sphinx-x pretrain-llm --out DIR --seed 1 --steps 1 --batch 2 --lr 0.001 --arithmetic-share 0.25 " \
@@ -256,7 +290,7 @@ def test_build_with_experts_from_copies_them_and_says_so(tmp_path, monkeypatch):
     (second / made["experts"]["dinov2"]).write_bytes(b"not the listed bytes")
     with pytest.raises(ValueError, match="sha256 differs"):
         build_standins(tmp_path / "third", BuildSettings(seed=1, experts_from=str(second), llm=llm,
-                                                         warmup=NO_WARMUP), log=print)
+                                                         warmup=NO_WARMUP, reading=NO_READING), log=print)
     assert not (tmp_path / "third").exists()
 
 

@@ -1,7 +1,8 @@
 """`sphinx-x build-standins --out DIR [--seed 0] [--expert-steps N] [--llm-steps M]`: nano's pretrained stand-ins
 from nothing.
 
-Runs `pretrain-experts`, then `pretrain-llm`, then the LLM's lookup warm-up (single colour / shape questions with
+Runs `pretrain-experts`, then the experts' reading stage (sphinx_x/standins/expert_reading.py), then `pretrain-llm`,
+then the LLM's lookup warm-up (single colour / shape questions with
 the new experts frozen, then text again: sphinx_x/standins/lookup_warmup.py) with fixed seeds
 (sphinx_x/standins/build.py) and writes, atomically,
 
@@ -43,6 +44,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"weight of the experts' per-token objective (default {defaults.EXPERT_TOKEN_WEIGHT:g})")
     p.add_argument("--expert-ocr-weight", type=float, default=defaults.EXPERT_OCR_WEIGHT,
                    help=f"weight of the experts' reading objective (default {defaults.EXPERT_OCR_WEIGHT:g})")
+    p.add_argument("--expert-read-steps", type=non_negative_int, default=defaults.EXPERT_READ_STEPS,
+                   help=f"the experts' reading stage after their scene pretraining: steps of 64 scenes and 32 OCR "
+                        f"pages fine-tuning {', '.join(defaults.EXPERT_READ_EXPERTS)} (default "
+                        f"{defaults.EXPERT_READ_STEPS}; 0: none)")
+    p.add_argument("--expert-read-lr", type=positive_float, default=defaults.EXPERT_READ_LR,
+                   help=f"the reading stage's AdamW learning rate (default {defaults.EXPERT_READ_LR:g})")
     p.add_argument("--llm-steps", type=positive_int, default=defaults.LLM_STEPS,
                    help=f"LLM pretraining steps (default {defaults.LLM_STEPS})")
     p.add_argument("--llm-batch", type=positive_int, default=d.batch_size,
@@ -100,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     from sphinx_x.commands.pretrain_llm import usable_out
     from sphinx_x.standins import MANIFEST_NAME
     from sphinx_x.standins.build import BuildSettings, build_standins
+    from sphinx_x.standins.expert_reading import ReadingSettings
     from sphinx_x.standins.settings import LlmPretrainConfig, LookupWarmupConfig, check_expert_weights
 
     try:
@@ -144,12 +152,15 @@ def run(args: argparse.Namespace) -> int:
                              expert_scene_weight=args.expert_scene_weight,
                              expert_token_weight=args.expert_token_weight,
                              expert_ocr_weight=args.expert_ocr_weight, llm=llm, note=args.note,
-                             experts_from=args.experts_from, llm_from=args.llm_from, warmup=warmup)
+                             experts_from=args.experts_from, llm_from=args.llm_from, warmup=warmup,
+                             reading=ReadingSettings(steps=args.expert_read_steps, lr=args.expert_read_lr))
     manifest = build_standins(out, settings, progress=not args.quiet, log=lambda m: print(m, flush=True))
     made = manifest["made"]
     total = sum(f["bytes"] for f in manifest["files"].values())
     warm = made["llm"].get("lookup_warmup")
     warm_s = f", lookup warm-up {(warm['wall_s'] + warm['text_wall_s']) / 60:.1f} min" if warm else ""
-    print(f"stand-ins in {out} ({total / 2**20:.1f} MiB): experts {made['experts']['wall_s'] / 60:.1f} min, "
+    read = made["experts"].get("reading")
+    read_s = f" (reading stage {read['wall_s'] / 60:.1f} min)" if read else ""
+    print(f"stand-ins in {out} ({total / 2**20:.1f} MiB): experts {made['experts']['wall_s'] / 60:.1f} min{read_s}, "
           f"LLM {made['llm']['wall_s'] / 60:.1f} min{warm_s}; model card {out / 'MODEL_CARD.md'}")
     return 0

@@ -38,8 +38,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="weight of the scene-level objective (a probe on the mean token names each colour's shape; "
                         "default 1; 0 with --token-weight > 0 trains the per-token objective alone)")
     p.add_argument("--ocr-weight", type=float, default=0.0,
-                   help="weight of the reading objective (a grid token names the word of a synth-bench OCR page; "
-                        "crops around the word widen to the whole page over the first half of the run; default 0)")
+                   help="weight of the reading objective (every grid token over the word of a synth-bench OCR page "
+                        "names it, on global, sub-image and zoomed views; default 0)")
+    p.add_argument("--init-from", default=None,
+                   help="start the trunks from DIR/<expert>.safetensors (a pretrain-experts output, or a stand-ins "
+                        "set: its experts/ folder) instead of their random init: a fine-tuning stage, e.g. the "
+                        "reading stage `--init-from SET --experts clip_convnext --ocr-weight 1 --token-weight 1`")
+    p.add_argument("--experts", default=None,
+                   help="comma-separated experts to train (default all); model.yaml takes the others from "
+                        "--init-from")
     p.add_argument("--box-weight", type=float, default=0.0,
                    help="weight of the per-token box objective (each grid token covered by an object gives that "
                         "object's box; default 0)")
@@ -66,6 +73,23 @@ def run(args: argparse.Namespace) -> int:
     if args.box_weight < 0:
         print(f"sphinx-x pretrain-experts: error: --box-weight must be >= 0, got {args.box_weight:g}", file=sys.stderr)
         return 2
+    only = [n.strip() for n in args.experts.split(",") if n.strip()] if args.experts else None
+    names = [e.name for e in config.vision.experts]
+    if only is not None and (not only or set(only) - set(names)):
+        print(f"sphinx-x pretrain-experts: error: --experts {args.experts}: name experts among {', '.join(names)}",
+              file=sys.stderr)
+        return 2
+    init_from = None
+    if args.init_from:
+        folder = Path(args.init_from)
+        folder = folder / "experts" if (folder / "experts").is_dir() else folder
+        init_from = {e.name: folder / f"{e.name}.safetensors" for e in config.vision.experts
+                     if (folder / f"{e.name}.safetensors").is_file()}
+        missing = [n for n in (only or names) if n not in init_from]
+        if missing:
+            print(f"sphinx-x pretrain-experts: error: --init-from {args.init_from}: no "
+                  f"{', '.join(m + '.safetensors' for m in missing)} in {folder}", file=sys.stderr)
+            return 2
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         print(f"sphinx-x pretrain-experts: error: {out}: exists and is not a directory", file=sys.stderr)
@@ -74,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         config, out, steps=args.steps, max_seconds=args.minutes * 60 if args.minutes else None,
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, progress=not args.quiet,
         token_weight=args.token_weight, scene_weight=args.scene_weight, ocr_weight=args.ocr_weight,
-        box_weight=args.box_weight)
+        box_weight=args.box_weight, init_from=init_from, only=only)
     for name, path in result.paths.items():
         if name in result.accuracy:
             print(f"{name}: {path}  (held-out: names the shape of {100 * result.accuracy[name]:.0f}% of the objects, "
@@ -84,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
     for name, acc in result.token_accuracy.items():
         print(f"{name}: per-token held-out: names colour and shape under {100 * acc:.0f}% of the object tokens")
     for name, acc in result.word_accuracy.items():
-        print(f"{name}: reading held-out: names the word of {100 * acc:.0f}% of the OCR pages (chance 4%)")
+        print(f"{name}: reading held-out: names the word of {100 * acc:.0f}% of the OCR pages from the global view, "
+              f"{100 * result.word_view_accuracy[name]:.0f}% from the sub-image view that holds it (chance 4%)")
     for name, acc in result.box_accuracy.items():
         print(f"{name}: per-token box held-out: {100 * acc:.0f}% of the object tokens give their object's box "
               "at IoU >= 0.5")

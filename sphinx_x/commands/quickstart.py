@@ -8,7 +8,8 @@ docs/standins.md), trains the `nano` preset on the CPU in one stage with those e
 initialised from the stand-in LLM, evaluates it on synth-bench twice, with its images and blind (the question
 alone), prints the two per-task columns side by side, answers a question of the task it scored best on about a
 synth-bench image it answered right, and ends with what each phase ran and how long it took. `--from-scratch`
-makes the stand-ins in the run instead (`sphinx-x pretrain-experts`, then `sphinx-x pretrain-llm`, then the LLM's
+makes the stand-ins in the run instead (`sphinx-x pretrain-experts` and the experts' reading stage, then
+`sphinx-x pretrain-llm`, then the LLM's
 lookup warm-up and text again, as `sphinx-x build-standins` does, each for its share of the budget: SCRATCH_*_SHARE
 below).
 Everything is written under --out:
@@ -30,9 +31,9 @@ busier machine the 10-minute run trained fewer steps and scored 20.8 overall aga
 With fixed steps the same seed and --minutes train the same recipe on any machine, so runs and seeds stay
 comparable, and a busy machine costs time, which is reported, instead of quality, which could only be
 warned about. With the packaged stand-ins the one-stage run gets all the training time; with --from-scratch
-the experts get SCRATCH_EXPERTS_SHARE of it, the LLM SCRATCH_LLM_SHARE and its lookup warm-up
-SCRATCH_WARMUP_SHARE. The training recipe is
-configs/nano.yaml's (`RECIPE` in sphinx_x/train/recipe.py; a test keeps the two equal).
+the experts get SCRATCH_EXPERTS_SHARE of it (their reading stage included), the LLM SCRATCH_LLM_SHARE and its
+lookup warm-up SCRATCH_WARMUP_SHARE. The training recipe is configs/nano.yaml's (`RECIPE` in
+sphinx_x/train/recipe.py; a test keeps the two equal).
 
 Exit codes: 0 done; 2 bad arguments or an output directory that cannot be used.
 """
@@ -60,6 +61,7 @@ from sphinx_x.commands.quickstart_eval import (
 )
 from sphinx_x.fileio import write_atomic
 from sphinx_x.standins.settings import (
+    EXPERT_READ_STEPS,
     WARMUP_BOX_MIX_STEPS,
     WARMUP_BOX_STEPS,
     WARMUP_REC_ROUNDS,
@@ -82,6 +84,12 @@ ARITHMETIC_DRILLS = 3200
 # The expert rate is for the per-token objective the stand-ins use since stop 26 (a sub-image crop forwarded too):
 # 594 steps in 8.0 minutes on 2 idle cores (2026-12-05, `quickstart --from-scratch`; 218/min was scene-level only).
 EXPERT_STEPS_PER_MIN = 74.0
+# The experts' reading stage (--from-scratch: SCRATCH_READ_RATIO of the expert steps, after them, when the packaged
+# set has one; a short run needs its scene steps more, reading starts from what they learnt): the ConvNeXt alone,
+# 64 scenes and 32 pages (3 views each) a step; 800 steps in 11.8 min on 2 cores (stop 39). A first split, not
+# measured.
+READ_STEPS_PER_MIN = 68.0
+SCRATCH_READ_RATIO = 0.25 if EXPERT_READ_STEPS else 0.0  # as the packaged set: no reading stage while it has none
 TRAIN_STEPS_PER_MIN = 120.0
 # LLM pretraining (--from-scratch): an estimate from CPU time, not yet measured on idle cores (2026-12-02: 0.8
 # CPU-seconds per step of 16 samples on one thread, on a shared machine).
@@ -167,6 +175,15 @@ class Plan:
         return 60 * self.expert_steps / EXPERT_STEPS_PER_MIN
 
     @property
+    def read_steps(self) -> int:
+        """The experts' reading stage after their pretraining (SCRATCH_READ_RATIO of their steps)."""
+        return math.floor(self.expert_steps * SCRATCH_READ_RATIO)
+
+    @property
+    def read_s(self) -> float:
+        return 60 * self.read_steps / READ_STEPS_PER_MIN
+
+    @property
     def llm_s(self) -> float:
         return 60 * self.llm_steps / LLM_STEPS_PER_MIN
 
@@ -205,7 +222,7 @@ class Plan:
 
     @property
     def total_s(self) -> float:
-        return (self.corpus_s + self.expert_s + self.llm_s + self.warmup_s + self.train_s + self.eval_s
+        return (self.corpus_s + self.expert_s + self.read_s + self.llm_s + self.warmup_s + self.train_s + self.eval_s
                 + self.reserve_s)
 
 
@@ -219,7 +236,9 @@ def plan_run(minutes: float, train_samples: int, bench_rows: int, expert_cap: in
     eval_s = bench_rows * (EVAL_SECONDS_PER_ROW + BLIND_SECONDS_PER_ROW)
     train_s = minutes * 60 - corpus_s - eval_s - SAVE_RESERVE_S
     shares = (SCRATCH_EXPERTS_SHARE, SCRATCH_LLM_SHARE, SCRATCH_WARMUP_SHARE) if from_scratch else (0.0, 0.0, 0.0)
-    experts = math.floor(shares[0] * train_s / 60 * EXPERT_STEPS_PER_MIN)
+    # minutes per expert step: one scene step and its share of the reading stage
+    per_step = 1 / EXPERT_STEPS_PER_MIN + SCRATCH_READ_RATIO / READ_STEPS_PER_MIN
+    experts = math.floor(shares[0] * train_s / 60 / per_step)
     llm = math.floor(shares[1] * train_s / 60 * LLM_STEPS_PER_MIN)
     # minutes per warm-up step: one one-stage step, its share of the box stages' and rounds' and of the text steps
     box_ratio = (WARMUP_BOX_STEPS + WARMUP_BOX_MIX_STEPS + WARMUP_REC_ROUNDS * WARMUP_REC_STEPS) / WARMUP_STEPS
@@ -334,6 +353,22 @@ def pretrain_standins(out: Path, plan: Plan, seed: int, progress: bool, phases: 
     note = pace_note(phases[-1], plan, sum(p.wall_s for p in phases))
     if note:
         print(note, file=sys.stderr, flush=True)
+    expert_paths = experts.paths
+    if plan.read_steps > 0:  # written over the trunks it tunes: experts_yaml stays right
+        from sphinx_x.standins.expert_reading import ReadingSettings, read_stage
+
+        read = ReadingSettings(steps=plan.read_steps)
+        print(f"[2/5] the experts' reading stage ({', '.join(read.experts)}): {read.steps} steps of 64 scenes and 32 "
+              "OCR pages", flush=True)
+        t = clock()
+        expert_paths, scores, _ = read_stage(nano.vision, experts.paths, out / "experts", read, seed,
+                                             EXPERT_SCENE_WEIGHT, EXPERT_TOKEN_WEIGHT, progress)
+        steps = plan.read_steps  # pretrain_experts runs them all (no time cap)
+        phases.append(Phase("expert reading stage", f"{steps} steps", plan.read_s, clock() - t, steps, steps,
+                            READ_STEPS_PER_MIN))
+        print("      held-out: " + ", ".join(f"{n} reads {100 * a:.0f}% of the pages" for n, a in
+                                             scores["experts_held_out_word_accuracy"].items()) + " (chance 4%)",
+              flush=True)
 
     cfg = LlmPretrainConfig(steps=plan.llm_steps, seed=seed, template=nano.template, eval_per_kind=LLM_EVAL_PER_KIND)
     print(f"[2/5] pretraining nano's LLM on text dialogues and arithmetic drills: {cfg.steps} steps of "
@@ -349,7 +384,7 @@ def pretrain_standins(out: Path, plan: Plan, seed: int, progress: bool, phases: 
           flush=True)
     connector = {}
     if plan.warmup_steps > 0:
-        connector = {"connector": str(warm_up(out, plan, seed, progress, phases, experts.paths, tokenizer, cfg,
+        connector = {"connector": str(warm_up(out, plan, seed, progress, phases, expert_paths, tokenizer, cfg,
                                               result.accuracy).resolve())}
     model_yaml = out / "model.yaml"
     SphinxXConfig.load(experts_yaml).with_overrides({"llm": {"path": str((out / "llm").resolve())},
@@ -434,8 +469,9 @@ def run(args: argparse.Namespace) -> int:
     plan = plan_run(args.minutes, args.train_samples, args.bench_rows, args.expert_steps, args.max_steps,
                     from_scratch, args.llm_steps, args.warmup_steps)
     boxes = f"{plan.warmup_box_text} box, " if plan.warmup_box_text else ""
-    pretraining = (f"{plan.expert_steps} expert and {plan.llm_steps} LLM pretraining steps, {plan.warmup_steps} "
-                   f"lookup warm-up, {boxes}{plan.warmup_text_steps} text steps, " if from_scratch
+    reading = f", {plan.read_steps} reading" if plan.read_steps else ""
+    pretraining = (f"{plan.expert_steps} expert{reading} and {plan.llm_steps} LLM pretraining steps, "
+                   f"{plan.warmup_steps} lookup warm-up, {boxes}{plan.warmup_text_steps} text steps, " if from_scratch
                    else "the packaged pretrained stand-ins, " if given is None else "the given pretrained stand-ins, ")
     print(f"plan for --minutes {args.minutes:g} on 2 idle CPU cores: {pretraining}{plan.train_steps} one-stage steps "
           "(fixed: a busier machine takes longer, it does not train less)", flush=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sphinx_x.standins import CARD_NAME, CONNECTOR_NAME, MANIFEST_NAME, read_manifest
+from sphinx_x.standins.expert_reading import ReadingSettings, read_stage, reading_line
 from sphinx_x.standins.llm_pretrain import build_nano_llm, pretrain_llm, read_summary, write_llm_dir
 from sphinx_x.standins.lookup_warmup import warm_up_llm_dir
 from sphinx_x.standins.settings import (
@@ -49,6 +50,12 @@ class BuildSettings:
     # The LLM's lookup warm-up and text stage after its text pretraining (None: LookupWarmupConfig(seed=seed);
     # steps 0: none, the LLM as text pretraining left it).
     warmup: LookupWarmupConfig | None = None
+    # The experts' reading stage after their scene pretraining (None: ReadingSettings(); steps 0: none). Experts
+    # copied from a set that had one keep it (not run again).
+    reading: ReadingSettings | None = None
+
+    def reading_config(self) -> ReadingSettings:
+        return self.reading or ReadingSettings()
 
     def llm_config(self) -> LlmPretrainConfig:
         return self.llm or LlmPretrainConfig(steps=LLM_STEPS, seed=self.seed)
@@ -71,6 +78,10 @@ def command_line(s: BuildSettings) -> str:
                                            ("--expert-ocr-weight", s.expert_ocr_weight, EXPERT_OCR_WEIGHT)):
             if value != default_value:
                 parts.append(f"{flag} {value:g}")
+    read, default_read = s.reading_config(), ReadingSettings()
+    for flag, attr in (("--expert-read-steps", "steps"), ("--expert-read-lr", "lr")):
+        if getattr(read, attr) != getattr(default_read, attr) and (attr == "steps" or read.steps > 0):
+            parts.append(f"{flag} {getattr(read, attr):g}")
     if s.llm_from:
         parts = [p for p in parts if not p.startswith("--llm-steps")] + [f"--llm-from {s.llm_from}"]
     else:
@@ -126,9 +137,16 @@ def build_standins(out: str | Path, settings: BuildSettings, progress: bool = Fa
         raise ValueError(f"{settings.llm_from}: this LLM has had its lookup warm-up already; --llm-from takes a "
                          "`sphinx-x pretrain-llm` output (text pretraining only)")
     llm_cfg, warm = settings.llm_config(), settings.warmup_config()
-    stages = 3 if warm.steps > 0 else 2
     out = Path(out)
     source = read_manifest(settings.experts_from) if settings.experts_from else None
+    read_copied = source is not None and "reading" in source["made"]["experts"]
+    if read_copied:  # the copied experts read already: their stage's settings, so the commands say what made them
+        r = source["made"]["experts"]["reading"]
+        settings = replace(settings, reading=ReadingSettings(steps=r["steps"], lr=r["lr"], experts=tuple(r["experts"]),
+                                                             batch_size=r["batch_size"]))
+    read = settings.reading_config()
+    reading = read.steps > 0 and not read_copied
+    stages = 2 + reading + (warm.steps > 0)
     if source is not None:  # the copied experts' own settings, so the from-nothing command makes them again
         e = source["made"]["experts"]
         if source["made"]["seed"] != settings.seed:
@@ -156,13 +174,20 @@ def build_standins(out: str | Path, settings: BuildSettings, progress: bool = Fa
         else:
             log(f"[1/{stages}] copying {preset}'s vision experts from {settings.experts_from}")
             expert_paths, expert_scores, experts_made = copy_experts(Path(settings.experts_from), source, tmp)
-        log("      held-out: " + ", ".join(
-            [f"{n} scene {100 * a:.1f}%" for n, a in expert_scores["experts_held_out_shape_accuracy"].items()]
-            + [f"{n} tokens {100 * a:.1f}%" for n, a in expert_scores["experts_held_out_token_accuracy"].items()]
-            + [f"{n} words {100 * a:.1f}%" for n, a in expert_scores["experts_held_out_word_accuracy"].items()]))
+        log_expert_scores(log, expert_scores)
+        if reading:
+            log(f"[2/{stages}] the experts' reading stage ({', '.join(read.experts)}): {read.steps} steps of "
+                f"{read.batch_size} scenes and {read.batch_size // 2} OCR pages, from the experts above")
+            expert_paths, read_scores, experts_made["reading"] = read_stage(
+                config.vision, expert_paths, tmp / "experts", read, settings.seed, settings.expert_scene_weight,
+                settings.expert_token_weight, progress)
+            for key, per_expert in read_scores.items():
+                expert_scores[key] = {**expert_scores.get(key, {}), **per_expert}
+            log_expert_scores(log, read_scores)
+        stage = 2 + reading
         tokenizer = load_tokenizer(config.tokenizer or "nano")
         if llm_summary is None:
-            log(f"[2/{stages}] pretraining {preset}'s LLM: {llm_cfg.steps} steps of {llm_cfg.batch_size} samples "
+            log(f"[{stage}/{stages}] pretraining {preset}'s LLM: {llm_cfg.steps} steps of {llm_cfg.batch_size} samples "
                 f"({100 * llm_cfg.scene_share:.0f}% scene draws, {100 * llm_cfg.arithmetic_share:.0f}% arithmetic "
                 "drills)")
             llm = build_nano_llm(config, seed=llm_cfg.seed)
@@ -172,7 +197,7 @@ def build_standins(out: str | Path, settings: BuildSettings, progress: bool = Fa
         else:
             import shutil
 
-            log(f"[2/{stages}] copying {preset}'s LLM from {settings.llm_from}")
+            log(f"[{stage}/{stages}] copying {preset}'s LLM from {settings.llm_from}")
             shutil.copytree(settings.llm_from, tmp / "llm")
             llm_accuracy, llm_seconds = llm_summary["accuracy"], llm_summary["seconds"]
         log("      held-out: " + ", ".join(f"{k} {100 * a:.1f}%" for k, a in llm_accuracy.items()))
@@ -183,9 +208,9 @@ def build_standins(out: str | Path, settings: BuildSettings, progress: bool = Fa
             if warm.rec_steps and warm.rec_rounds:
                 boxes += f", then {warm.rec_rounds} x {warm.rec_steps} on {' / '.join(warm.rec_kinds)}"
             text = f"; text dialogues {100 * warm.text_share:g}% of every stage's samples" if warm.text_share else ""
-            log(f"[3/3] {preset}'s LLM: lookup warm-up ({warm.steps} one-stage steps on {warm.samples} single "
-                f"{' / '.join(warm.kinds)} questions{boxes}{text}; experts frozen; its projector and tags kept), then "
-                f"{warm.text_steps} text steps")
+            log(f"[{stages}/{stages}] {preset}'s LLM: lookup warm-up ({warm.steps} one-stage steps on {warm.samples} "
+                f"single {' / '.join(warm.kinds)} questions{boxes}{text}; experts frozen; its projector and tags "
+                f"kept), then {warm.text_steps} text steps")
             warmup_made, warmup_scores = warm_up_llm_dir(tmp / "llm", expert_paths, tokenizer, llm_cfg, warm,
                                                          llm_accuracy, tmp / CONNECTOR_NAME, progress, preset)
             log("      held-out lookups after the warm-up: " + ", ".join(
@@ -221,6 +246,14 @@ def build_standins(out: str | Path, settings: BuildSettings, progress: bool = Fa
     return manifest
 
 
+def log_expert_scores(log: Any, scores: dict[str, dict[str, float]]) -> None:
+    """One "held-out:" line with each expert's scores (the manifest's score names, shortened)."""
+    names = {"experts_held_out_shape_accuracy": "scene", "experts_held_out_token_accuracy": "tokens",
+             "experts_held_out_word_accuracy": "words", "experts_held_out_word_view_accuracy": "words (sub-image)"}
+    log("      held-out: " + ", ".join(f"{n} {names[k]} {100 * a:.1f}%" for k in names
+                                       for n, a in scores.get(k, {}).items()))
+
+
 def config_from_summary(summary: dict[str, Any], directory: str) -> LlmPretrainConfig:
     """The LlmPretrainConfig a `pretrain-llm` run recorded in its pretrain_llm.json (runs from before arithmetic
     drills existed had none: arithmetic_share 0)."""
@@ -249,7 +282,8 @@ def copy_experts(directory: Path, source: dict[str, Any], tmp: Path) -> tuple[di
         shutil.copyfile(directory / rel, paths[name])
     scores = {k: dict(source["scores"].get(k, {})) for k in ("experts_held_out_shape_accuracy",
                                                                "experts_held_out_token_accuracy",
-                                                               "experts_held_out_word_accuracy")}
+                                                               "experts_held_out_word_accuracy",
+                                                               "experts_held_out_word_view_accuracy")}
     made = dict(source["made"]["experts"])
     made.setdefault("copied_from", {"command": source["made"]["command"], "date": source["made"]["date"],
                                     "machine": source["made"]["machine"]})
@@ -266,8 +300,8 @@ def objectives(e: dict[str, Any]) -> str:
         parts.append(f"per-token x {e['token_weight']:g} (every grid token of the global view and of one sub-image "
                      "view names the colour and shape of the object under it, or background)")
     if e.get("ocr_weight", 0.0) > 0:
-        parts.append(f"reading x {e['ocr_weight']:g} (a grid token names the word of a synth-bench OCR page; crops "
-                     "around the word widen to the whole page over the first half of the run)")
+        parts.append(f"reading x {e['ocr_weight']:g} (every grid token over the word of a synth-bench OCR page names "
+                     "it)")
     return "; ".join(parts)
 
 
@@ -356,6 +390,7 @@ def model_card(manifest: dict[str, Any], config: Any) -> str:
         f"- Experts ({experts}): `sphinx-x pretrain-experts`, {e['steps']} AdamW steps of {e['batch_size']} "
         f"synthetic scenes, lr {e.get('lr', 1e-3):g}, seed {made['seed']}; objectives: {objectives(e)}. "
         f"Wall time {e['wall_s'] / 60:.1f} min." + copied(e),
+        *([reading_line(e["reading"])] if e.get("reading") else []),
         f"- LLM (transformers LlamaForCausalLM, {d.num_layers} layers, width {d.hidden_size}, {d.num_heads} heads / "
         f"{d.num_kv_heads} KV heads, MLP {d.intermediate_size}, vocabulary {d.vocab_size}: the shipped nano BPE, "
         f"tied embeddings): `sphinx-x pretrain-llm`, {llm['steps']} AdamW steps of {llm['batch_size']} samples, "
@@ -379,6 +414,8 @@ def model_card(manifest: dict[str, Any], config: Any) -> str:
               f"| {100 * a:.1f}% |" for n, a in scores.get("experts_held_out_token_accuracy", {}).items()]
     lines += [f"| expert {n} | names the word of a whole synth-bench OCR page (24 words, chance 4%) | {100 * a:.1f}% |"
               for n, a in scores.get("experts_held_out_word_accuracy", {}).items()]
+    lines += [f"| expert {n} | names the word from the sub-image view that holds it | {100 * a:.1f}% |"
+              for n, a in scores.get("experts_held_out_word_view_accuracy", {}).items()]
     what = {"text": "answers of the text dialogues (facts, arithmetic, code), greedy exact",
             "arithmetic": "synth-bench-style arithmetic (`What is a + b?`), greedy exact",
             "scene": "slot scenes (`What color is the <shape>?`), greedy exact"}
@@ -389,7 +426,8 @@ def model_card(manifest: dict[str, Any], config: Any) -> str:
     warmed = {"color": "color of the object a question names, among 2-4 objects, greedy exact",
               "shape": "shape of the object a question names, among 2-4 objects, greedy exact",
               "rec": "box of the object a question names, among 2-4 objects, IoU >= 0.5",
-              "box": "box of a scene's only object, IoU >= 0.5"}
+              "box": "box of a scene's only object, IoU >= 0.5",
+              "ocr": "the word on a synth-bench OCR page, greedy exact"}
     lines += [f"| LLM after its lookup warm-up (with the warm-up's own projector) | {warmed.get(k, k)} | "
               f"{100 * a:.1f}% |" for k, a in scores.get("llm_lookup_warmup_accuracy", {}).items()]
     lines += ["", f"## Files ({total / 2**20:.1f} MiB)", "", "| file | bytes | sha256 |", "|---|---:|---|"]

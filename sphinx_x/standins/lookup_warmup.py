@@ -39,9 +39,10 @@ MIX_FILE = "train.yaml"
 def lookup_question(seed: int, split: str, index: int, kind: str) -> tuple[Any, str, str]:
     """Sample `index` of `split`: (image, question, answer), a `kind` lookup about a scene of 2-4 objects ("color":
     the colour of the named shape, "shape": the shape of the named colour, "rec": the box of the named object) or
-    "box": the box of a scene's only object, made only from `sample_rng(seed, split, index)` (scenes without a
-    suitable object are redrawn)."""
+    "box": the box of a scene's only object, or "ocr": the word on a page rendered as synth-bench's OCR rows are,
+    made only from `sample_rng(seed, split, index)` (scenes without a suitable object are redrawn)."""
     from sphinx_x.data.synth.common import sample_rng
+    from sphinx_x.data.synth.ocr import generate_ocr
     from sphinx_x.data.synth.scenes import VQA_ASKERS, ask_rec, make_scene, render_scene
 
     def rec(scene: Any, rng: Any) -> tuple[str, str] | None:  # ask_rec's (question, answer, object) without the object
@@ -50,6 +51,9 @@ def lookup_question(seed: int, split: str, index: int, kind: str) -> tuple[Any, 
 
     askers = {**VQA_ASKERS, "rec": rec, "box": rec}
     rng, lone = sample_rng(seed, split, index), kind == "box"
+    if kind == "ocr":
+        page = generate_ocr(rng, task="ocr")
+        return page.image, *page.turns[0]
     while True:
         scene = make_scene(rng, 1 if lone else rng.choice([2, 3, 3, 4, 4]))
         image = render_scene(scene)  # first: it makes each object's box the tight box of its drawn shape
@@ -113,9 +117,10 @@ def warmup_stages(cfg: LookupWarmupConfig) -> list[tuple[str, int, tuple[str, ..
 
 
 def scored_kinds(cfg: LookupWarmupConfig) -> tuple[str, ...]:
-    """What the warm-up model is scored on: its kinds, and both box kinds when it had box stages."""
+    """What the warm-up model is scored on: its kinds, both box kinds when it had box stages, then any other kind a
+    stage trained (reading)."""
     boxes = ("rec", "box") if cfg.box_steps or cfg.box_mix_steps or cfg.rec_steps * cfg.rec_rounds else ()
-    return tuple(dict.fromkeys((*cfg.kinds, *boxes)))
+    return tuple(dict.fromkeys((*cfg.kinds, *boxes, *(k for stage in warmup_stages(cfg) for k in stage[2]))))
 
 
 def answer_right(kind: str, prediction: str, answer: str) -> bool:

@@ -15,8 +15,19 @@ EXPERT_LR = 3e-3
 # question names (docs/experiments.md, stop 25: with scene-level experts Muon did not help).
 EXPERT_SCENE_WEIGHT = 1.0
 EXPERT_TOKEN_WEIGHT = 1.0
-# The reading objective (sphinx_x/train/expert_words.py): a grid token names the OCR word on the page.
+# The reading objective (sphinx_x/train/expert_words.py): the grid tokens over a word name it. Its weight in the
+# scene pretraining above: 0; the experts learn to read in a stage of their own after it.
 EXPERT_OCR_WEIGHT = 0.0
+# The reading stage: the experts named in EXPERT_READ_EXPERTS fine-tuned from the scene pretraining with the scene
+# objectives above and the reading one (x 1) beside them, on scenes and pages of their own seed stream (the set's
+# seed + 1). Trained from scratch beside the scene objectives, reading reached 16% of whole pages and cost the
+# ConvNeXt its shapes (stops 22-23); fine-tuned after them for 800 steps at 2e-3 it reads from the sub-image views
+# (docs/experiments.md, stop 39). The ConvNeXt only: DINOv2's 56-px views are too small to read (stop 22). Off in the
+# packaged set (0 steps): with it and an "ocr" kind in the warm-up's rounds the quickstart read 35% of the OCR rows
+# (2.5% without) but its REC fell from 65 to 47.5 (seed 0, stop 39).
+EXPERT_READ_STEPS = 0
+EXPERT_READ_LR = 2e-3
+EXPERT_READ_EXPERTS = ("clip_convnext",)
 LLM_STEPS = 800
 ARITHMETIC_SHARE = 0.0
 # The lookup warm-up after text pretraining (sphinx_x/standins/lookup_warmup.py): one-stage steps of 8 single
@@ -31,8 +42,9 @@ WARMUP_KINDS_DEFAULT = ("shape", "shape", "color")
 # 1600) but moved the LLM off the warm-up's connector, and the one-stage run then lost the boxes (stop 36); text
 # dialogues inside the warm-up (WARMUP_TEXT_SHARE) keep it better (87.8%, arithmetic 79.5%: stop 37).
 WARMUP_TEXT_STEPS = 0
-# the colour of the named shape, the shape of the named colour, its box; the box of a scene's only object
-WARMUP_KINDS = ("color", "shape", "rec", "box")
+# the colour of the named shape, the shape of the named colour, its box; the box of a scene's only object; the word
+# on a synth-bench OCR page
+WARMUP_KINDS = ("color", "shape", "rec", "box", "ocr")
 # Then two box stages. Without them the model writes one wide prior box for every question (held-out rec 9% after
 # 1600 steps of box questions among 2-4 objects). Steps of boxes of a scene's only object, then of those, boxes of
 # the named object among 2-4 and the lookups together (docs/experiments.md, stops 35-37). With text steps after them

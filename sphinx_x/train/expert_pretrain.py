@@ -104,12 +104,11 @@ def scene_example(vision: VisionConfig, seed: int, index: int) -> tuple[dict[str
 
 class SceneStream(IterableDataset):
     """Endless batches of scenes; worker w of W draws indices w, w + W, ... (no overlap, deterministic). With
-    `words` > 0 each batch also holds that many OCR word images (sphinx_x/train/expert_words.py) under
-    "<expert>.word" and their labels under "word", crops widening over `curriculum` batches."""
+    `words` > 0 each batch also holds that many OCR pages (sphinx_x/train/expert_words.py: global, sub-image and
+    zoomed views) under "<expert>.word" and their token targets under "word.labels"."""
 
-    def __init__(self, vision: VisionConfig, batch_size: int, seed: int, words: int = 0, curriculum: int = 1):
-        self.vision, self.batch_size, self.seed = vision, batch_size, seed
-        self.words, self.curriculum = words, max(1, curriculum)
+    def __init__(self, vision: VisionConfig, batch_size: int, seed: int, words: int = 0):
+        self.vision, self.batch_size, self.seed, self.words = vision, batch_size, seed, words
 
     def __iter__(self) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
         info = get_worker_info()
@@ -121,9 +120,9 @@ class SceneStream(IterableDataset):
                             for i in range(self.batch_size)]
                 views, labels = collate(examples)
                 if self.words:
-                    word_views, words = word_batch(self.vision, self.seed, batch * self.words, self.words,
-                                                   progress=batch / self.curriculum)
-                    views.update({f"{name}.word": v for name, v in word_views.items()}, word=words)
+                    word_views, _ = word_batch(self.vision, self.seed, batch * self.words, self.words)
+                    views.update({f"{e.name}.word": word_views[e.name] for e in self.vision.experts})
+                    views["word.labels"] = word_views["labels"]
                 yield views, labels
             batch += 1
 
@@ -189,36 +188,44 @@ class PretrainResult:
     # expert name -> held-out share of object-covered grid tokens whose colour and shape the token head names
     # (global views; only with the per-token objective)
     token_accuracy: dict[str, float] = dataclasses.field(default_factory=dict)
-    # expert name -> held-out share of whole OCR pages whose word the reading head names (only with ocr_weight)
+    # expert name -> held-out share of OCR pages whose word the reading head names from the global view (only with
+    # ocr_weight)
     word_accuracy: dict[str, float] = dataclasses.field(default_factory=dict)
     # expert name -> held-out share of object-covered grid tokens (global views) whose box head gives a box at
     # IoU >= 0.5 with their object's (only with box_weight)
     box_accuracy: dict[str, float] = dataclasses.field(default_factory=dict)
+    # expert name -> the same from a sub-image view that holds the word (only with ocr_weight)
+    word_view_accuracy: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def pretrain_experts(vision: VisionConfig, out: str | Path, *, steps: int = 400, max_seconds: float | None = None,
                      batch_size: int = 64, lr: float = 1e-3, seed: int = 0, device: str = "cpu",
                      num_workers: int = 1, progress: bool = False, token_weight: float = 0.0,
                      scene_weight: float = 1.0, ocr_weight: float = 0.0, ocr_batch: int | None = None,
-                     ocr_curriculum: int | None = None, box_weight: float = 0.0) -> PretrainResult:
-    """Train every expert of `vision` (from its random init, seeded by `seed`) for `steps` steps or until
-    `max_seconds`, whichever ends first; write OUT/<expert>.safetensors and return what happened.
+                     box_weight: float = 0.0, init_from: dict[str, str | Path] | None = None) -> PretrainResult:
+    """Train every expert of `vision` (from its random init, seeded by `seed`, or from the trunk checkpoint
+    `init_from[name]` where given: a fine-tuning stage) for `steps` steps or until `max_seconds`, whichever ends
+    first; write OUT/<expert>.safetensors and return what happened.
     The loss is `scene_weight` x the scene-level objective (`ProbeHead`) + `token_weight` x the per-token one
-    (`TokenHead`) + `ocr_weight` x the reading one (`WordHead` on `ocr_batch` word images a step, default half
-    the batch, crops widening over `ocr_curriculum` steps, default half the run) + `box_weight` x the per-token box
-    one (`BoxHead`, global and sub-image views); at least one of the first three weights must be > 0.
-    Held-out accuracies are reported for the objectives used."""
+    (`TokenHead`) + `ocr_weight` x the reading one (`WordHead` on `ocr_batch` OCR pages a step, default half the
+    batch, global, sub-image and zoomed views) + `box_weight` x the per-token box one (`BoxHead`, global and sub-image
+    views); at least one of the first three weights must be > 0. Held-out accuracies are reported for the
+    objectives used. The heads start fresh also when the trunks do not."""
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
     if box_weight < 0:
         raise ValueError(f"box_weight must be >= 0, got {box_weight}")
     check_expert_weights(scene_weight, token_weight, ocr_weight)
     ocr_batch = (ocr_batch or max(1, batch_size // 2)) if ocr_weight > 0 else 0
-    ocr_curriculum = ocr_curriculum or max(1, steps // 2)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    experts = nn.ModuleDict({e.name: VisionExpert(_trainable(e), vision.feature_grid) for e in vision.experts})
+    init_from = init_from or {}
+    unknown = sorted(set(init_from) - {e.name for e in vision.experts})
+    if unknown:
+        raise ValueError(f"init_from names experts the vision config does not have: {unknown}")
+    experts = nn.ModuleDict({e.name: VisionExpert(_trainable(e, init_from.get(e.name)), vision.feature_grid)
+                             for e in vision.experts})
     heads = nn.ModuleDict({e.name: ProbeHead(e.channels) for e in vision.experts})
     token_heads = nn.ModuleDict({e.name: TokenHead(e.channels) for e in vision.experts})
     word_heads = nn.ModuleDict({e.name: WordHead(e.channels) for e in vision.experts})
@@ -239,7 +246,7 @@ def pretrain_experts(vision: VisionConfig, out: str | Path, *, steps: int = 400,
         params += list(box_heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     warmup = max(1, steps // 20)
-    loader = DataLoader(SceneStream(vision, batch_size, seed, ocr_batch, ocr_curriculum), batch_size=None,
+    loader = DataLoader(SceneStream(vision, batch_size, seed, ocr_batch), batch_size=None,
                         num_workers=num_workers, persistent_workers=False)
     bar = None
     if progress:
@@ -267,7 +274,7 @@ def pretrain_experts(vision: VisionConfig, out: str | Path, *, steps: int = 400,
                          + box_heads[n].loss(crop, views[f"{n}.crop.boxes"].to(device)))
                 total = total + box_weight * where
             if ocr_weight > 0:
-                words = views["word"].to(device)
+                words = views["word.labels"].to(device)
                 total = total + ocr_weight * word_heads[n].loss(experts[n](views[f"{n}.word"].to(device)), words)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -284,15 +291,16 @@ def pretrain_experts(vision: VisionConfig, out: str | Path, *, steps: int = 400,
     seconds = time.perf_counter() - started
     accuracy = held_out_accuracy(vision, experts, heads, seed, device) if scene_weight > 0 else {}
     token_accuracy = held_out_token_accuracy(vision, experts, token_heads, seed, device) if token_weight > 0 else {}
-    word_accuracy = (held_out_word_accuracy(vision, experts, word_heads, seed, HELD_OUT, device)
-                     if ocr_weight > 0 else {})
+    word_accuracy, word_view_accuracy = (held_out_word_accuracy(vision, experts, word_heads, seed, HELD_OUT, device)
+                                         if ocr_weight > 0 else ({}, {}))
     box_accuracy = held_out_box_accuracy(vision, experts, box_heads, seed, device) if box_weight > 0 else {}
     paths = {}
     for name, expert in experts.items():
         paths[name] = out / f"{name}.safetensors"
         trunk = {k: v.detach().cpu().contiguous() for k, v in expert.trunk.state_dict().items()}
         write_atomic(paths[name], save(trunk))  # a reader never sees half a file
-    return PretrainResult(paths, step, seconds, accuracy, losses, token_accuracy, word_accuracy, box_accuracy)
+    return PretrainResult(paths, step, seconds, accuracy, losses, token_accuracy, word_accuracy, box_accuracy,
+                          word_view_accuracy)
 
 
 @torch.no_grad()
@@ -351,21 +359,35 @@ def held_out_box_accuracy(vision: VisionConfig, experts: nn.ModuleDict, box_head
     return _per_expert_held_out(vision, experts, seed, score)
 
 
-def _trainable(cfg):
-    return dataclasses.replace(cfg, frozen=False, checkpoint=None)
+def _trainable(cfg, checkpoint: str | Path | None = None):
+    """The expert's config for training: not frozen, from `checkpoint` (a trunk's weights) or its random init (the
+    trunk is built, and its init drawn, either way: a fine-tuning stage draws the same heads as a run from scratch)."""
+    return dataclasses.replace(cfg, frozen=False, checkpoint=str(checkpoint) if checkpoint else None,
+                               checkpoint_format="timm")
 
 
 def expert_overrides(paths: dict[str, Path], vision: VisionConfig) -> dict:
-    """`model.overrides` that load the pretrained trunks, frozen, into a model with this vision config."""
+    """`model.overrides` that load the pretrained trunks, frozen, into a model with this vision config (an expert
+    without a path keeps the config's own checkpoint)."""
     return {"vision": {"experts": [{"checkpoint": str(Path(paths[e.name]).resolve()), "frozen": True}
-                                   for e in vision.experts]}}
+                                   if e.name in paths else {} for e in vision.experts]}}
 
 
-def write_pretrained(config: SphinxXConfig, out: str | Path, **kwargs: Any) -> tuple[PretrainResult, Path]:
-    """Pretrain `config`'s experts into `out` (`kwargs` go to `pretrain_experts`) and write out/model.yaml: the
-    config with those trunks as frozen experts, ready for `model.preset`. Returns the result and that path."""
+def write_pretrained(config: SphinxXConfig, out: str | Path, only: list[str] | None = None,
+                     **kwargs: Any) -> tuple[PretrainResult, Path]:
+    """Pretrain `config`'s experts (those named in `only`, default all) into `out` (`kwargs` go to
+    `pretrain_experts`) and write out/model.yaml: the config with those trunks as frozen experts (the others from
+    `init_from` where it names them), ready for `model.preset`. Returns the result and that path."""
     out = Path(out)
-    result = pretrain_experts(config.vision, out, **kwargs)
+    vision = config.vision
+    if only is not None:
+        unknown = sorted(set(only) - {e.name for e in vision.experts})
+        if unknown:
+            raise ValueError(f"no such experts {unknown}; the config has {[e.name for e in vision.experts]}")
+        vision = dataclasses.replace(vision, experts=[e for e in vision.experts if e.name in only])
+    init = kwargs.get("init_from") or {}
+    kwargs["init_from"] = {n: p for n, p in init.items() if n in {e.name for e in vision.experts}} or None
+    result = pretrain_experts(vision, out, **kwargs)
     model_yaml = out / "model.yaml"
-    config.with_overrides(expert_overrides(result.paths, config.vision)).save(model_yaml)
+    config.with_overrides(expert_overrides({**init, **result.paths}, config.vision)).save(model_yaml)
     return result, model_yaml
