@@ -23,8 +23,8 @@ EXPERT_OCR_WEIGHT = 0.0
 # seed + 1). Trained from scratch beside the scene objectives, reading reached 16% of whole pages and cost the
 # ConvNeXt its shapes (stops 22-23); fine-tuned after them for 800 steps at 2e-3 it reads from the sub-image views
 # (docs/experiments.md, stop 39). The ConvNeXt only: DINOv2's 56-px views are too small to read (stop 22). Off in the
-# packaged set (0 steps): with it and an "ocr" kind in the warm-up's rounds the quickstart read 35% of the OCR rows
-# (2.5% without) but its REC fell from 65 to 47.5 (seed 0, stop 39).
+# packaged set (0 steps): with it and an "ocr" kind in the warm-up's rounds the quickstart's OCR is 36.7 ± 7.6 (2.5
+# without) but its REC falls from 62.5 to 40.8 ± 6.3 (3 seeds, stop 39).
 EXPERT_READ_STEPS = 0
 EXPERT_READ_LR = 2e-3
 EXPERT_READ_EXPERTS = ("clip_convnext",)
