@@ -330,6 +330,7 @@ def test_quickstart_from_scratch_pretrains_the_standins_itself(tmp_path, capsys,
         f"{box_plan}{2 * warm.WARMUP_TEXT_STEPS // warm.WARMUP_STEPS} text steps, 2 one-stage" in printed
     assert "[2/5] pretraining nano's vision experts" in printed and "[2/5] pretraining nano's LLM" in printed
     assert "[2/5] the experts' reading stage (clip_convnext): 1 steps of 64 scenes and 32 OCR pages" in printed
+    assert "held-out: clip_convnext reads the word of " in printed and "from the sub-image view holding it" in printed
     assert "[2/5] nano's LLM: lookup warm-up on single colour / shape questions, 2 one-stage steps" in printed
     assert "held-out lookups right: shape " in printed
     llm_summary = read_summary(out / "llm")  # text pretraining, then the warm-up, then 1 text step

@@ -1,9 +1,9 @@
 """`sphinx-x build-standins --out DIR [--seed 0] [--expert-steps N] [--llm-steps M]`: nano's pretrained stand-ins
 from nothing.
 
-Runs `pretrain-experts`, then the experts' reading stage (sphinx_x/standins/expert_reading.py), then `pretrain-llm`,
-then the LLM's lookup warm-up (single colour / shape questions with
-the new experts frozen, then text again: sphinx_x/standins/lookup_warmup.py) with fixed seeds
+Runs `pretrain-experts`, then (with `--expert-read-steps`) the experts' reading stage
+(sphinx_x/standins/expert_reading.py), then `pretrain-llm`, then the LLM's lookup warm-up (single colour / shape
+questions with the new experts frozen, then text again: sphinx_x/standins/lookup_warmup.py) with fixed seeds
 (sphinx_x/standins/build.py) and writes, atomically,
 
     DIR/experts/<expert>.safetensors   the vision experts' trunks

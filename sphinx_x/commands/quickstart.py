@@ -361,14 +361,14 @@ def pretrain_standins(out: Path, plan: Plan, seed: int, progress: bool, phases: 
         print(f"[2/5] the experts' reading stage ({', '.join(read.experts)}): {read.steps} steps of 64 scenes and 32 "
               "OCR pages", flush=True)
         t = clock()
-        expert_paths, scores, _ = read_stage(nano.vision, experts.paths, out / "experts", read, seed,
-                                             EXPERT_SCENE_WEIGHT, EXPERT_TOKEN_WEIGHT, progress)
-        steps = plan.read_steps  # pretrain_experts runs them all (no time cap)
-        phases.append(Phase("expert reading stage", f"{steps} steps", plan.read_s, clock() - t, steps, steps,
-                            READ_STEPS_PER_MIN))
-        print("      held-out: " + ", ".join(f"{n} reads {100 * a:.0f}% of the pages" for n, a in
-                                             scores["experts_held_out_word_accuracy"].items()) + " (chance 4%)",
-              flush=True)
+        expert_paths, scores, record = read_stage(nano.vision, experts.paths, out / "experts", read, seed,
+                                                  EXPERT_SCENE_WEIGHT, EXPERT_TOKEN_WEIGHT, progress)
+        phases.append(Phase("expert reading stage", f"{record['steps']} steps", plan.read_s, clock() - t,
+                            record["steps"], plan.read_steps, READ_STEPS_PER_MIN))
+        print("      held-out: " + ", ".join(
+            f"{n} reads the word of {100 * a:.0f}% of the pages from the global view, "
+            f"{100 * scores['experts_held_out_word_view_accuracy'][n]:.0f}% from the sub-image view holding it"
+            for n, a in scores["experts_held_out_word_accuracy"].items()) + " (chance 4%)", flush=True)
 
     cfg = LlmPretrainConfig(steps=plan.llm_steps, seed=seed, template=nano.template, eval_per_kind=LLM_EVAL_PER_KIND)
     print(f"[2/5] pretraining nano's LLM on text dialogues and arithmetic drills: {cfg.steps} steps of "
