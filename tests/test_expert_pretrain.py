@@ -252,6 +252,28 @@ def test_a_stage_can_start_from_saved_trunks(tmp_path):
         pretrain_experts(VISION, tmp_path / "d", steps=1, init_from={"nope": first.paths["dinov2"]})
 
 
+def test_keep_weight_holds_the_scene_tokens_near_the_starting_trunk(tmp_path):
+    """`keep_weight`: 0 at the start (the tokens are the reference's), then it pulls the tuned tokens back; the held-out
+    cosine to the starting trunk is reported for any fine-tuning stage."""
+    from sphinx_x.train.expert_pretrain import keep_loss, pretrain_experts
+
+    x = torch.randn(2, 5, 8)
+    assert keep_loss(x, x).item() == 0.0
+    assert keep_loss(3 * (x + 1), 3 * x).item() == pytest.approx(keep_loss(x + 1, x).item(), rel=1e-5)  # scale-free
+    first = pretrain_experts(VISION, tmp_path / "a", steps=1, batch_size=2, seed=0, num_workers=0)
+    runs = {w: pretrain_experts(VISION, tmp_path / f"k{w}", steps=4, batch_size=2, seed=3, num_workers=0, lr=3e-2,
+                                init_from=first.paths, keep_weight=w) for w in (0.0, 100.0)}
+    assert runs[0.0].losses[0] == pytest.approx(runs[100.0].losses[0], rel=1e-6)  # nothing to pull back at step 1
+    assert runs[0.0].losses[1] != pytest.approx(runs[100.0].losses[1], rel=1e-3)
+    for name in first.paths:
+        assert -1.0 <= runs[0.0].keep_cosine[name] < runs[100.0].keep_cosine[name] <= 1.0 + 1e-6, name
+    assert first.keep_cosine == {}  # not a fine-tuning stage
+    with pytest.raises(ValueError, match="keep_weight holds fine-tuned trunks near their starting weights"):
+        pretrain_experts(VISION, tmp_path / "b", steps=1, keep_weight=1.0)
+    with pytest.raises(ValueError, match="box_weight and keep_weight must be >= 0"):
+        pretrain_experts(VISION, tmp_path / "b", steps=1, keep_weight=-1.0)
+
+
 def test_cli_refuses_no_objective(tmp_path, capsys):
     assert cli_main(["pretrain-experts", "--out", str(tmp_path / "e"), "--scene-weight", "0"]) == 2
     assert "must be >= 0 and not all 0 (--scene-weight, --token-weight, --ocr-weight)" in capsys.readouterr().err
@@ -262,6 +284,8 @@ def test_cli_refuses_no_objective(tmp_path, capsys):
     assert "reading -1" in capsys.readouterr().err
     assert cli_main(["pretrain-experts", "--out", str(tmp_path / "e"), "--box-weight", "-1"]) == 2
     assert "--box-weight must be >= 0, got -1" in capsys.readouterr().err
+    assert cli_main(["pretrain-experts", "--out", str(tmp_path / "e"), "--keep-weight", "1"]) == 2
+    assert "--keep-weight holds the tokens near the trunk a fine-tuning stage starts from" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
 
 

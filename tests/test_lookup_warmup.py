@@ -118,6 +118,10 @@ def test_the_stages_run_in_order_and_the_named_box_rounds_repeat():
         ("-rec3", 1, ("rec",))]
     assert [split for *_, split in warmup_stages(cfg)][2:] == ["box-more-train", "box-more2-train", "box-more3-train"]
     assert len(warmup_stages(LookupWarmupConfig(rec_steps=0))) == len(warmup_stages(LookupWarmupConfig(rec_rounds=0)))
+    # the reading stage (off by default) comes last, on its own questions, and is scored on what it asks
+    cfg = LookupWarmupConfig(read_steps=5, read_kinds=("ocr", "rec"))
+    assert warmup_stages(cfg)[:-1] == stages and warmup_stages(cfg)[-1] == ("-read", 5, ("ocr", "rec"), "read-train")
+    assert scored_kinds(cfg)[-1] == "ocr" and "ocr" not in scored_kinds(LookupWarmupConfig())
 
 
 def test_the_answer_is_the_named_objects_own(monkeypatch):
@@ -196,6 +200,12 @@ def test_settings_are_checked():
     with pytest.raises(ValueError, match="rec_kinds must name at least one kind"):
         LookupWarmupConfig(rec_kinds=())
     assert LookupWarmupConfig(rec_kinds=(), rec_rounds=0).rec_kinds == ()  # no rounds: no kinds needed
+    with pytest.raises(ValueError, match="warm-up read_steps must be >= 0, got -3"):
+        LookupWarmupConfig(read_steps=-3)
+    with pytest.raises(ValueError, match="read_kinds must be among color, shape, rec, box, ocr, got"):
+        LookupWarmupConfig(read_kinds=("ocr", "count"))
+    with pytest.raises(ValueError, match="read_kinds must name at least one kind when read_steps is > 0"):
+        LookupWarmupConfig(read_steps=1, read_kinds=())
     for share in (-0.1, 1.0):
         with pytest.raises(ValueError, match=r"text_share must be in \[0, 1\)"):
             LookupWarmupConfig(text_share=share)

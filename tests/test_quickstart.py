@@ -36,7 +36,7 @@ def test_recipe_is_configs_nano_yaml(tmp_path):
     assert ours["data"]["mix"] == str(tmp_path / "mix.yaml")
 
 
-def test_plan_spends_the_budget_at_the_idle_rates():
+def test_plan_spends_the_budget_at_the_idle_rates(monkeypatch):
     # the packaged stand-ins: all the training time goes to the one-stage run
     plan = qs.plan_run(10, 8000, 520)
     assert plan.total_s == pytest.approx(600, abs=1.0)  # whole steps: under a second lost to rounding
@@ -60,6 +60,15 @@ def test_plan_spends_the_budget_at_the_idle_rates():
     assert scratch.warmup_box_steps == (scratch.warmup_steps * warm.WARMUP_BOX_STEPS // warm.WARMUP_STEPS,
                                         scratch.warmup_steps * warm.WARMUP_BOX_MIX_STEPS // warm.WARMUP_STEPS)
     assert scratch.warmup_rec_steps == scratch.warmup_steps * warm.WARMUP_REC_STEPS // warm.WARMUP_STEPS
+    # the warm-up's reading stage in the packaged set's ratio too (none while it has none), inside the warm-up's share
+    assert scratch.warmup_read_steps == scratch.warmup_steps * warm.WARMUP_READ_STEPS // warm.WARMUP_STEPS
+    monkeypatch.setattr(qs, "WARMUP_READ_STEPS", 2000)
+    reading = qs.plan_run(10, 8000, 520, from_scratch=True)
+    assert reading.warmup_read_steps == reading.warmup_steps // 2 > 0
+    assert reading.warmup_box_text.endswith(f" + {reading.warmup_read_steps} reading")
+    spent = reading.expert_s + reading.read_s + reading.llm_s + reading.warmup_s + reading.train_s
+    assert reading.warmup_s / spent == pytest.approx(qs.SCRATCH_WARMUP_SHARE, abs=0.01)
+    monkeypatch.undo()
     capped = qs.plan_run(10, 8000, 520, expert_cap=3, train_cap=5, from_scratch=True, llm_cap=4, warmup_cap=6)
     assert (capped.expert_steps, capped.llm_steps, capped.train_steps, capped.warmup_steps) == (3, 4, 5, 6)
     assert qs.plan_run(10, 8000, 520, from_scratch=True, warmup_cap=0).warmup_steps == 0

@@ -137,18 +137,20 @@ def test_build_writes_a_set_that_loads_like_the_packaged_one(tmp_path, monkeypat
                              warmup=LookupWarmupConfig(steps=2, samples=8, text_steps=1, seed=1, eval_per_kind=2,
                                                        box_steps=1, box_mix_steps=1, text_share=0.0,
                                                        kinds=("shape", "color"), box_mix_kinds=("box", "rec", "color"),
-                                                       rec_steps=1, rec_rounds=2, rec_kinds=("rec", "shape")),
-                             reading=ReadingSettings(steps=1, batch_size=2))
+                                                       rec_steps=1, rec_rounds=2, rec_kinds=("rec", "shape"),
+                                                       read_steps=1, read_kinds=("ocr", "rec")),
+                             reading=ReadingSettings(steps=1, batch_size=2, keep_weight=0.5))
     logged = []
     threads = torch.get_num_threads()
     manifest = build_standins(out, settings, log=logged.append)
     assert json.loads(json.dumps(manifest)) == read_manifest(out) and has_standins(out)
     assert manifest["made"]["command"] == "sphinx-x build-standins --out DIR --seed 1 --expert-steps 1 --llm-steps 2" \
-        " --expert-lr 0.002 --expert-scene-weight 0 --expert-read-steps 1 --llm-batch 2 --warmup-steps 2" \
+        " --expert-lr 0.002 --expert-scene-weight 0 --expert-read-steps 1 --expert-read-keep-weight 0.5" \
+        " --llm-batch 2 --warmup-steps 2" \
         " --warmup-samples 8" \
         " --warmup-text-steps 1 --warmup-box-steps 1 --warmup-box-mix-steps 1 --warmup-text-share 0.0" \
-        " --warmup-rec-steps 1 --warmup-rec-rounds 2 --warmup-kinds shape,color --warmup-box-mix-kinds box,rec,color" \
-        " --warmup-rec-kinds rec,shape"
+        " --warmup-rec-steps 1 --warmup-rec-rounds 2 --warmup-read-steps 1 --warmup-kinds shape,color" \
+        " --warmup-box-mix-kinds box,rec,color --warmup-rec-kinds rec,shape --warmup-read-kinds ocr,rec"
     assert manifest["scores"]["experts_held_out_shape_accuracy"] == {}  # no scene-level probe was trained
     assert set(manifest["scores"]["experts_held_out_token_accuracy"]) == {"clip_convnext", "dinov2"}
     assert manifest["made"]["llm"]["steps"] == 2 and manifest["made"]["experts"]["steps"] == 1
@@ -159,21 +161,27 @@ def test_build_writes_a_set_that_loads_like_the_packaged_one(tmp_path, monkeypat
                for line in logged)
     read = manifest["made"]["experts"]["reading"]
     assert (read["steps"], read["experts"], read["seed"], read["ocr_weight"]) == (1, ["clip_convnext"], 2, 1.0)
-    for key in ("experts_held_out_word_accuracy", "experts_held_out_word_view_accuracy"):
+    assert read["keep_weight"] == 0.5 and "the scenes' tokens held near the starting trunk's x 0.5" in \
+        (out / "MODEL_CARD.md").read_text()
+    for key in ("experts_held_out_word_accuracy", "experts_held_out_word_view_accuracy",
+                "experts_held_out_keep_cosine"):
         assert set(manifest["scores"][key]) == {"clip_convnext"}
     assert any("[3/4] pretraining nano's LLM" in line for line in logged)
     # the LLM's lookup warm-up ran after its text pretraining, and the set records it
     assert any("[4/4] nano's LLM: lookup warm-up (2 one-stage steps on 8 single shape / color questions, then 1 on "
                "boxes of a scene's only object and 1 on those, boxes among 2-4 and the lookups together, then 2 x 1 on "
-               "rec / shape; experts frozen;" in line for line in logged)
+               "rec / shape, then 1 on ocr / rec; experts frozen;" in line for line in logged)
     warm = manifest["made"]["llm"]["lookup_warmup"]
     assert (warm["steps"], warm["samples"], warm["text_steps"], warm["kinds"]) == (2, 8, 1, ["shape", "color"])
     assert (warm["box_steps"], warm["box_mix_steps"], warm["box_mix_kinds"]) == (1, 1, ["box", "rec", "color"])
     assert (warm["rec_steps"], warm["rec_rounds"], warm["rec_kinds"]) == (1, 2, ["rec", "shape"])
+    assert (warm["read_steps"], warm["read_kinds"]) == (1, ["ocr", "rec"])
+    card = (out / "MODEL_CARD.md").read_text()
     assert "then 2 rounds of 1 steps, each from the model before with a fresh schedule and fresh questions, on rec, " \
-        "shape in turn" in (out / "MODEL_CARD.md").read_text()
-    # scored on both lookups and both boxes (the named object's among 2-4, a lone object's)
-    assert set(manifest["scores"]["llm_lookup_warmup_accuracy"]) == {"shape", "color", "rec", "box"}
+        "shape in turn" in card
+    assert "then a reading stage of 1 steps on ocr, rec in turn" in card
+    # scored on both lookups, both boxes (the named object's among 2-4, a lone object's) and the reading stage's words
+    assert set(manifest["scores"]["llm_lookup_warmup_accuracy"]) == {"shape", "color", "rec", "box", "ocr"}
     assert set(manifest["scores"]["llm_text_pretraining_answer_accuracy"]) == {"text", "arithmetic", "scene"}
     summary = json.loads((out / "llm" / "pretrain_llm.json").read_text())
     assert summary["lookup_warmup"]["steps"] == 2 and summary["text_pretraining"]["steps"] == 2
@@ -225,7 +233,7 @@ def test_build_writes_a_set_that_loads_like_the_packaged_one(tmp_path, monkeypat
     copy = build_standins(tmp_path / "copy", BuildSettings(seed=1, experts_from=str(out), llm=settings.llm,
                                                            warmup=NO_WARMUP), log=logged.append)
     assert copy["made"]["experts"]["reading"] == read and not any("reading stage" in line for line in logged)
-    assert "--expert-read-steps 1" in copy["made"]["rebuild_command"]
+    assert "--expert-read-steps 1 --expert-read-keep-weight 0.5" in copy["made"]["rebuild_command"]
     convnext = manifest["experts"]["clip_convnext"]
     assert copy["files"][convnext] == manifest["files"][convnext]
     assert plain["files"]["llm/model.safetensors"]["sha256"] != manifest["files"]["llm/model.safetensors"]["sha256"]

@@ -23,7 +23,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sphinx_x.commands.argtypes import non_negative_int, positive_float, positive_int
+from sphinx_x.commands.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,6 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         f"{defaults.EXPERT_READ_STEPS}; 0: none)")
     p.add_argument("--expert-read-lr", type=positive_float, default=defaults.EXPERT_READ_LR,
                    help=f"the reading stage's AdamW learning rate (default {defaults.EXPERT_READ_LR:g})")
+    p.add_argument("--expert-read-keep-weight", type=non_negative_float, default=defaults.EXPERT_READ_KEEP_WEIGHT,
+                   help="the reading stage holds the scenes' tokens near the trunk it starts from with this weight "
+                        f"(relative squared distance; default {defaults.EXPERT_READ_KEEP_WEIGHT:g})")
     p.add_argument("--llm-steps", type=positive_int, default=defaults.LLM_STEPS,
                    help=f"LLM pretraining steps (default {defaults.LLM_STEPS})")
     p.add_argument("--llm-batch", type=positive_int, default=d.batch_size,
@@ -87,6 +90,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup-rec-kinds", default=",".join(w.rec_kinds),
                    help=f"the rounds' kinds in turn, comma-separated among {', '.join(defaults.WARMUP_KINDS)} "
                         f"(default {','.join(w.rec_kinds)})")
+    p.add_argument("--warmup-read-steps", type=non_negative_int, default=w.read_steps,
+                   help=f"then a reading stage of this many warm-up steps on --warmup-read-kinds (default "
+                        f"{w.read_steps}: none)")
+    p.add_argument("--warmup-read-kinds", default=",".join(w.read_kinds),
+                   help=f"the reading stage's kinds in turn, comma-separated among {', '.join(defaults.WARMUP_KINDS)} "
+                        f"(default {','.join(w.read_kinds)})")
     p.add_argument("--warmup-text-share", type=float, default=w.text_share,
                    help=f"share of every warm-up stage's samples that are text dialogues, so the LLM keeps its text "
                         f"without --warmup-text-steps (default {w.text_share:g})")
@@ -123,6 +132,9 @@ def run(args: argparse.Namespace) -> int:
                                     rec_kinds=tuple(k.strip() for k in args.warmup_rec_kinds.split(",") if k.strip()),
                                     box_mix_kinds=tuple(k.strip() for k in args.warmup_box_mix_kinds.split(",")
                                                         if k.strip()),
+                                    read_steps=args.warmup_read_steps,
+                                    read_kinds=tuple(k.strip() for k in args.warmup_read_kinds.split(",")
+                                                     if k.strip()),
                                     kinds=tuple(k.strip() for k in args.warmup_kinds.split(",") if k.strip()))
     except ValueError as e:
         print(f"sphinx-x build-standins: error: {e}", file=sys.stderr)
@@ -153,7 +165,8 @@ def run(args: argparse.Namespace) -> int:
                              expert_token_weight=args.expert_token_weight,
                              expert_ocr_weight=args.expert_ocr_weight, llm=llm, note=args.note,
                              experts_from=args.experts_from, llm_from=args.llm_from, warmup=warmup,
-                             reading=ReadingSettings(steps=args.expert_read_steps, lr=args.expert_read_lr))
+                             reading=ReadingSettings(steps=args.expert_read_steps, lr=args.expert_read_lr,
+                                                     keep_weight=args.expert_read_keep_weight))
     manifest = build_standins(out, settings, progress=not args.quiet, log=lambda m: print(m, flush=True))
     made = manifest["made"]
     total = sum(f["bytes"] for f in manifest["files"].values())

@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sphinx_x.commands.argtypes import positive_float, positive_int
+from sphinx_x.commands.argtypes import non_negative_float, positive_float, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,6 +50,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--box-weight", type=float, default=0.0,
                    help="weight of the per-token box objective (each grid token covered by an object gives that "
                         "object's box; default 0)")
+    p.add_argument("--keep-weight", type=non_negative_float, default=0.0,
+                   help="with --init-from: hold the scene views' tokens near the starting trunk's with this weight "
+                        "(relative squared distance; default 0), so a fine-tuning stage keeps what the LLM was taught "
+                        "on")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -72,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.box_weight < 0:
         print(f"sphinx-x pretrain-experts: error: --box-weight must be >= 0, got {args.box_weight:g}", file=sys.stderr)
+        return 2
+    if args.keep_weight > 0 and not args.init_from:
+        print("sphinx-x pretrain-experts: error: --keep-weight holds the tokens near the trunk a fine-tuning stage "
+              "starts from: it needs --init-from", file=sys.stderr)
         return 2
     only = [n.strip() for n in args.experts.split(",") if n.strip()] if args.experts else None
     names = [e.name for e in config.vision.experts]
@@ -98,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         config, out, steps=args.steps, max_seconds=args.minutes * 60 if args.minutes else None,
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, progress=not args.quiet,
         token_weight=args.token_weight, scene_weight=args.scene_weight, ocr_weight=args.ocr_weight,
-        box_weight=args.box_weight, init_from=init_from, only=only)
+        box_weight=args.box_weight, init_from=init_from, only=only, keep_weight=args.keep_weight)
     for name, path in result.paths.items():
         if name in result.accuracy:
             print(f"{name}: {path}  (held-out: names the shape of {100 * result.accuracy[name]:.0f}% of the objects, "
@@ -110,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
     for name, acc in result.word_accuracy.items():
         print(f"{name}: reading held-out: names the word of {100 * acc:.0f}% of the OCR pages from the global view, "
               f"{100 * result.word_view_accuracy[name]:.0f}% from the sub-image view that holds it (chance 4%)")
+    for name, cos in result.keep_cosine.items():
+        print(f"{name}: scene tokens held-out: mean cosine {cos:.3f} to the trunk it started from")
     for name, acc in result.box_accuracy.items():
         print(f"{name}: per-token box held-out: {100 * acc:.0f}% of the object tokens give their object's box "
               "at IoU >= 0.5")

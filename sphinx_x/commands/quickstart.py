@@ -64,6 +64,7 @@ from sphinx_x.standins.settings import (
     EXPERT_READ_STEPS,
     WARMUP_BOX_MIX_STEPS,
     WARMUP_BOX_STEPS,
+    WARMUP_READ_STEPS,
     WARMUP_REC_ROUNDS,
     WARMUP_REC_STEPS,
     WARMUP_STEPS,
@@ -207,16 +208,23 @@ class Plan:
         return self.warmup_steps * WARMUP_REC_STEPS // WARMUP_STEPS
 
     @property
+    def warmup_read_steps(self) -> int:
+        """The warm-up's reading stage after the rounds (none while the packaged set has none)."""
+        return self.warmup_steps * WARMUP_READ_STEPS // WARMUP_STEPS
+
+    @property
     def warmup_box_text(self) -> str:
-        """The box stages and rounds as printed, e.g. "12 + 25 + 3 x 25"; "" when the warm-up has none."""
+        """The box stages, rounds and reading stage as printed, e.g. "12 + 25 + 3 x 25"; "" when the warm-up has
+        none."""
         box, box_mix = self.warmup_box_steps
         rounds = f" + {WARMUP_REC_ROUNDS} x {self.warmup_rec_steps}" if self.warmup_rec_steps and WARMUP_REC_ROUNDS \
             else ""
+        rounds += f" + {self.warmup_read_steps} reading" if self.warmup_read_steps else ""
         return f"{box} + {box_mix}{rounds}" if box or box_mix or rounds else ""
 
     @property
     def warmup_s(self) -> float:
-        rounds = WARMUP_REC_ROUNDS * self.warmup_rec_steps
+        rounds = WARMUP_REC_ROUNDS * self.warmup_rec_steps + self.warmup_read_steps
         return (60 * (self.warmup_steps + sum(self.warmup_box_steps) + rounds) / TRAIN_STEPS_PER_MIN
                 + 60 * self.warmup_text_steps / LLM_STEPS_PER_MIN)
 
@@ -241,7 +249,8 @@ def plan_run(minutes: float, train_samples: int, bench_rows: int, expert_cap: in
     experts = math.floor(shares[0] * train_s / 60 / per_step)
     llm = math.floor(shares[1] * train_s / 60 * LLM_STEPS_PER_MIN)
     # minutes per warm-up step: one one-stage step, its share of the box stages' and rounds' and of the text steps
-    box_ratio = (WARMUP_BOX_STEPS + WARMUP_BOX_MIX_STEPS + WARMUP_REC_ROUNDS * WARMUP_REC_STEPS) / WARMUP_STEPS
+    box_ratio = (WARMUP_BOX_STEPS + WARMUP_BOX_MIX_STEPS + WARMUP_REC_ROUNDS * WARMUP_REC_STEPS
+                 + WARMUP_READ_STEPS) / WARMUP_STEPS
     warmup = math.floor(shares[2] * train_s / 60 / ((1 + box_ratio) / TRAIN_STEPS_PER_MIN
                                                     + WARMUP_TEXT_STEPS / WARMUP_STEPS / LLM_STEPS_PER_MIN))
     one_stage = math.floor((1 - sum(shares)) * train_s / 60 * TRAIN_STEPS_PER_MIN)
@@ -405,7 +414,8 @@ def warm_up(out: Path, plan: Plan, seed: int, progress: bool, phases: list[Phase
     questions = max(WARMUP_BATCH, round(WARMUP_BATCH * plan.warmup_steps * (1 - WARMUP_TEXT_SHARE)))
     warm = LookupWarmupConfig(steps=plan.warmup_steps, samples=questions,
                               text_steps=plan.warmup_text_steps, seed=seed, eval_per_kind=LLM_EVAL_PER_KIND,
-                              box_steps=box, box_mix_steps=box_mix, rec_steps=plan.warmup_rec_steps)
+                              box_steps=box, box_mix_steps=box_mix, rec_steps=plan.warmup_rec_steps,
+                              read_steps=plan.warmup_read_steps)
     boxes = f", then {plan.warmup_box_text} on boxes" if plan.warmup_box_text else ""
     text = f", then {warm.text_steps} text steps" if warm.text_steps else ""
     print(f"[2/5] nano's LLM: lookup warm-up on single colour / shape questions, {warm.steps} one-stage steps{boxes} "

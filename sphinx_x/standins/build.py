@@ -79,7 +79,8 @@ def command_line(s: BuildSettings) -> str:
             if value != default_value:
                 parts.append(f"{flag} {value:g}")
     read, default_read = s.reading_config(), ReadingSettings()
-    for flag, attr in (("--expert-read-steps", "steps"), ("--expert-read-lr", "lr")):
+    for flag, attr in (("--expert-read-steps", "steps"), ("--expert-read-lr", "lr"),
+                       ("--expert-read-keep-weight", "keep_weight")):
         if getattr(read, attr) != getattr(default_read, attr) and (attr == "steps" or read.steps > 0):
             parts.append(f"{flag} {getattr(read, attr):g}")
     if s.llm_from:
@@ -93,7 +94,8 @@ def command_line(s: BuildSettings) -> str:
     for flag, attr in (("--warmup-steps", "steps"), ("--warmup-samples", "samples"),
                        ("--warmup-text-steps", "text_steps"), ("--warmup-box-steps", "box_steps"),
                        ("--warmup-box-mix-steps", "box_mix_steps"), ("--warmup-text-share", "text_share"),
-                       ("--warmup-rec-steps", "rec_steps"), ("--warmup-rec-rounds", "rec_rounds")):
+                       ("--warmup-rec-steps", "rec_steps"), ("--warmup-rec-rounds", "rec_rounds"),
+                       ("--warmup-read-steps", "read_steps")):
         if getattr(warm, attr) != getattr(default_warm, attr) and (attr == "steps" or warm.steps > 0):
             parts.append(f"{flag} {getattr(warm, attr)}")
     if warm.steps > 0 and tuple(warm.kinds) != default_warm.kinds:
@@ -102,6 +104,8 @@ def command_line(s: BuildSettings) -> str:
         parts.append(f"--warmup-box-mix-kinds {','.join(warm.box_mix_kinds)}")
     if warm.steps > 0 and tuple(warm.rec_kinds) != default_warm.rec_kinds:
         parts.append(f"--warmup-rec-kinds {','.join(warm.rec_kinds)}")
+    if warm.steps > 0 and warm.read_steps and tuple(warm.read_kinds) != default_warm.read_kinds:
+        parts.append(f"--warmup-read-kinds {','.join(warm.read_kinds)}")
     return " ".join(parts)
 
 
@@ -143,7 +147,8 @@ def build_standins(out: str | Path, settings: BuildSettings, progress: bool = Fa
     if read_copied:  # the copied experts read already: their stage's settings, so the commands say what made them
         r = source["made"]["experts"]["reading"]
         settings = replace(settings, reading=ReadingSettings(steps=r["steps"], lr=r["lr"], experts=tuple(r["experts"]),
-                                                             batch_size=r["batch_size"]))
+                                                             batch_size=r["batch_size"],
+                                                             keep_weight=r.get("keep_weight", 0.0)))
     read = settings.reading_config()
     reading = read.steps > 0 and not read_copied
     stages = 2 + reading + (warm.steps > 0)
@@ -207,6 +212,8 @@ def build_standins(out: str | Path, settings: BuildSettings, progress: bool = Fa
                      "boxes among 2-4 and the lookups together") if warm.box_steps or warm.box_mix_steps else ""
             if warm.rec_steps and warm.rec_rounds:
                 boxes += f", then {warm.rec_rounds} x {warm.rec_steps} on {' / '.join(warm.rec_kinds)}"
+            if warm.read_steps:
+                boxes += f", then {warm.read_steps} on {' / '.join(warm.read_kinds)}"
             text = f"; text dialogues {100 * warm.text_share:g}% of every stage's samples" if warm.text_share else ""
             log(f"[{stages}/{stages}] {preset}'s LLM: lookup warm-up ({warm.steps} one-stage steps on {warm.samples} "
                 f"single {' / '.join(warm.kinds)} questions{boxes}{text}; experts frozen; its projector and tags "
@@ -249,7 +256,8 @@ def build_standins(out: str | Path, settings: BuildSettings, progress: bool = Fa
 def log_expert_scores(log: Any, scores: dict[str, dict[str, float]]) -> None:
     """One "held-out:" line with each expert's scores (the manifest's score names, shortened)."""
     names = {"experts_held_out_shape_accuracy": "scene", "experts_held_out_token_accuracy": "tokens",
-             "experts_held_out_word_accuracy": "words", "experts_held_out_word_view_accuracy": "words (sub-image)"}
+             "experts_held_out_word_accuracy": "words", "experts_held_out_word_view_accuracy": "words (sub-image)",
+             "experts_held_out_keep_cosine": "scene tokens' cosine to the starting trunk"}
     log("      held-out: " + ", ".join(f"{n} {names[k]} {100 * a:.1f}%" for k in names
                                        for n, a in scores.get(k, {}).items()))
 
@@ -283,7 +291,8 @@ def copy_experts(directory: Path, source: dict[str, Any], tmp: Path) -> tuple[di
     scores = {k: dict(source["scores"].get(k, {})) for k in ("experts_held_out_shape_accuracy",
                                                                "experts_held_out_token_accuracy",
                                                                "experts_held_out_word_accuracy",
-                                                               "experts_held_out_word_view_accuracy")}
+                                                               "experts_held_out_word_view_accuracy",
+                                                               "experts_held_out_keep_cosine")}
     made = dict(source["made"]["experts"])
     made.setdefault("copied_from", {"command": source["made"]["command"], "date": source["made"]["date"],
                                     "machine": source["made"]["machine"]})
@@ -340,6 +349,9 @@ def warmup_line(w: dict[str, Any], seed: int) -> str:
         boxes += (f"; then {rounds} round{'s' * (rounds != 1)} of {rec_steps} steps, each from the model before with "
                   f"a fresh schedule and fresh questions, on {', '.join(w['rec_kinds'])} in turn (boxes of the named "
                   f"object more often: docs/experiments.md, stop 38)")
+    if w.get("read_steps"):  # sets made before stop 40 had no reading stage
+        boxes += (f"; then a reading stage of {w['read_steps']} steps on {', '.join(w['read_kinds'])} in turn (the "
+                  f"word on a page beside the boxes, after the rounds: docs/experiments.md, stop 40)")
     share = w.get("text_share", 0.0)  # sets made before stop 37 had no text in the warm-up
     if share:
         boxes += (f"; text dialogues (the corpus's text domain) {100 * share:g}% of every stage's samples, so the LLM "
@@ -416,6 +428,8 @@ def model_card(manifest: dict[str, Any], config: Any) -> str:
               for n, a in scores.get("experts_held_out_word_accuracy", {}).items()]
     lines += [f"| expert {n} | names the word from the sub-image view that holds it | {100 * a:.1f}% |"
               for n, a in scores.get("experts_held_out_word_view_accuracy", {}).items()]
+    lines += [f"| expert {n} | scene tokens: mean cosine to the trunk before its reading stage | {a:.3f} |"
+              for n, a in scores.get("experts_held_out_keep_cosine", {}).items()]
     what = {"text": "answers of the text dialogues (facts, arithmetic, code), greedy exact",
             "arithmetic": "synth-bench-style arithmetic (`What is a + b?`), greedy exact",
             "scene": "slot scenes (`What color is the <shape>?`), greedy exact"}

@@ -11,7 +11,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from sphinx_x.standins.settings import EXPERT_READ_EXPERTS, EXPERT_READ_LR, EXPERT_READ_STEPS
+from sphinx_x.standins.settings import (
+    EXPERT_READ_EXPERTS,
+    EXPERT_READ_KEEP_WEIGHT,
+    EXPERT_READ_LR,
+    EXPERT_READ_STEPS,
+)
 
 READ_WEIGHT = 1.0  # the reading objective's weight beside the scene objectives (their own weights)
 
@@ -22,6 +27,7 @@ class ReadingSettings:
     lr: float = EXPERT_READ_LR
     experts: tuple[str, ...] = EXPERT_READ_EXPERTS
     batch_size: int = 64  # scenes a step; half as many pages, each seen as a global, a sub-image and a zoomed view
+    keep_weight: float = EXPERT_READ_KEEP_WEIGHT  # holds the scenes' tokens near the starting trunk's (`keep_loss`)
 
 
 def read_stage(vision: Any, expert_paths: dict[str, Path], out: Path, settings: ReadingSettings, seed: int,
@@ -39,14 +45,16 @@ def read_stage(vision: Any, expert_paths: dict[str, Path], out: Path, settings: 
     result = pretrain_experts(tuned, out, steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr,
                               seed=seed + 1, scene_weight=scene_weight, token_weight=token_weight,
                               ocr_weight=READ_WEIGHT, init_from={n: expert_paths[n] for n in settings.experts},
-                              progress=progress)
+                              keep_weight=settings.keep_weight, progress=progress)
     scores = {"experts_held_out_shape_accuracy": result.accuracy,
               "experts_held_out_token_accuracy": result.token_accuracy,
               "experts_held_out_word_accuracy": result.word_accuracy,
-              "experts_held_out_word_view_accuracy": result.word_view_accuracy}
+              "experts_held_out_word_view_accuracy": result.word_view_accuracy,
+              "experts_held_out_keep_cosine": result.keep_cosine}
     record = {"steps": result.steps, "batch_size": settings.batch_size, "lr": settings.lr,
               "experts": list(settings.experts), "seed": seed + 1, "ocr_weight": READ_WEIGHT,
-              "scene_weight": scene_weight, "token_weight": token_weight, "wall_s": round(result.seconds, 1)}
+              "scene_weight": scene_weight, "token_weight": token_weight, "wall_s": round(result.seconds, 1),
+              "keep_weight": settings.keep_weight}
     return {**expert_paths, **result.paths}, scores, record
 
 
@@ -56,4 +64,7 @@ def reading_line(r: dict[str, Any]) -> str:
             f"from the experts above, {r['steps']} AdamW steps of {r['batch_size']} scenes and {r['batch_size'] // 2} "
             f"synth-bench OCR pages, lr {r['lr']:g}, seed {r['seed']}; objectives: the experts' own above and reading "
             f"x {r['ocr_weight']:g} (every grid token over the word names it, on the page's global "
-            f"view, the sub-image view holding the word and a zoomed view). Wall time {r['wall_s'] / 60:.1f} min.")
+            f"view, the sub-image view holding the word and a zoomed view)"
+            + (f"; the scenes' tokens held near the starting trunk's x {r['keep_weight']:g}" if r.get("keep_weight")
+               else "")  # sets made before stop 40 had no keep weight
+            + f". Wall time {r['wall_s'] / 60:.1f} min.")

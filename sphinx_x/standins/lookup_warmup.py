@@ -113,6 +113,7 @@ def warmup_stages(cfg: LookupWarmupConfig) -> list[tuple[str, int, tuple[str, ..
     # the rounds' splits are those of the runs that measured them (docs/experiments.md, stop 38)
     stages += [(f"-rec{r + 1}", cfg.rec_steps, cfg.rec_kinds, f"box-more{r + 1 if r else ''}-train")
                for r in range(cfg.rec_rounds)]
+    stages.append(("-read", cfg.read_steps, cfg.read_kinds, "read-train"))
     return [stage for stage in stages if stage[1] > 0]
 
 
@@ -161,8 +162,8 @@ class WarmupResult:
 def warm_up_lookups(llm_dir: str | Path, expert_paths: dict[str, str | Path], workdir: str | Path,
                     cfg: LookupWarmupConfig, progress: bool = False, preset: str = "nano") -> tuple[Any, WarmupResult]:
     """Train `preset` with the experts in `expert_paths` (frozen) and its LLM from `llm_dir` on the lookup corpus
-    for `cfg.steps` steps, then its box stages and rounds (in `workdir`); returns the trained model (a SphinxX) and the
-    result."""
+    for `cfg.steps` steps, then its box stages, rounds and reading stage (in `workdir`); returns the trained model (a
+    SphinxX) and the result."""
     import torch
 
     from sphinx_x.config import SphinxXConfig
@@ -222,7 +223,7 @@ def warm_up_llm_dir(llm_dir: Path, expert_paths: dict[str, Path], tokenizer: Any
     text_cfg = replace(llm_cfg, steps=warm.text_steps) if warm.text_steps else llm_cfg
     result = pretrain_llm(llm.train(), tokenizer, text_cfg, progress=progress) if warm.text_steps else None
     made = {**asdict(warm), "kinds": list(warm.kinds), "box_mix_kinds": list(warm.box_mix_kinds),
-            "rec_kinds": list(warm.rec_kinds),
+            "rec_kinds": list(warm.rec_kinds), "read_kinds": list(warm.read_kinds),
             "wall_s": round(warmed.seconds, 1),
             "text_wall_s": round(result.seconds, 1) if result else 0.0}
     if result is None:  # no text stage: the held-out answers of the warmed LLM itself

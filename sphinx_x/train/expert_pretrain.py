@@ -15,6 +15,7 @@ object of that colour (chance: 1 in 5).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import random
 import time
@@ -196,25 +197,37 @@ class PretrainResult:
     box_accuracy: dict[str, float] = dataclasses.field(default_factory=dict)
     # expert name -> the same from a sub-image view that holds the word (only with ocr_weight)
     word_view_accuracy: dict[str, float] = dataclasses.field(default_factory=dict)
+    # expert name -> mean cosine between the tuned and the starting trunk's tokens on held-out scenes (fine-tuning
+    # stages only: how far the stage moved the tokens the LLM was taught on)
+    keep_cosine: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+def keep_loss(tokens: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Squared distance of the tokens from the starting trunk's, relative to the reference tokens' mean square (so
+    that the weight does not depend on the tokens' scale)."""
+    return (tokens - reference).pow(2).mean() / reference.pow(2).mean().clamp_min(1e-12)
 
 
 def pretrain_experts(vision: VisionConfig, out: str | Path, *, steps: int = 400, max_seconds: float | None = None,
                      batch_size: int = 64, lr: float = 1e-3, seed: int = 0, device: str = "cpu",
                      num_workers: int = 1, progress: bool = False, token_weight: float = 0.0,
                      scene_weight: float = 1.0, ocr_weight: float = 0.0, ocr_batch: int | None = None,
-                     box_weight: float = 0.0, init_from: dict[str, str | Path] | None = None) -> PretrainResult:
+                     box_weight: float = 0.0, init_from: dict[str, str | Path] | None = None,
+                     keep_weight: float = 0.0) -> PretrainResult:
     """Train every expert of `vision` (from its random init, seeded by `seed`, or from the trunk checkpoint
     `init_from[name]` where given: a fine-tuning stage) for `steps` steps or until `max_seconds`, whichever ends
     first; write OUT/<expert>.safetensors and return what happened.
     The loss is `scene_weight` x the scene-level objective (`ProbeHead`) + `token_weight` x the per-token one
     (`TokenHead`) + `ocr_weight` x the reading one (`WordHead` on `ocr_batch` OCR pages a step, default half the
     batch, global, sub-image and zoomed views) + `box_weight` x the per-token box one (`BoxHead`, global and sub-image
-    views); at least one of the first three weights must be > 0. Held-out accuracies are reported for the
-    objectives used. The heads start fresh also when the trunks do not."""
+    views) + `keep_weight` x `keep_loss` of the scene views' tokens from the starting trunk's (fine-tuning stages: the
+    scenes' tokens stay near those the LLM was taught on while the pages' move freely); at least one of the first
+    three weights must be > 0. Held-out accuracies are reported for the objectives used. The heads start fresh also
+    when the trunks do not."""
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
-    if box_weight < 0:
-        raise ValueError(f"box_weight must be >= 0, got {box_weight}")
+    if box_weight < 0 or keep_weight < 0:
+        raise ValueError(f"box_weight and keep_weight must be >= 0, got {box_weight} and {keep_weight}")
     check_expert_weights(scene_weight, token_weight, ocr_weight)
     ocr_batch = (ocr_batch or max(1, batch_size // 2)) if ocr_weight > 0 else 0
     out = Path(out)
@@ -226,6 +239,11 @@ def pretrain_experts(vision: VisionConfig, out: str | Path, *, steps: int = 400,
         raise ValueError(f"init_from names experts the vision config does not have: {unknown}")
     experts = nn.ModuleDict({e.name: VisionExpert(_trainable(e, init_from.get(e.name)), vision.feature_grid)
                              for e in vision.experts})
+    if keep_weight > 0 and set(init_from) != set(experts):
+        raise ValueError("keep_weight holds fine-tuned trunks near their starting weights: init_from must name "
+                         f"every trained expert ({sorted(experts)}), got {sorted(init_from)}")
+    # the starting trunks, frozen (a copy draws no random numbers: without init_from the run is as before)
+    reference = copy.deepcopy(experts).eval().requires_grad_(False) if init_from else None
     heads = nn.ModuleDict({e.name: ProbeHead(e.channels) for e in vision.experts})
     token_heads = nn.ModuleDict({e.name: TokenHead(e.channels) for e in vision.experts})
     word_heads = nn.ModuleDict({e.name: WordHead(e.channels) for e in vision.experts})
@@ -260,7 +278,7 @@ def pretrain_experts(vision: VisionConfig, out: str | Path, *, steps: int = 400,
         labels = labels.to(device)
         total = 0.0
         for n in experts:
-            scenes = scene_weight > 0 or token_weight > 0 or box_weight > 0
+            scenes = scene_weight > 0 or token_weight > 0 or box_weight > 0 or keep_weight > 0
             tokens = experts[n](views[n]) if scenes else None  # scenes unused otherwise
             crop = experts[n](views[f"{n}.crop"]) if token_weight > 0 or box_weight > 0 else None
             if scene_weight > 0:
@@ -273,6 +291,10 @@ def pretrain_experts(vision: VisionConfig, out: str | Path, *, steps: int = 400,
                 where = (box_heads[n].loss(tokens, views[f"{n}.boxes"].to(device))
                          + box_heads[n].loss(crop, views[f"{n}.crop.boxes"].to(device)))
                 total = total + box_weight * where
+            if keep_weight > 0:
+                with torch.no_grad():
+                    kept = reference[n](views[n])
+                total = total + keep_weight * keep_loss(tokens, kept)
             if ocr_weight > 0:
                 words = views["word.labels"].to(device)
                 total = total + ocr_weight * word_heads[n].loss(experts[n](views[f"{n}.word"].to(device)), words)
@@ -294,13 +316,14 @@ def pretrain_experts(vision: VisionConfig, out: str | Path, *, steps: int = 400,
     word_accuracy, word_view_accuracy = (held_out_word_accuracy(vision, experts, word_heads, seed, HELD_OUT, device)
                                          if ocr_weight > 0 else ({}, {}))
     box_accuracy = held_out_box_accuracy(vision, experts, box_heads, seed, device) if box_weight > 0 else {}
+    keep_cosine = held_out_keep_cosine(vision, experts, reference, seed, device) if reference is not None else {}
     paths = {}
     for name, expert in experts.items():
         paths[name] = out / f"{name}.safetensors"
         trunk = {k: v.detach().cpu().contiguous() for k, v in expert.trunk.state_dict().items()}
         write_atomic(paths[name], save(trunk))  # a reader never sees half a file
     return PretrainResult(paths, step, seconds, accuracy, losses, token_accuracy, word_accuracy, box_accuracy,
-                          word_view_accuracy)
+                          word_view_accuracy, keep_cosine)
 
 
 @torch.no_grad()
@@ -335,6 +358,15 @@ def held_out_token_accuracy(vision: VisionConfig, experts: nn.ModuleDict, token_
         right = (token_heads[n].colour(grid).argmax(-1) == labels[..., 0]) & (
             token_heads[n].shape(grid).argmax(-1) == labels[..., 1])
         return right[labels[..., 0] < NUM_COLORS].float().mean()
+
+    return _per_expert_held_out(vision, experts, seed, score)
+
+
+def held_out_keep_cosine(vision: VisionConfig, experts: nn.ModuleDict, reference: nn.ModuleDict, seed: int,
+                         device: str) -> dict[str, float]:
+    def score(n: str, views: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = views[n].to(device)
+        return F.cosine_similarity(experts[n](x), reference[n](x), dim=-1).mean()
 
     return _per_expert_held_out(vision, experts, seed, score)
 
