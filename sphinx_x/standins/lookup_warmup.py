@@ -15,7 +15,8 @@ of a stage that asks it more often take it from 18% to 52% (stop 38).
 The warm-up is a plain one-stage run (nano's recipe, sphinx_x/train/recipe.py) with the stand-in experts frozen and
 a fresh projector, on `samples` single questions about scenes of 2-4 objects, shape and colour lookups in turn
 (`lookup_corpus`), then more stages, each from the model before (`warmup_stages`): boxes of a scene's only object;
-those, boxes of the named object among 2-4 and the lookups together; `rec_rounds` rounds with the named boxes 2 in 5.
+those, boxes of the named object among 2-4 and the lookups together; `rec_rounds` rounds with the named boxes 2 in 5;
+with `read_steps`, a reading stage (the word on a page beside the boxes and lookups) for experts that read.
 Text dialogues make `text_share` of every stage's corpus. The last model's LLM and connector (projector and image
 tags, sphinx_x/connector.py) are kept: the one-stage run starts from both. A text stage after it (`text_steps`, 0
 by default) is `pretrain_llm` again with the text pretraining's own settings; it changes the LLM only.
