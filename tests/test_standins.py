@@ -333,6 +333,12 @@ def test_cli_refuses_outputs_it_did_not_write(tmp_path, capsys):
     assert "scene_share must be in [0, 1]" in capsys.readouterr().err
     assert cli_main(["build-standins", "--out", str(tmp_path / "x"), "--experts-from", str(tmp_path / "none")]) == 2
     assert "--experts-from" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    # the warm-up's kinds reach its settings, which name what is wrong
+    assert cli_main(["build-standins", "--out", str(tmp_path / "x"), "--warmup-read-kinds", "ocr, count"]) == 2
+    assert "read_kinds must be among color, shape, rec, box, ocr, got ['ocr', 'count']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli_main(["build-standins", "--out", str(tmp_path / "x"), "--expert-read-keep-weight", "-1"])
+    assert "expected a non-negative number, got -1.0" in capsys.readouterr().err
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
 
 

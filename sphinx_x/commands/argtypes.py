@@ -41,3 +41,8 @@ def non_negative_float(text: str) -> float:
     if not v >= 0:
         raise argparse.ArgumentTypeError(f"expected a non-negative number, got {v}")
     return v
+
+
+def comma_list(text: str) -> tuple[str, ...]:
+    """"a, b,,c" -> ("a", "b", "c"): the non-empty comma-separated names (the consumer checks them)."""
+    return tuple(k.strip() for k in text.split(",") if k.strip())

@@ -23,7 +23,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from sphinx_x.commands.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
+from sphinx_x.commands.argtypes import (
+    comma_list,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -68,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         f"questions, experts frozen (default {w.steps}; 0: no warm-up)")
     p.add_argument("--warmup-samples", type=positive_int, default=w.samples,
                    help=f"distinct warm-up questions (default {w.samples})")
-    p.add_argument("--warmup-kinds", default=",".join(w.kinds),
+    p.add_argument("--warmup-kinds", type=comma_list, default=",".join(w.kinds),
                    help=f"the warm-up questions' kinds, taken in turn, comma-separated among "
                         f"{', '.join(defaults.WARMUP_KINDS)} (default {','.join(w.kinds)})")
     p.add_argument("--warmup-text-steps", type=non_negative_int, default=w.text_steps,
@@ -78,7 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup-box-mix-steps", type=non_negative_int, default=w.box_mix_steps,
                    help=f"then warm-up steps on those boxes, boxes of the named object among 2-4 and the lookups "
                         f"together (default {w.box_mix_steps})")
-    p.add_argument("--warmup-box-mix-kinds", default="",
+    p.add_argument("--warmup-box-mix-kinds", type=comma_list, default="",
                    help="the mixed box stage's kinds in turn, comma-separated among "
                         f"{', '.join(defaults.WARMUP_KINDS)} (default: box,rec,box,rec, then --warmup-kinds)")
     p.add_argument("--warmup-rec-steps", type=non_negative_int, default=w.rec_steps,
@@ -87,13 +93,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup-rec-rounds", type=non_negative_int, default=w.rec_rounds,
                    help=f"how many such rounds, each from the model before with a fresh schedule and fresh questions "
                         f"(default {w.rec_rounds})")
-    p.add_argument("--warmup-rec-kinds", default=",".join(w.rec_kinds),
+    p.add_argument("--warmup-rec-kinds", type=comma_list, default=",".join(w.rec_kinds),
                    help=f"the rounds' kinds in turn, comma-separated among {', '.join(defaults.WARMUP_KINDS)} "
                         f"(default {','.join(w.rec_kinds)})")
     p.add_argument("--warmup-read-steps", type=non_negative_int, default=w.read_steps,
                    help=f"then a reading stage of this many warm-up steps on --warmup-read-kinds (default "
                         f"{w.read_steps}: none)")
-    p.add_argument("--warmup-read-kinds", default=",".join(w.read_kinds),
+    p.add_argument("--warmup-read-kinds", type=comma_list, default=",".join(w.read_kinds),
                    help=f"the reading stage's kinds in turn, comma-separated among {', '.join(defaults.WARMUP_KINDS)} "
                         f"(default {','.join(w.read_kinds)})")
     p.add_argument("--warmup-text-share", type=float, default=w.text_share,
@@ -129,13 +135,10 @@ def run(args: argparse.Namespace) -> int:
                                     box_steps=args.warmup_box_steps, box_mix_steps=args.warmup_box_mix_steps,
                                     text_share=args.warmup_text_share, rec_steps=args.warmup_rec_steps,
                                     rec_rounds=args.warmup_rec_rounds,
-                                    rec_kinds=tuple(k.strip() for k in args.warmup_rec_kinds.split(",") if k.strip()),
-                                    box_mix_kinds=tuple(k.strip() for k in args.warmup_box_mix_kinds.split(",")
-                                                        if k.strip()),
+                                    rec_kinds=args.warmup_rec_kinds, box_mix_kinds=args.warmup_box_mix_kinds,
                                     read_steps=args.warmup_read_steps,
-                                    read_kinds=tuple(k.strip() for k in args.warmup_read_kinds.split(",")
-                                                     if k.strip()),
-                                    kinds=tuple(k.strip() for k in args.warmup_kinds.split(",") if k.strip()))
+                                    read_kinds=args.warmup_read_kinds,
+                                    kinds=args.warmup_kinds)
     except ValueError as e:
         print(f"sphinx-x build-standins: error: {e}", file=sys.stderr)
         return 2
