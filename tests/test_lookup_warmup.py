@@ -69,7 +69,7 @@ def test_ocr_questions_ask_for_the_word_on_a_synth_bench_page():
                                                                                       "ocr")[0].tobytes()
     # a round that reads is scored on reading too
     assert scored_kinds(LookupWarmupConfig(rec_kinds=("rec", "ocr")))[-1] == "ocr"
-    assert "ocr" not in scored_kinds(LookupWarmupConfig(rec_kinds=("rec", "shape")))
+    assert "ocr" not in scored_kinds(LookupWarmupConfig(rec_kinds=("rec", "shape"), read_steps=0))
 
 
 def test_box_questions_ask_for_the_only_objects_box(monkeypatch):
@@ -87,18 +87,20 @@ def test_box_questions_ask_for_the_only_objects_box(monkeypatch):
 
 
 def test_box_stages_mix_lone_and_named_boxes_with_the_lookups():
-    cfg = LookupWarmupConfig(box_steps=800, box_mix_steps=1600, kinds=("shape", "color"))
+    cfg = LookupWarmupConfig(box_steps=800, box_mix_steps=1600, kinds=("shape", "color"), read_steps=0)
     kinds = box_kinds(cfg)
     # a third lone boxes, a third named boxes among 2-4, the lookups the rest (docs/experiments.md, stop 35)
     assert (kinds.count("box"), kinds.count("rec"), kinds.count("shape"), kinds.count("color")) == (2, 2, 1, 1)
     assert scored_kinds(cfg) == ("shape", "color", "rec", "box")
-    # the packaged set's warm-up: shape twice as often as colour, both box stages (docs/experiments.md, stop 37)
+    # the packaged set's warm-up: shape twice as often as colour, both box stages (docs/experiments.md, stop 37), the
+    # reading stage last (stop 41)
     packaged = LookupWarmupConfig()
     assert box_kinds(packaged) == ("box", "rec", "box", "rec", "shape", "shape", "color")
-    assert scored_kinds(packaged) == ("shape", "color", "rec", "box") and packaged.text_share == 0.2
-    assert scored_kinds(LookupWarmupConfig(box_steps=0, box_mix_steps=0, rec_rounds=0)) == ("shape", "color")
-    assert scored_kinds(LookupWarmupConfig(box_steps=0, box_mix_steps=0, rec_steps=5)) == ("shape", "color", "rec",
-                                                                                             "box")
+    assert scored_kinds(packaged) == ("shape", "color", "rec", "box", "ocr") and packaged.text_share == 0.2
+    unread = {"read_steps": 0}
+    assert scored_kinds(LookupWarmupConfig(box_steps=0, box_mix_steps=0, rec_rounds=0, **unread)) == ("shape", "color")
+    assert scored_kinds(LookupWarmupConfig(box_steps=0, box_mix_steps=0, rec_steps=5, **unread)) == (
+        "shape", "color", "rec", "box")
     # named boxes more often: the mixed stage's own kinds
     assert box_kinds(LookupWarmupConfig(box_mix_kinds=("box", "rec", "rec", "shape", "color"))) == (
         "box", "rec", "rec", "shape", "color")
@@ -106,22 +108,29 @@ def test_box_stages_mix_lone_and_named_boxes_with_the_lookups():
 
 def test_the_stages_run_in_order_and_the_named_box_rounds_repeat():
     """The packaged set's stages: lookups, lone boxes, the mixed stage, then three named-box rounds with their own
-    questions (the splits of the runs that measured them, docs/experiments.md, stop 38); stages of 0 steps drop."""
+    questions (the splits of the runs that measured them, docs/experiments.md, stop 38), then the reading stage
+    (stops 40-41); stages of 0 steps drop."""
     stages = warmup_stages(LookupWarmupConfig())
     assert [(name, steps, split) for name, steps, _, split in stages] == [
         ("", 4000, "lookup-train"), ("-boxes", 1000, "box-train"), ("-box-mix", 2000, "box-mix-train"),
-        ("-rec1", 2000, "box-more-train"), ("-rec2", 2000, "box-more2-train"), ("-rec3", 2000, "box-more3-train")]
-    assert stages[-1][2] == stages[-2][2] == ("box", "rec", "rec", "shape", "color")
-    cfg = LookupWarmupConfig(steps=3, box_steps=0, box_mix_steps=2, rec_steps=1, rec_rounds=3, rec_kinds=("rec",))
+        ("-rec1", 2000, "box-more-train"), ("-rec2", 2000, "box-more2-train"), ("-rec3", 2000, "box-more3-train"),
+        ("-read", 2000, "read-train")]
+    assert stages[-2][2] == stages[-3][2] == ("box", "rec", "rec", "shape", "color")
+    assert stages[-1][2] == ("ocr", "rec", "box", "ocr", "rec", "shape", "color")
+    cfg = LookupWarmupConfig(steps=3, box_steps=0, box_mix_steps=2, rec_steps=1, rec_rounds=3, rec_kinds=("rec",),
+                             read_steps=0)
     assert [(name, steps, kinds) for name, steps, kinds, _ in warmup_stages(cfg)] == [
         ("", 3, cfg.kinds), ("-box-mix", 2, box_kinds(cfg)), ("-rec1", 1, ("rec",)), ("-rec2", 1, ("rec",)),
         ("-rec3", 1, ("rec",))]
     assert [split for *_, split in warmup_stages(cfg)][2:] == ["box-more-train", "box-more2-train", "box-more3-train"]
-    assert len(warmup_stages(LookupWarmupConfig(rec_steps=0))) == len(warmup_stages(LookupWarmupConfig(rec_rounds=0)))
-    # the reading stage (off by default) comes last, on its own questions, and is scored on what it asks
+    assert len(warmup_stages(LookupWarmupConfig(rec_steps=0))) == len(warmup_stages(LookupWarmupConfig(rec_rounds=0))) \
+        == len(stages) - 3
+    # the reading stage comes last, on its own questions, and is scored on what it asks; 0 steps: none
     cfg = LookupWarmupConfig(read_steps=5, read_kinds=("ocr", "rec"))
-    assert warmup_stages(cfg)[:-1] == stages and warmup_stages(cfg)[-1] == ("-read", 5, ("ocr", "rec"), "read-train")
-    assert scored_kinds(cfg)[-1] == "ocr" and "ocr" not in scored_kinds(LookupWarmupConfig())
+    assert warmup_stages(cfg)[:-1] == stages[:-1] and warmup_stages(cfg)[-1] == ("-read", 5, ("ocr", "rec"),
+                                                                                  "read-train")
+    assert scored_kinds(cfg)[-1] == "ocr" and "ocr" not in scored_kinds(LookupWarmupConfig(read_steps=0))
+    assert warmup_stages(LookupWarmupConfig(read_steps=0)) == stages[:-1]
 
 
 def test_the_answer_is_the_named_objects_own(monkeypatch):
@@ -218,6 +227,7 @@ def test_a_warm_up_without_text_steps_scores_the_warmed_llm(tmp_path, monkeypatc
     answers scored; with text_share, every stage's corpus holds text dialogues in that share."""
     from sphinx_x.standins import lookup_warmup
     from sphinx_x.standins.build import BuildSettings, build_standins
+    from sphinx_x.standins.expert_reading import ReadingSettings
     from sphinx_x.standins.settings import LlmPretrainConfig
     from sphinx_x.train import expert_pretrain
 
@@ -229,13 +239,14 @@ def test_a_warm_up_without_text_steps_scores_the_warmed_llm(tmp_path, monkeypatc
     manifest = build_standins(tmp_path / "set", BuildSettings(
         seed=1, expert_steps=1, expert_batch=2, llm=LlmPretrainConfig(steps=2, batch_size=2, seed=1, eval_per_kind=2),
         warmup=LookupWarmupConfig(steps=1, samples=8, text_steps=0, seed=1, eval_per_kind=2, box_steps=2,
-                                  box_mix_steps=0, text_share=0.5, rec_steps=1, rec_rounds=1)), log=lambda m: None)
+                                  box_mix_steps=0, text_share=0.5, rec_steps=1, rec_rounds=1, read_steps=0),
+        reading=ReadingSettings(steps=0)), log=lambda m: None)
     # the lookups: their 8 questions and as many text dialogues; the lone boxes: two steps of 8, half of them text;
     # the named-box round: one step, still one batch of questions
     assert corpora == [("lookup-train", 8, 8), ("box-train", 8, 8), ("box-more-train", 8, 8)]
     assert manifest["made"]["command"].endswith(
         "--warmup-steps 1 --warmup-samples 8 --warmup-box-steps 2 --warmup-box-mix-steps 0 --warmup-text-share 0.5"
-        " --warmup-rec-steps 1 --warmup-rec-rounds 1")
+        " --warmup-rec-steps 1 --warmup-rec-rounds 1 --warmup-read-steps 0")
     assert "text dialogues (the corpus's text domain) 50% of every stage's samples" in (
         tmp_path / "set" / "MODEL_CARD.md").read_text()
     assert manifest["made"]["llm"]["lookup_warmup"]["text_wall_s"] == 0.0

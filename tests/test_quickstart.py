@@ -65,7 +65,7 @@ def test_plan_spends_the_budget_at_the_idle_rates(monkeypatch):
     monkeypatch.setattr(qs, "WARMUP_READ_STEPS", 2000)
     reading = qs.plan_run(10, 8000, 520, from_scratch=True)
     assert reading.warmup_read_steps == reading.warmup_steps // 2 > 0
-    assert reading.warmup_box_text.endswith(f" + {reading.warmup_read_steps} reading")
+    assert reading.warmup_box_text.endswith(f" + {qs.WARMUP_REC_ROUNDS} x {reading.warmup_rec_steps}")
     spent = reading.expert_s + reading.read_s + reading.llm_s + reading.warmup_s + reading.train_s
     assert reading.warmup_s / spent == pytest.approx(qs.SCRATCH_WARMUP_SHARE, abs=0.01)
     monkeypatch.undo()
@@ -321,7 +321,7 @@ def test_quickstart_from_scratch_pretrains_the_standins_itself(tmp_path, capsys,
 
     monkeypatch.setattr(qs, "clock", lambda: 50 * perf_counter())
     monkeypatch.setattr(qs, "LLM_EVAL_PER_KIND", 2)
-    monkeypatch.setattr(qs, "SCRATCH_READ_RATIO", 0.25)  # the chain with the experts' reading stage (off by default)
+    monkeypatch.setattr(qs, "SCRATCH_READ_RATIO", 0.25)  # with the experts' reading stage, whatever the defaults
     out = tmp_path / "qs"
     # 0.6 minutes: the warm-up's share buys its 2 capped steps and so a box stage and the named-box rounds
     rc = cli_main(["quickstart", "--out", str(out), "--minutes", "0.6", "--train-samples", "30",
@@ -333,7 +333,8 @@ def test_quickstart_from_scratch_pretrains_the_standins_itself(tmp_path, capsys,
     # the box stages and the named-box rounds, all in the set's ratios to its lookup steps
     boxes = (2 * warm.WARMUP_BOX_STEPS // warm.WARMUP_STEPS, 2 * warm.WARMUP_BOX_MIX_STEPS // warm.WARMUP_STEPS)
     rounds = f" + {warm.WARMUP_REC_ROUNDS} x {2 * warm.WARMUP_REC_STEPS // warm.WARMUP_STEPS}"
-    box_plan = f"{boxes[0]} + {boxes[1]}{rounds} box, "
+    reading = 2 * warm.WARMUP_READ_STEPS // warm.WARMUP_STEPS  # the warm-up's reading stage
+    box_plan = f"{boxes[0]} + {boxes[1]}{rounds} box, " + (f"{reading} reading, " if reading else "")
     assert "plan for --minutes 0.6 on 2 idle CPU cores: 4 expert, 1 reading and 2 LLM pretraining steps, 2 lookup " \
         "warm-up, " \
         f"{box_plan}{2 * warm.WARMUP_TEXT_STEPS // warm.WARMUP_STEPS} text steps, 2 one-stage" in printed
@@ -353,6 +354,6 @@ def test_quickstart_from_scratch_pretrains_the_standins_itself(tmp_path, capsys,
     assert "| expert pretraining | 4 of 4 planned steps |" in summary
     assert "| LLM pretraining | 2 of 2 planned steps |" in summary and "| expert reading stage | 1 steps |" in summary
     text_steps = 2 * warm.WARMUP_TEXT_STEPS // warm.WARMUP_STEPS
-    box_work = f"{boxes[0]} + {boxes[1]}{rounds} box steps + "
+    box_work = f"{boxes[0]} + {boxes[1]}{rounds} box steps + " + (f"{reading} reading steps + " if reading else "")
     assert f"| LLM lookup warm-up | 2 of 2 planned steps + {box_work}{text_steps} text steps |" in summary
     assert "note: expert pretraining ran" in err  # the early note, before the LLM and one-stage training

@@ -82,6 +82,35 @@ def test_the_packaged_set_is_small_complete_and_has_nano_dims():
         assert f"| expert {name} |" in card and f"{100 * acc:.1f}%" in card
 
 
+def test_the_defaults_build_the_packaged_set():
+    """The packaged set's from-nothing command, parsed by the CLI, asks for the build the defaults make (so
+    `sphinx-x build-standins --out DIR` without flags rebuilds what ships)."""
+    import shlex
+
+    from sphinx_x.cli import build_parser
+    from sphinx_x.commands.build_standins import settings_from_args
+
+    rebuild = read_manifest()["made"]["rebuild_command"]
+    assert rebuild.startswith("sphinx-x build-standins ")
+    args = build_parser().parse_args(shlex.split(rebuild)[1:])
+    assert command_line(settings_from_args(args)) == command_line(BuildSettings(seed=0))
+    # a flag away from the defaults shows
+    assert command_line(settings_from_args(build_parser().parse_args(
+        [*shlex.split(rebuild)[1:], "--warmup-read-steps", "0"]))) != command_line(BuildSettings(seed=0))
+    # and what the manifest records the stages ran with: the defaults (a set made under older defaults fails here)
+    made, default_read, default_warm = read_manifest()["made"], ReadingSettings(), LookupWarmupConfig()
+    reading = made["experts"].get("reading", {"steps": 0})
+    assert reading["steps"] == default_read.steps
+    if default_read.steps:
+        assert (reading["lr"], reading["keep_weight"], tuple(reading["experts"])) == (
+            default_read.lr, default_read.keep_weight, default_read.experts)
+    warm = made["llm"]["lookup_warmup"]
+    for key in ("steps", "samples", "text_steps", "box_steps", "box_mix_steps", "text_share", "rec_steps",
+                "rec_rounds", "read_steps", "kinds", "box_mix_kinds", "rec_kinds", "read_kinds"):
+        value = warm.get(key, 0)
+        assert (tuple(value) if isinstance(value, list) else value) == getattr(default_warm, key), key
+
+
 def test_nano_model_config_loads_the_packaged_weights_frozen(tmp_path):
     from sphinx_x.model import SphinxX
 
@@ -224,7 +253,8 @@ def test_build_writes_a_set_that_loads_like_the_packaged_one(tmp_path, monkeypat
     # without the reading stage the DINOv2 is the same and the ConvNeXt is the scene-pretrained one
     unread = build_standins(tmp_path / "unread", dataclasses.replace(settings, warmup=NO_WARMUP, reading=NO_READING),
                             log=lambda m: None)
-    assert "reading" not in unread["made"]["experts"] and "--expert-read" not in unread["made"]["command"]
+    assert "reading" not in unread["made"]["experts"] and "--expert-read-steps 0" in unread["made"]["command"]
+    assert "--expert-read-keep-weight" not in unread["made"]["command"]  # named only for a stage that runs
     for name, rel in manifest["experts"].items():
         same = unread["files"][rel]["sha256"] == manifest["files"][rel]["sha256"]
         assert same == (name == "dinov2"), name
@@ -290,7 +320,7 @@ def test_build_with_experts_from_copies_them_and_says_so(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="pretrained with seed 1, the set's seed is 0"):
         build_standins(tmp_path / "x", BuildSettings(seed=0, llm_from=str(tmp_path / "llm-alone")), log=print)
     assert both["made"]["command"].endswith(f"--llm-from {tmp_path / 'llm-alone'} --warmup-steps 0")
-    assert "--expert-read" not in both["made"]["command"]  # no reading stage: the default
+    assert "--expert-read-steps 0 " in both["made"]["command"]  # no reading stage: not the default (800)
     assert "--llm-steps 1" in both["made"]["rebuild_command"] and "--arithmetic-share 0.25" in \
         both["made"]["rebuild_command"] and "-from" not in both["made"]["rebuild_command"]
     assert "`sphinx-x pretrain-llm --out DIR --seed 1 --steps 1 --batch 2 --lr 0.001 --arithmetic-share 0.25 " \

@@ -145,7 +145,7 @@ def test_rec_bench_rows_map_back_to_pixels() -> None:
 
 def test_som_marks_point_at_their_objects() -> None:
     checked = 0
-    for i in range(240):  # SoM is 1 of the schedule's 58 indices
+    for i in range(240):  # SoM is 1 of the schedule's 63 indices
         s = make_sample(0, "train", i)
         if s.domain != "som":
             continue

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sphinx_x.commands.argtypes import (
     comma_list,
@@ -30,6 +31,9 @@ from sphinx_x.commands.argtypes import (
     positive_float,
     positive_int,
 )
+
+if TYPE_CHECKING:
+    from sphinx_x.standins.build import BuildSettings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -118,27 +122,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from sphinx_x.commands.pretrain_llm import usable_out
-    from sphinx_x.standins import MANIFEST_NAME
-    from sphinx_x.standins.build import BuildSettings, build_standins
+def settings_from_args(args: argparse.Namespace) -> BuildSettings:
+    """The build the parsed flags ask for; ValueError names a bad setting."""
+    from sphinx_x.standins.build import BuildSettings
     from sphinx_x.standins.expert_reading import ReadingSettings
     from sphinx_x.standins.settings import LlmPretrainConfig, LookupWarmupConfig, check_expert_weights
 
+    check_expert_weights(args.expert_scene_weight, args.expert_token_weight, args.expert_ocr_weight)
+    llm = LlmPretrainConfig(steps=args.llm_steps, batch_size=args.llm_batch, lr=args.llm_lr,
+                            scene_share=args.scene_share, arithmetic_share=args.arithmetic_share, seed=args.seed)
+    warmup = LookupWarmupConfig(steps=args.warmup_steps, samples=args.warmup_samples,
+                                text_steps=args.warmup_text_steps, seed=args.seed,
+                                box_steps=args.warmup_box_steps, box_mix_steps=args.warmup_box_mix_steps,
+                                text_share=args.warmup_text_share, rec_steps=args.warmup_rec_steps,
+                                rec_rounds=args.warmup_rec_rounds, rec_kinds=args.warmup_rec_kinds,
+                                box_mix_kinds=args.warmup_box_mix_kinds, read_steps=args.warmup_read_steps,
+                                read_kinds=args.warmup_read_kinds, kinds=args.warmup_kinds)
+    return BuildSettings(seed=args.seed, expert_steps=args.expert_steps, expert_lr=args.expert_lr,
+                         expert_scene_weight=args.expert_scene_weight, expert_token_weight=args.expert_token_weight,
+                         expert_ocr_weight=args.expert_ocr_weight, llm=llm, note=args.note,
+                         experts_from=args.experts_from, llm_from=args.llm_from, warmup=warmup,
+                         reading=ReadingSettings(steps=args.expert_read_steps, lr=args.expert_read_lr,
+                                                 keep_weight=args.expert_read_keep_weight))
+
+
+def run(args: argparse.Namespace) -> int:
+    from sphinx_x.commands.pretrain_llm import usable_out
+    from sphinx_x.standins import MANIFEST_NAME
+    from sphinx_x.standins.build import build_standins
+
     try:
-        check_expert_weights(args.expert_scene_weight, args.expert_token_weight, args.expert_ocr_weight)
-        llm = LlmPretrainConfig(steps=args.llm_steps, batch_size=args.llm_batch, lr=args.llm_lr,
-                                scene_share=args.scene_share, arithmetic_share=args.arithmetic_share,
-                                seed=args.seed)
-        warmup = LookupWarmupConfig(steps=args.warmup_steps, samples=args.warmup_samples,
-                                    text_steps=args.warmup_text_steps, seed=args.seed,
-                                    box_steps=args.warmup_box_steps, box_mix_steps=args.warmup_box_mix_steps,
-                                    text_share=args.warmup_text_share, rec_steps=args.warmup_rec_steps,
-                                    rec_rounds=args.warmup_rec_rounds,
-                                    rec_kinds=args.warmup_rec_kinds, box_mix_kinds=args.warmup_box_mix_kinds,
-                                    read_steps=args.warmup_read_steps,
-                                    read_kinds=args.warmup_read_kinds,
-                                    kinds=args.warmup_kinds)
+        settings = settings_from_args(args)
     except ValueError as e:
         print(f"sphinx-x build-standins: error: {e}", file=sys.stderr)
         return 2
@@ -163,13 +177,6 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         print(f"sphinx-x build-standins: error: {problem}", file=sys.stderr)
         return 2
-    settings = BuildSettings(seed=args.seed, expert_steps=args.expert_steps, expert_lr=args.expert_lr,
-                             expert_scene_weight=args.expert_scene_weight,
-                             expert_token_weight=args.expert_token_weight,
-                             expert_ocr_weight=args.expert_ocr_weight, llm=llm, note=args.note,
-                             experts_from=args.experts_from, llm_from=args.llm_from, warmup=warmup,
-                             reading=ReadingSettings(steps=args.expert_read_steps, lr=args.expert_read_lr,
-                                                     keep_weight=args.expert_read_keep_weight))
     manifest = build_standins(out, settings, progress=not args.quiet, log=lambda m: print(m, flush=True))
     made = manifest["made"]
     total = sum(f["bytes"] for f in manifest["files"].values())

@@ -214,12 +214,10 @@ class Plan:
 
     @property
     def warmup_box_text(self) -> str:
-        """The box stages, rounds and reading stage as printed, e.g. "12 + 25 + 3 x 25"; "" when the warm-up has
-        none."""
+        """The box stages and rounds as printed, e.g. "12 + 25 + 3 x 25"; "" when the warm-up has none."""
         box, box_mix = self.warmup_box_steps
         rounds = f" + {WARMUP_REC_ROUNDS} x {self.warmup_rec_steps}" if self.warmup_rec_steps and WARMUP_REC_ROUNDS \
             else ""
-        rounds += f" + {self.warmup_read_steps} reading" if self.warmup_read_steps else ""
         return f"{box} + {box_mix}{rounds}" if box or box_mix or rounds else ""
 
     @property
@@ -253,11 +251,16 @@ def plan_run(minutes: float, train_samples: int, bench_rows: int, expert_cap: in
                  + WARMUP_READ_STEPS) / WARMUP_STEPS
     warmup = math.floor(shares[2] * train_s / 60 / ((1 + box_ratio) / TRAIN_STEPS_PER_MIN
                                                     + WARMUP_TEXT_STEPS / WARMUP_STEPS / LLM_STEPS_PER_MIN))
-    one_stage = math.floor((1 - sum(shares)) * train_s / 60 * TRAIN_STEPS_PER_MIN)
     cap = train_cap or RECIPE["train"]["max_steps"]
-    starved = one_stage < 1 or (from_scratch and (experts < 1 or llm < 1))
     if not from_scratch:
-        return Plan(corpus_s, 0, 0, min(cap, max(one_stage, 1)), eval_s, SAVE_RESERVE_S, starved)
+        one_stage = math.floor(train_s / 60 * TRAIN_STEPS_PER_MIN)
+        return Plan(corpus_s, 0, 0, min(cap, max(one_stage, 1)), eval_s, SAVE_RESERVE_S, one_stage < 1)
+    # the one-stage run gets what the stand-ins' stages leave, their whole-step rounding included (seconds across
+    # nine stages)
+    made = Plan(corpus_s, max(experts, 0), max(llm, 0), 0, eval_s, SAVE_RESERVE_S, False, max(warmup, 0))
+    one_stage = math.floor((train_s - made.expert_s - made.read_s - made.llm_s - made.warmup_s) / 60
+                           * TRAIN_STEPS_PER_MIN)
+    starved = one_stage < 1 or experts < 1 or llm < 1
     return Plan(corpus_s, min(expert_cap, max(experts, 1)), min(llm_cap, max(llm, 1)), min(cap, max(one_stage, 1)),
                 eval_s, SAVE_RESERVE_S, starved, min(warmup_cap, max(warmup, 0)))
 
@@ -300,7 +303,8 @@ def pace_note(experts: Phase, plan: Plan, elapsed_s: float) -> str | None:
     slowdown = experts.wall_s / max(plan.expert_s, 1e-9)
     if slowdown <= OVERRUN_WARNING:
         return None
-    eta = elapsed_s + (plan.llm_s + plan.warmup_s + plan.train_s + plan.eval_s + plan.reserve_s) * slowdown
+    rest = plan.read_s + plan.llm_s + plan.warmup_s + plan.train_s + plan.eval_s + plan.reserve_s
+    eta = elapsed_s + rest * slowdown
     return (f"note: expert pretraining ran {experts.steps / max(experts.wall_s / 60, 1e-9):.0f} steps/min against "
             f"{experts.idle_rate:.0f} on 2 idle CPU cores: this machine is busy (or slower), so at this pace the "
             f"run takes about {eta / 60:.0f} min instead of {plan.total_s / 60:.1f}. It still runs every planned "
@@ -417,6 +421,7 @@ def warm_up(out: Path, plan: Plan, seed: int, progress: bool, phases: list[Phase
                               box_steps=box, box_mix_steps=box_mix, rec_steps=plan.warmup_rec_steps,
                               read_steps=plan.warmup_read_steps)
     boxes = f", then {plan.warmup_box_text} on boxes" if plan.warmup_box_text else ""
+    boxes += f", then {warm.read_steps} reading" if warm.read_steps else ""
     text = f", then {warm.text_steps} text steps" if warm.text_steps else ""
     print(f"[2/5] nano's LLM: lookup warm-up on single colour / shape questions, {warm.steps} one-stage steps{boxes} "
           f"with {100 * warm.text_share:g}% text dialogues (experts frozen; its projector and tags are kept){text}",
@@ -425,6 +430,7 @@ def warm_up(out: Path, plan: Plan, seed: int, progress: bool, phases: list[Phase
     _, scores = warm_up_llm_dir(out / "llm", expert_paths, tokenizer, llm_cfg, warm, text_accuracy,
                                 out / CONNECTOR_NAME, progress)
     boxes = f"{plan.warmup_box_text} box steps + " if plan.warmup_box_text else ""
+    boxes += f"{warm.read_steps} reading steps + " if warm.read_steps else ""
     phases.append(Phase("LLM lookup warm-up", f"{warm.steps} of {plan.warmup_steps} planned steps + {boxes}"
                         f"{warm.text_steps} text steps", plan.warmup_s, clock() - t, warm.steps, plan.warmup_steps,
                         TRAIN_STEPS_PER_MIN))
@@ -479,6 +485,7 @@ def run(args: argparse.Namespace) -> int:
     plan = plan_run(args.minutes, args.train_samples, args.bench_rows, args.expert_steps, args.max_steps,
                     from_scratch, args.llm_steps, args.warmup_steps)
     boxes = f"{plan.warmup_box_text} box, " if plan.warmup_box_text else ""
+    boxes += f"{plan.warmup_read_steps} reading, " if plan.warmup_read_steps else ""
     reading = f", {plan.read_steps} reading" if plan.read_steps else ""
     pretraining = (f"{plan.expert_steps} expert{reading} and {plan.llm_steps} LLM pretraining steps, "
                    f"{plan.warmup_steps} lookup warm-up, {boxes}{plan.warmup_text_steps} text steps, " if from_scratch

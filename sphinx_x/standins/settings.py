@@ -22,18 +22,17 @@ EXPERT_OCR_WEIGHT = 0.0
 # objectives above and the reading one (x 1) beside them, on scenes and pages of their own seed stream (the set's
 # seed + 1). Trained from scratch beside the scene objectives, reading reached 16% of whole pages and cost the
 # ConvNeXt its shapes (stops 22-23); fine-tuned after them for 800 steps at 2e-3 it reads from the sub-image views
-# (docs/experiments.md, stop 39). The ConvNeXt only: DINOv2's 56-px views are too small to read (stop 22). Off in the
-# packaged set (0 steps): with it and an "ocr" kind in the warm-up's rounds the quickstart's OCR is 36.7 ± 7.6 (2.5
-# without) but its REC falls from 62.5 to 40.8 ± 6.3 (3 seeds, stop 39).
-EXPERT_READ_STEPS = 0
+# (docs/experiments.md, stop 39). The ConvNeXt only: DINOv2's 56-px views are too small to read (stop 22).
+EXPERT_READ_STEPS = 800
 EXPERT_READ_LR = 2e-3
 EXPERT_READ_EXPERTS = ("clip_convnext",)
 # The reading stage moved the ConvNeXt's scene tokens far (mean cosine 0.54 to the packaged ones) and the warm-up's
 # named boxes fell with it, 52 -> 29% with the rounds unchanged (docs/experiments.md, stop 40). A weight > 0 holds
 # the scene views' tokens near the starting trunk's (`keep_loss`, relative squared distance) while the pages' move:
-# at 1 the tokens keep a cosine of 0.943 and the ConvNeXt reads as well (47% of words from the sub-image view). Off
-# until a set made with it is measured through the quickstart.
-EXPERT_READ_KEEP_WEIGHT = 0.0
+# at 1 the tokens keep a cosine of 0.943 and the ConvNeXt reads as well (47% of words from the sub-image view). The
+# packaged set has both (stop 41): its warm-up boxes 54% of the named objects and the quickstart's OCR is 33.3 ± 6.3
+# with REC 65.8 ± 8.0 (2.5 and 62.5 without the reading stage; 3 seeds).
+EXPERT_READ_KEEP_WEIGHT = 1.0
 LLM_STEPS = 800
 ARITHMETIC_SHARE = 0.0
 # The lookup warm-up after text pretraining (sphinx_x/standins/lookup_warmup.py): one-stage steps of 8 single
@@ -71,7 +70,7 @@ WARMUP_REC_KINDS = ("box", "rec", "rec", "shape", "color")
 # Then a reading stage (0 steps: none): the word on a synth-bench OCR page asked beside the named boxes and the
 # lookups, after the rounds, so that the rounds' mix stays as measured (with "ocr" inside the rounds instead, the
 # named boxes fell from 52 to 26%: docs/experiments.md, stop 39).
-WARMUP_READ_STEPS = 0
+WARMUP_READ_STEPS = 2000
 WARMUP_READ_KINDS = ("ocr", "rec", "box", "ocr", "rec", "shape", "color")
 WARMUP_BATCH = 8  # the global batch of nano's recipe (sphinx_x/train/recipe.py), which the warm-up trains with
 
