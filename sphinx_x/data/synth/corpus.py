@@ -88,10 +88,11 @@ def _schedule(domains: dict[str, Domain] | None = None) -> list[str]:
 SCHEDULE = _schedule()
 
 # The training mix as it was when the shipped nano tokenizer was built (VQA at weight 8 without lookups first,
-# grounding at weight 3 without a box question first): scripts/build_nano_tokenizer.py trains on it, so the
-# tokenizer the stand-in LLM knows stays reproducible.
+# grounding at weight 3 without a box question first, OCR at weight 3): scripts/build_nano_tokenizer.py trains on
+# it, so the tokenizer the stand-in LLM knows stays reproducible.
 TOKENIZER_DOMAINS = {**DOMAINS, "vqa": Domain(partial(generate_vqa, lookups_first=False), "image_text", 8),
-                     "grounding": Domain(partial(generate_grounding, rec_first=False), "image_text", 3)}
+                     "grounding": Domain(partial(generate_grounding, rec_first=False), "image_text", 3),
+                     "ocr": Domain(generate_ocr, "image_text", 3)}
 TOKENIZER_SCHEDULE = _schedule(TOKENIZER_DOMAINS)
 
 
