@@ -102,7 +102,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         f"(default {','.join(w.rec_kinds)})")
     p.add_argument("--warmup-read-steps", type=non_negative_int, default=w.read_steps,
                    help=f"then a reading stage of this many warm-up steps on --warmup-read-kinds (default "
-                        f"{w.read_steps}: none)")
+                        f"{w.read_steps}; 0: none)")
     p.add_argument("--warmup-read-kinds", type=comma_list, default=",".join(w.read_kinds),
                    help=f"the reading stage's kinds in turn, comma-separated among {', '.join(defaults.WARMUP_KINDS)} "
                         f"(default {','.join(w.read_kinds)})")
