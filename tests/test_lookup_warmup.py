@@ -5,6 +5,7 @@ tests/test_quickstart.py."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -253,3 +254,30 @@ def test_a_warm_up_without_text_steps_scores_the_warmed_llm(tmp_path, monkeypatc
     assert set(manifest["scores"]["llm_held_out_answer_accuracy"]) == {"text", "arithmetic", "scene"}
     summary = json.loads((tmp_path / "set" / "llm" / "pretrain_llm.json").read_text())
     assert summary["steps"] == 0 and summary["lookup_warmup"]["text_steps"] == 0
+
+
+def test_every_stage_averages_its_loss_over_tokens_whatever_the_recipe(monkeypatch, tmp_path):
+    """The warm-up's stages were measured with token averaging; nano's one-stage recipe averages per turn: the
+    warm-up pins its own (WARMUP_LOSS_REDUCTION), so the packaged set stays reproducible from its command."""
+    import sphinx_x.train.loop as loop
+    from sphinx_x.standins.lookup_warmup import warm_up_lookups
+    from sphinx_x.standins.settings import WARMUP_LOSS_REDUCTION
+    from sphinx_x.train.recipe import RECIPE
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def train(cfg):
+        seen.append((Path(cfg.output.dir).name, cfg.optim.loss_reduction))
+        if len(seen) == 2:
+            raise Stop
+        return tmp_path / "final"
+
+    monkeypatch.setattr(loop, "train", train)
+    cfg = LookupWarmupConfig(samples=8, steps=1, box_steps=1, box_mix_steps=0, rec_rounds=0, read_steps=0)
+    with pytest.raises(Stop):
+        warm_up_lookups(tmp_path / "llm", {"clip_convnext": "a", "dinov2": "b"}, tmp_path / "work", cfg)
+    assert RECIPE["optim"]["loss_reduction"] == "turn" and WARMUP_LOSS_REDUCTION == "token"
+    assert seen == [("train", "token"), ("train-boxes", "token")]

@@ -316,3 +316,29 @@ def test_drills_add_arithmetic_dialogues_to_the_training_mix_only(corpus: Path, 
         {k: v for k, v in plain.items() if k not in ("train.yaml", "synth.json")}
     with pytest.raises(ValueError, match="--drills must be >= 0"):
         generate_corpus(tmp_path / "e", 1, 0, 0, drills=-1)
+
+
+def test_ocr_kinds_are_drawn_by_their_weights() -> None:
+    """Training OCR samples are single words in KIND_WEIGHTS's share (9 in 15), the other kinds in theirs; explicit
+    weights replace them (the tokenizer's mix keeps 3:2:2:2); a benchmark row is always one word."""
+    import random
+
+    from sphinx_x.data.synth.ocr import KIND_WEIGHTS, TRANSCRIBE_PROMPT, generate_ocr
+
+    def kinds(n: int, weights: dict[str, int] | None = None) -> dict[str, int]:
+        counts = {"word": 0, "line": 0, "other": 0}
+        for i in range(n):
+            s = generate_ocr(random.Random(f"kinds:{i}"), kind_weights=weights)
+            answer = dict(s.turns).get(TRANSCRIBE_PROMPT)
+            kind = "other" if answer is None or s.meta["words"][2:] else ("word", "line")[len(answer.split()) > 1]
+            counts[kind] += 1
+        return counts
+
+    assert KIND_WEIGHTS == {"word": 9, "line": 2, "spotting": 2, "page": 2}
+    shares = kinds(300)
+    assert 0.5 < shares["word"] / 300 < 0.7 and 0.07 < shares["line"] / 300 < 0.2
+    assert kinds(40, {"word": 1, "line": 0, "spotting": 0, "page": 0}) == {"word": 40, "line": 0, "other": 0}
+    old = kinds(300, {"word": 3, "line": 2, "spotting": 2, "page": 2})
+    assert 0.25 < old["word"] / 300 < 0.42
+    row = generate_ocr(random.Random("row"), task="ocr", kind_weights={"word": 0, "line": 1, "spotting": 0, "page": 0})
+    assert len(row.meta["words"]) == 1 and row.bench["answer"] == row.meta["words"][0]["text"]

@@ -25,6 +25,7 @@ from sphinx_x.standins.settings import (
     EXPERT_STEPS,
     EXPERT_TOKEN_WEIGHT,
     LLM_STEPS,
+    WARMUP_LOSS_REDUCTION,
     LlmPretrainConfig,
     LookupWarmupConfig,
 )
@@ -362,7 +363,8 @@ def warmup_line(w: dict[str, Any], seed: int) -> str:
             if w["text_steps"] else "No text steps after it. ")
     wall = f"{w['wall_s'] / 60:.1f}" + (f" + {w['text_wall_s'] / 60:.1f}" if w["text_steps"] else "")
     return (f"- LLM lookup warm-up, after the text pretraining (sphinx_x/standins/lookup_warmup.py): a one-stage run "
-            f"with nano's recipe ({optim['name']}, lr {optim['lr']:g}, batch {batch}) and the experts above frozen, "
+            f"with nano's recipe ({optim['name']}, lr {optim['lr']:g}, batch {batch}; the loss averaged over "
+            f"{WARMUP_LOSS_REDUCTION}s) and the experts above frozen, "
             f"{w['steps']} steps on "
             f"{w['samples']} single questions about scenes of 2-4 objects, {kinds} lookups in turn "
             f"(\"What shape is the red object?\", \"What color is the star?\"), seed {seed}{boxes}. "

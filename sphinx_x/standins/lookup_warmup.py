@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from sphinx_x.standins.settings import WARMUP_BATCH, LlmPretrainConfig, LookupWarmupConfig
+from sphinx_x.standins.settings import WARMUP_BATCH, WARMUP_LOSS_REDUCTION, LlmPretrainConfig, LookupWarmupConfig
 
 ROW_FILE = "train/lookups.jsonl"
 TEXT_FILE = "train/text.jsonl"
@@ -189,6 +189,7 @@ def warm_up_lookups(llm_dir: str | Path, expert_paths: dict[str, str | Path], wo
         questions, text_rows = stage_rows(cfg, samples)
         mix = lookup_corpus(workdir / f"corpus{name}", cfg, kinds, questions, split, text_rows)
         train_cfg = train_config(workdir / f"train{name}", mix, steps, cfg.seed, progress, workdir / "model.yaml")
+        train_cfg.optim.loss_reduction = WARMUP_LOSS_REDUCTION
         if final is not None:
             train_cfg.model.path = str(final)
         final = train(train_cfg)

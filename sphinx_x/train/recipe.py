@@ -11,7 +11,7 @@ RECIPE: dict[str, Any] = {
     "model": {"preset": "nano"},
     "data": {"max_len": 512, "num_workers": 1},
     "optim": {"lr": 1.0e-3, "betas": [0.9, 0.95], "weight_decay": 0.0, "warmup_ratio": 0.03, "grad_clip": 8.0,
-              "name": "muon"},
+              "name": "muon", "loss_reduction": "turn"},
     "train": {"max_steps": 5000, "global_batch": 8, "micro_batch": 8, "precision": "fp32", "seed": 0,
               "device": "cpu", "cpu_threads": 2},
 }

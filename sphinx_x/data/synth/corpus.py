@@ -89,11 +89,12 @@ def _schedule(domains: dict[str, Domain] | None = None) -> list[str]:
 SCHEDULE = _schedule()
 
 # The training mix as it was when the shipped nano tokenizer was built (VQA at weight 8 without lookups first,
-# grounding at weight 3 without a box question first, OCR at weight 3): scripts/build_nano_tokenizer.py trains on
-# it, so the tokenizer the stand-in LLM knows stays reproducible.
+# grounding at weight 3 without a box question first, OCR at weight 3 with its kinds 3:2:2:2):
+# scripts/build_nano_tokenizer.py trains on it, so the tokenizer the stand-in LLM knows stays reproducible.
+TOKENIZER_OCR_KINDS = {"word": 3, "line": 2, "spotting": 2, "page": 2}
 TOKENIZER_DOMAINS = {**DOMAINS, "vqa": Domain(partial(generate_vqa, lookups_first=False), "image_text", 8),
                      "grounding": Domain(partial(generate_grounding, rec_first=False), "image_text", 3),
-                     "ocr": Domain(generate_ocr, "image_text", 3)}
+                     "ocr": Domain(partial(generate_ocr, kind_weights=TOKENIZER_OCR_KINDS), "image_text", 3)}
 TOKENIZER_SCHEDULE = _schedule(TOKENIZER_DOMAINS)
 
 
