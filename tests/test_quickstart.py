@@ -323,8 +323,8 @@ def test_quickstart_from_scratch_pretrains_the_standins_itself(tmp_path, capsys,
     monkeypatch.setattr(qs, "LLM_EVAL_PER_KIND", 2)
     monkeypatch.setattr(qs, "SCRATCH_READ_RATIO", 0.25)  # with the experts' reading stage, whatever the defaults
     out = tmp_path / "qs"
-    # 0.6 minutes: the warm-up's share buys its 2 capped steps and so a box stage and the named-box rounds
-    rc = cli_main(["quickstart", "--out", str(out), "--minutes", "0.6", "--train-samples", "30",
+    # 0.7 minutes: the warm-up's share buys its 2 capped steps and so a box stage and the named-box rounds
+    rc = cli_main(["quickstart", "--out", str(out), "--minutes", "0.7", "--train-samples", "30",
                    "--bench-rows", str(len(BENCH_TASKS)), "--max-steps", "2", "--expert-steps", "4",
                    "--llm-steps", "2", "--warmup-steps", "2", "--from-scratch", "--quiet"])
     assert rc == 0
@@ -335,7 +335,7 @@ def test_quickstart_from_scratch_pretrains_the_standins_itself(tmp_path, capsys,
     rounds = f" + {warm.WARMUP_REC_ROUNDS} x {2 * warm.WARMUP_REC_STEPS // warm.WARMUP_STEPS}"
     reading = 2 * warm.WARMUP_READ_STEPS // warm.WARMUP_STEPS  # the warm-up's reading stage
     box_plan = f"{boxes[0]} + {boxes[1]}{rounds} box, " + (f"{reading} reading, " if reading else "")
-    assert "plan for --minutes 0.6 on 2 idle CPU cores: 4 expert, 1 reading and 2 LLM pretraining steps, 2 lookup " \
+    assert "plan for --minutes 0.7 on 2 idle CPU cores: 4 expert, 1 reading and 2 LLM pretraining steps, 2 lookup " \
         "warm-up, " \
         f"{box_plan}{2 * warm.WARMUP_TEXT_STEPS // warm.WARMUP_STEPS} text steps, 2 one-stage" in printed
     assert "[2/5] pretraining nano's vision experts" in printed and "[2/5] pretraining nano's LLM" in printed
