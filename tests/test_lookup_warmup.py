@@ -115,7 +115,7 @@ def test_the_stages_run_in_order_and_the_named_box_rounds_repeat():
     assert [(name, steps, split) for name, steps, _, split in stages] == [
         ("", 4000, "lookup-train"), ("-boxes", 1000, "box-train"), ("-box-mix", 2000, "box-mix-train"),
         ("-rec1", 2000, "box-more-train"), ("-rec2", 2000, "box-more2-train"), ("-rec3", 2000, "box-more3-train"),
-        ("-read", 4000, "read-train")]
+        ("-read", 6000, "read-train")]
     assert stages[-2][2] == stages[-3][2] == ("box", "rec", "rec", "shape", "color")
     assert stages[-1][2] == ("ocr", "rec", "box", "ocr", "rec", "shape", "color")
     cfg = LookupWarmupConfig(steps=3, box_steps=0, box_mix_steps=2, rec_steps=1, rec_rounds=3, rec_kinds=("rec",),
