@@ -2,6 +2,8 @@
 
     python benchmarks/bench_vs_llava_next.py [--sizes nano,45m] [--dtypes fp32,bf16] [--reps 5]
         [--new-tokens 32] [--threads 1] [--compile] [--clock wall|cpu] [--preprocess-baseline REV]
+        [--device cpu|cuda]
+    python benchmarks/bench_vs_llava_next.py --gpu     # the `tiny` size, bf16, on one GPU (see below)
 
 One process builds both models per (size, dtype) and runs every measurement as alternating
 repetitions (ours, theirs, ours, theirs, ...) after one warm-up each, so slow drift of a shared machine
@@ -45,6 +47,15 @@ Why each setting is fair:
   revision REV (`load_image` + `prepare_image` of that file, read with `git show`), alternating as above.
 - Same threads (`--threads`, default 1 because the machine is shared) and dtype for both; bf16 runs
   both models in bfloat16 (the CPU's AVX512-BF16 support decides whether bf16 is fast; `lscpu` tells).
+
+The `tiny` size (`--gpu` = `--sizes tiny --dtypes bf16 --device cuda --reps 5 --clock wall`) compares the
+designs at SPHINX-Tiny's scale, not matched on FLOPs: ours is the `tiny` preset (TinyLlama-1.1B dims, CLIP
+ConvNeXt-XXL on 512-px views and DINOv2-g on 224-px views, 2x2 grid), theirs LLaVA-NeXT's own tower (CLIP
+ViT-L/14 at 336 px, features of its second-last layer, its two-layer projector) with
+`image_grid_pinpoints=[[672, 672]]` (the same global view + 2x2 grid) over the same LLM weights. Inputs are
+1024x1024 and 1024x512 PNGs. The tokenizer is nano's with added tokens up to the LLM's 32000 ids (random
+weights generate any id; no model hub is reachable), so both sides encode and decode the same ids. On a GPU
+every clock reading is preceded by `torch.cuda.synchronize()`, so a time covers the kernels it launched.
 """
 
 from __future__ import annotations
@@ -57,6 +68,7 @@ import sys
 import time
 import types
 from collections.abc import Callable
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -78,21 +90,51 @@ from sphinx_x.constants import IMAGE_TOKEN_ID
 from sphinx_x.infer.chat import encode
 from sphinx_x.infer.generate import compile_for_generation, decode_batch
 from sphinx_x.infer.options import GenerationConfig
-from sphinx_x.model import SphinxX
+from sphinx_x.model import SphinxX, detach_weight_paths
 from sphinx_x.tokenizer import load_tokenizer
 from sphinx_x.train.flops import measure_matmul_peak
 
 LLM_SIZES = {
     "nano": {},
     "45m": dict(hidden_size=640, num_layers=10, num_heads=10, num_kv_heads=5, intermediate_size=1728),
+    "tiny": None,  # the `tiny` preset as it is, vision included
 }
+CPU = torch.device("cpu")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 CLIP_TOWER = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
                   image_size=128, patch_size=32)
+CLIP_VIT_L_336 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                      image_size=336, patch_size=14)  # LLaVA-NeXT's tower (openai/clip-vit-large-patch14-336)
 IMAGE_TOKEN = "<reserved_1179>"  # an existing special token of the nano tokenizer: LLaVA-NeXT's image token
 IMAGES = {"1:1": (384, 384), "2:1": (512, 256)}  # input sizes (width, height) before preprocessing
+TINY_IMAGES = {"1:1": (1024, 1024), "2:1": (1024, 512)}
 QUESTION = "Describe the image in detail."
-now = time.perf_counter  # --clock cpu: time.process_time
+GPU = dict(sizes="tiny", dtypes="bf16", device="cuda", reps=5, clock="wall")
+now = time.perf_counter  # --clock cpu: time.process_time; on a GPU, after a synchronize (`make_clock`)
+
+
+def make_clock(kind: str, device: torch.device) -> Callable[[], float]:
+    base = time.process_time if kind == "cpu" else time.perf_counter
+    if device.type != "cuda":
+        return base
+
+    def synced() -> float:
+        torch.cuda.synchronize(device)
+        return base()
+
+    return synced
+
+
+def images_for(size: str) -> dict[str, tuple[int, int]]:
+    return TINY_IMAGES if size == "tiny" else IMAGES
+
+
+def bench_tokenizer(vocab_size: int):
+    """The nano tokenizer, with added tokens `<extra_i>` up to `vocab_size` ids when the LLM has more."""
+    tok = load_tokenizer("nano")
+    if len(tok) < vocab_size:
+        tok.add_tokens([f"<extra_{i}>" for i in range(len(tok), vocab_size)])
+    return tok
 
 
 # ---- inputs ----------------------------------------------------------------------------------------
@@ -111,44 +153,66 @@ def png(img: Image.Image) -> bytes:
 
 
 # ---- models ----------------------------------------------------------------------------------------
-def build_ours(size: str, dtype: torch.dtype) -> SphinxX:
-    config = SphinxXConfig.from_name("nano")
-    for k, v in LLM_SIZES[size].items():
-        setattr(config.llm, k, v)
+@contextmanager
+def built_in(device: torch.device, dtype: torch.dtype):
+    """Modules constructed inside are allocated on `device` in `dtype` (no fp32 copy of a 3B model on the host)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def build_ours(size: str, dtype: torch.dtype, device: torch.device = CPU) -> SphinxX:
+    if size == "tiny":
+        config = detach_weight_paths(SphinxXConfig.from_name("tiny"))  # random weights from the dims
+    else:
+        config = SphinxXConfig.from_name("nano")
+        for k, v in LLM_SIZES[size].items():
+            setattr(config.llm, k, v)
     torch.manual_seed(0)
-    model = SphinxX(config)
+    with built_in(device, dtype if size == "tiny" else torch.float32):
+        model = SphinxX(config)
     with torch.no_grad():  # larger weights than init's std 0.02 so greedy answers vary with the input
         for p in model.llm.parameters():
-            if p.dim() >= 2:
+            if p.dim() >= 2 and size != "tiny":
                 p.normal_(0, 0.08)
-    model.tokenizer = load_tokenizer("nano")
-    return model.to(dtype).eval()
+    model.tokenizer = bench_tokenizer(config.llm.vocab_size)
+    return model.to(device, dtype).eval()
 
 
-def build_theirs(ours: SphinxX, dtype: torch.dtype) -> tuple[LlavaNextForConditionalGeneration, LlavaNextProcessor]:
-    tok = load_tokenizer("nano")
+def build_theirs(ours: SphinxX, dtype: torch.dtype, size: str = "nano"
+                 ) -> tuple[LlavaNextForConditionalGeneration, LlavaNextProcessor]:
+    tok = bench_tokenizer(ours.llm.config.vocab_size)
     tok.padding_side = "left"
+    tower = CLIP_VIT_L_336 if size == "tiny" else CLIP_TOWER
+    side = tower["image_size"]
+    pinpoints = [[2 * side, 2 * side]]  # every image: the global view + a 2x2 grid, as ours
     config = LlavaNextConfig(
-        vision_config=CLIPVisionConfig(**CLIP_TOWER),
+        vision_config=CLIPVisionConfig(**tower),
         text_config=ours.llm.config.to_dict(),
         image_token_index=tok.convert_tokens_to_ids(IMAGE_TOKEN),
-        image_grid_pinpoints=[[256, 256]],  # every image: the 128-px global view + a 2x2 grid, as ours
-        vision_feature_layer=-1,
+        image_grid_pinpoints=pinpoints,
+        vision_feature_layer=-2 if size == "tiny" else -1,  # LLaVA's own choice at its real scale
         vision_feature_select_strategy="default",
     )
     torch.manual_seed(1)
-    theirs = LlavaNextForConditionalGeneration(config)
+    device = ours.llm.lm_head.weight.device
+    with built_in(device, dtype if size == "tiny" else torch.float32):
+        theirs = LlavaNextForConditionalGeneration(config)
     theirs.model.language_model.load_state_dict(ours.llm.get_decoder().state_dict())
     theirs.lm_head.load_state_dict(ours.llm.get_output_embeddings().state_dict())
     theirs.generation_config.eos_token_id = None
     theirs.generation_config.pad_token_id = tok.pad_token_id
-    ip = LlavaNextImageProcessor(size={"shortest_edge": 128}, crop_size={"height": 128, "width": 128},
-                                 image_grid_pinpoints=[[256, 256]], image_mean=list(CLIP_MEAN),
+    ip = LlavaNextImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side},
+                                 image_grid_pinpoints=pinpoints, image_mean=list(CLIP_MEAN),
                                  image_std=list(CLIP_STD))
-    proc = LlavaNextProcessor(image_processor=ip, tokenizer=tok, patch_size=CLIP_TOWER["patch_size"],
+    proc = LlavaNextProcessor(image_processor=ip, tokenizer=tok, patch_size=tower["patch_size"],
                               vision_feature_select_strategy="default", image_token=IMAGE_TOKEN,
                               num_additional_image_tokens=1)  # CLIP's CLS token
-    return theirs.to(dtype).eval(), proc
+    return theirs.to(device, dtype).eval(), proc
 
 
 def their_text(ours: SphinxX, question: str) -> str:
@@ -159,7 +223,7 @@ def their_text(ours: SphinxX, question: str) -> str:
 
 
 def check_same_llm(ours: SphinxX, theirs: LlavaNextForConditionalGeneration) -> float:
-    ids = ours.tokenizer(QUESTION, return_tensors="pt").input_ids
+    ids = ours.tokenizer(QUESTION, return_tensors="pt").input_ids.to(ours.llm.lm_head.weight.device)
     with torch.inference_mode():
         a = ours(ids).logits.float()
         b = theirs(input_ids=ids).logits.float()
@@ -268,10 +332,12 @@ def row(name: str, unit: str, a: list[float], b: list[float], higher_is_better: 
             f"{statistics.median(ratios):.2f}x [{min(ratios):.2f}, {max(ratios):.2f}] |")
 
 
-def compare(size: str, dtype_name: str, reps: int, n: int, compile_llm: bool = False) -> list[str]:
+def compare(size: str, dtype_name: str, reps: int, n: int, compile_llm: bool = False,
+            device: torch.device = CPU) -> list[str]:
     dtype = DTYPES[dtype_name]
-    ours = build_ours(size, dtype)
-    theirs, proc = build_theirs(ours, dtype)
+    ours = build_ours(size, dtype, device)
+    theirs, proc = build_theirs(ours, dtype, size)
+    images = images_for(size)
     if compile_llm:  # both LLMs, the same way; the warm-up repetitions absorb the compilation
         # both models' forwards share transformers' decorator code: room for every shape variant of both
         torch._dynamo.config.recompile_limit = 64
@@ -279,7 +345,7 @@ def compare(size: str, dtype_name: str, reps: int, n: int, compile_llm: bool = F
         lm = theirs.model.language_model
         lm.forward = torch.compile(lm.forward, dynamic=True)
     text = their_text(ours, QUESTION)
-    pngs = {k: png(test_image(w, h, i)) for i, (k, (w, h)) in enumerate(IMAGES.items())}
+    pngs = {k: png(test_image(w, h, i)) for i, (k, (w, h)) in enumerate(images.items())}
     pil = {k: Image.open(io.BytesIO(v)).convert("RGB") for k, v in pngs.items()}
 
     def ours_prompt(aspect: str):
@@ -289,7 +355,7 @@ def compare(size: str, dtype_name: str, reps: int, n: int, compile_llm: bool = F
         inputs = proc(images=[pil[a] for a in aspects], text=[text] * len(aspects), return_tensors="pt",
                       padding=True)
         inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
-        return inputs
+        return inputs.to(device)
 
     lines = []
     p_ours, p_theirs = ours_prompt("1:1"), theirs_inputs(["1:1"])
@@ -298,8 +364,8 @@ def compare(size: str, dtype_name: str, reps: int, n: int, compile_llm: bool = F
     their_text_ids = [i for i in their_ids if i != theirs.config.image_token_index]
     visual = {a: (sum(i == IMAGE_TOKEN_ID for i in ours_prompt(a).input_ids),
                   sum(i == theirs.config.image_token_index for i in theirs_inputs([a])["input_ids"][0].tolist()))
-              for a in IMAGES}
-    b_ours = collate_images(p_ours.images, ours.config.vision)
+              for a in images}
+    b_ours = collate_images(p_ours.images, ours.config.vision).to(device)
     f_ours = vision_flops(lambda: ours.visual(b_ours))
     f_theirs = vision_flops(lambda: theirs.model.get_image_features(p_theirs["pixel_values"], p_theirs["image_sizes"]))
     lines.append(f"\n### {size} LLM ({sum(p.numel() for p in ours.llm.parameters()) / 1e6:.1f}M), {dtype_name}, "
@@ -338,6 +404,7 @@ def compare(size: str, dtype_name: str, reps: int, n: int, compile_llm: bool = F
         img = Image.open(io.BytesIO(pngs["2:1"])).convert("RGB")
         inputs = proc(images=[img], text=[text], return_tensors="pt")
         inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+        inputs = inputs.to(device)
         with torch.inference_mode():
             out = theirs.generate(**inputs, max_new_tokens=n, do_sample=False)
         proc.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
@@ -348,14 +415,21 @@ def compare(size: str, dtype_name: str, reps: int, n: int, compile_llm: bool = F
     for aspect in ("2:1", "1:1"):
         a, b = alternate(partial(prep_ours, pngs[aspect], ours.config.vision),
                          partial(prep_theirs, pngs[aspect], proc.image_processor), max(reps, 10))
-        w, h = IMAGES[aspect]
+        w, h = images[aspect]
         lines.append(row(f"image preprocessing, {w}x{h} PNG", "s", a, b, higher_is_better=False))
     return lines
 
 
+def probe_peak(device: torch.device) -> str:
+    """The fixed matmul probe: fp32 512^3 on a CPU, bf16 8192^3 on a GPU."""
+    if device.type == "cuda":
+        return f"bf16 matmul peak {measure_matmul_peak(device, torch.bfloat16) / 1e12:.0f} TFLOP/s"
+    return f"fp32 matmul peak {measure_matmul_peak('cpu', torch.float32, n=512, seconds=1.0) / 1e9:.1f} GFLOP/s"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", default="nano,45m")
+    p.add_argument("--sizes", default="nano,45m", help="nano, 45m, tiny (comma-separated)")
     p.add_argument("--dtypes", default="fp32,bf16")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--new-tokens", type=int, default=32)
@@ -363,20 +437,30 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile both LLMs (dynamic shapes)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="wall time or the process's CPU time")
     p.add_argument("--preprocess-baseline", metavar="REV", help="also time preprocessing against canvas.py at REV")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (the models and their inputs; preprocessing is "
+                   "on the CPU either way)")
+    p.add_argument("--gpu", action="store_true", help="the tiny size in bf16 on one GPU: " + str(GPU))
     args = p.parse_args()
+    if args.gpu:
+        for k, v in GPU.items():
+            setattr(args, k, v)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", device.index or 0)
+        torch.cuda.set_device(device)
+        if args.clock == "cpu":
+            p.error("--clock cpu times the host process, not the GPU's kernels: use --clock wall on a GPU")
     global now
-    now = time.process_time if args.clock == "cpu" else time.perf_counter
+    now = make_clock(args.clock, device)
     torch.set_num_threads(args.threads)
-    peak = measure_matmul_peak("cpu", torch.float32, n=512, seconds=1.0)
-    print(f"CPU, {args.threads} thread(s), {args.clock} clock; fp32 matmul peak at start: {peak / 1e9:.1f} GFLOP/s")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"{where}, {args.threads} thread(s), {args.clock} clock; at start: {probe_peak(device)}")
     if args.preprocess_baseline:
         print("\n".join(preprocess_vs_baseline(args.preprocess_baseline, args.reps)), flush=True)
     for size in args.sizes.split(","):
         for dtype in args.dtypes.split(","):
-            print("\n".join(compare(size, dtype, args.reps, args.new_tokens, args.compile)), flush=True)
-    peak = measure_matmul_peak("cpu", torch.float32, n=512, seconds=1.0)
-    print(f"\nfp32 matmul peak at end: {peak / 1e9:.1f} GFLOP/s")
-
+            print("\n".join(compare(size, dtype, args.reps, args.new_tokens, args.compile, device)), flush=True)
+    print(f"\nat end: {probe_peak(device)}")
 
 if __name__ == "__main__":
     main()
