@@ -2,7 +2,7 @@
 
     python benchmarks/bench_vs_llava_next.py [--sizes nano,45m] [--dtypes fp32,bf16] [--reps 5]
         [--new-tokens 32] [--threads 1] [--compile] [--clock wall|cpu] [--preprocess-baseline REV]
-        [--device cpu|cuda]
+        [--device cpu|cuda] [--retain-host-memory]
     python benchmarks/bench_vs_llava_next.py --gpu     # the `tiny` size, bf16, on one GPU (see below)
 
 One process builds both models per (size, dtype) and runs every measurement as alternating
@@ -43,6 +43,8 @@ Why each setting is fair:
   machine a wall-clock interval also holds the time this process waited for a core, which lands on
   whichever side happened to be running; CPU time counts only the work done (all of the process's
   threads, so it suits `--threads 1`, where the work is the same). Both sides use the same clock.
+- `--retain-host-memory` keeps freed host memory in the process (`sphinx_x.hostmem`, what the `sphinx-x`
+  command does at start); it is process-wide, so it holds for both sides.
 - `--preprocess-baseline REV` adds one row: our preprocessing now against `sphinx_x/canvas.py` as of git
   revision REV (`load_image` + `prepare_image` of that file, read with `git show`), alternating as above.
 - Same threads (`--threads`, default 1 because the machine is shared) and dtype for both; bf16 runs
@@ -87,6 +89,7 @@ from transformers import (
 from sphinx_x.canvas import collate_images, load_image, prepare_image
 from sphinx_x.config import CLIP_MEAN, CLIP_STD, SphinxXConfig
 from sphinx_x.constants import IMAGE_TOKEN_ID
+from sphinx_x.hostmem import retain_freed_host_memory
 from sphinx_x.infer.chat import encode
 from sphinx_x.infer.generate import compile_for_generation, decode_batch
 from sphinx_x.infer.options import GenerationConfig
@@ -439,6 +442,8 @@ def main() -> None:
     p.add_argument("--preprocess-baseline", metavar="REV", help="also time preprocessing against canvas.py at REV")
     p.add_argument("--device", default="cpu", help="cpu or cuda (the models and their inputs; preprocessing is "
                    "on the CPU either way)")
+    p.add_argument("--retain-host-memory", action="store_true",
+                   help="glibc keeps freed blocks for reuse, as the sphinx-x command sets it (both sides)")
     p.add_argument("--gpu", action="store_true", help="the tiny size in bf16 on one GPU: " + str(GPU))
     args = p.parse_args()
     if args.gpu:
@@ -453,8 +458,10 @@ def main() -> None:
     global now
     now = make_clock(args.clock, device)
     torch.set_num_threads(args.threads)
+    retained = args.retain_host_memory and retain_freed_host_memory()
+    malloc = "freed host memory retained" if retained else "the C library's malloc defaults"
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"{where}, {args.threads} thread(s), {args.clock} clock; at start: {probe_peak(device)}")
+    print(f"{where}, {args.threads} thread(s), {args.clock} clock, {malloc}; at start: {probe_peak(device)}")
     if args.preprocess_baseline:
         print("\n".join(preprocess_vs_baseline(args.preprocess_baseline, args.reps)), flush=True)
     for size in args.sizes.split(","):

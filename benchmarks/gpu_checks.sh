@@ -7,6 +7,7 @@
 # Each step has its own time limit and log; a failing step does not stop the other.
 #
 #   bash benchmarks/gpu_checks.sh [OUT_DIR]     # from the repository root; OUT_DIR defaults to $OUT, else runs/gpu-checks
+#   SMOKE=1 bash benchmarks/gpu_checks.sh       # the same script on a CPU at nano size (checks the script, ~2 min)
 #
 # It needs no install of this package (PYTHONPATH=.); torch, transformers and timm come from the machine.
 set -uo pipefail
@@ -18,7 +19,13 @@ python=${PYTHON:-python3}
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   "$python" -c "import torch, transformers, timm; print('torch', torch.__version__, 'transformers', transformers.__version__, 'timm', timm.__version__)"
 } 2>&1 | tee "$out/machine.txt"
+train=(--gpu)
+infer=(--gpu)
+if [[ -n "${SMOKE:-}" ]]; then
+  train=(--smoke)
+  infer=(--sizes nano --dtypes bf16 --reps 1 --new-tokens 4)
+fi
 status=0
-timeout 300 "$python" benchmarks/bench_train.py --gpu 2>&1 | tee "$out/bench_train.log" || status=1
-timeout 200 "$python" benchmarks/bench_vs_llava_next.py --gpu 2>&1 | tee "$out/bench_vs_llava_next.log" || status=1
+timeout 300 "$python" benchmarks/bench_train.py "${train[@]}" 2>&1 | tee "$out/bench_train.log" || status=1
+timeout 200 "$python" benchmarks/bench_vs_llava_next.py "${infer[@]}" 2>&1 | tee "$out/bench_vs_llava_next.log" || status=1
 exit $status

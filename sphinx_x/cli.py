@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from sphinx_x.extras import MissingExtraError
+from sphinx_x.hostmem import configure_from_env
 
 # One line per subcommand module; keep in the order they appear in `sphinx-x --help`.
 COMMAND_MODULES = [
@@ -44,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        configure_from_env()  # keep freed host memory for the next forward pass (sphinx_x/hostmem.py)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         return int(args.func(args) or 0)
     except MissingExtraError as e:  # an optional part is not installed: name the extra, no traceback
