@@ -44,7 +44,7 @@ Why each setting is fair:
   whichever side happened to be running; CPU time counts only the work done (all of the process's
   threads, so it suits `--threads 1`, where the work is the same). Both sides use the same clock.
 - `--retain-host-memory` keeps freed host memory in the process (`sphinx_x.hostmem`, what the `sphinx-x`
-  command does at start); it is process-wide, so it holds for both sides.
+  inference commands do at start); it is process-wide, so it holds for both sides.
 - `--preprocess-baseline REV` adds one row: our preprocessing now against `sphinx_x/canvas.py` as of git
   revision REV (`load_image` + `prepare_image` of that file, read with `git show`), alternating as above.
 - Same threads (`--threads`, default 1 because the machine is shared) and dtype for both; bf16 runs
@@ -443,7 +443,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (the models and their inputs; preprocessing is "
                    "on the CPU either way)")
     p.add_argument("--retain-host-memory", action="store_true",
-                   help="glibc keeps freed blocks for reuse, as the sphinx-x command sets it (both sides)")
+                   help="glibc keeps freed blocks for reuse, as sphinx-x's inference commands set it (both sides)")
     p.add_argument("--gpu", action="store_true", help="the tiny size in bf16 on one GPU: " + str(GPU))
     args = p.parse_args()
     if args.gpu:

@@ -14,10 +14,11 @@ a batch of 8 images 38.9 -> 27.4 ms, no page faults left; the `tiny` preset's ex
 frees) and up to 256 MiB of freed heap stays in the process (M_TRIM_THRESHOLD). Higher values remove the
 `tiny` experts' faults too (1 GiB: 4.35 s, no system time) but let the heap fragment: a loop of mixed 4-64 MiB
 tensors then holds 800-870 MiB against 660 MiB by default (684 MiB at the values used). The `sphinx-x`
-command calls it before every subcommand (`SPHINX_X_HOST_MALLOC=default` keeps the C library's own
-behaviour); a program that imports sphinx_x calls it itself. A different allocator loaded with `LD_PRELOAD`
-(jemalloc, tcmalloc; PyTorch's CPU performance guide) has the same effect without the call. On a C library
-other than glibc the call changes nothing and returns False.
+inference commands (chat, generate, serve, demo, eval) call it before they run (`SPHINX_X_HOST_MALLOC=default`
+keeps the C library's own behaviour; training does not call it: its steps did not get faster and the
+quickstart's peak RSS rose 9%); a program that imports sphinx_x calls it itself. A different allocator
+loaded with `LD_PRELOAD` (jemalloc, tcmalloc; PyTorch's CPU performance guide) has the same effect without
+the call. On a C library other than glibc the call changes nothing and returns False.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def retain_freed_host_memory(mmap_threshold: int = MMAP_THRESHOLD, trim_threshol
 
 
 def configure_from_env(environ: Mapping[str, str] = os.environ) -> bool:
-    """What the `sphinx-x` command does at start: retain freed memory unless SPHINX_X_HOST_MALLOC=default."""
+    """What the `sphinx-x` inference commands do at start: retain freed memory unless SPHINX_X_HOST_MALLOC=default."""
     choice = environ.get(ENV, "retain").strip().lower()
     if choice == "default":
         return False

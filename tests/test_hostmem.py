@@ -56,20 +56,26 @@ def test_the_environment_chooses(monkeypatch):
         hostmem.configure_from_env({hostmem.ENV: "jemalloc"})
 
 
-def test_the_command_line_sets_it_before_the_subcommand_and_rejects_a_bad_value(monkeypatch, capsys):
+def test_inference_commands_set_it_before_they_run_and_reject_a_bad_value(monkeypatch, capsys):
     order = []
     monkeypatch.setattr(hostmem, "retain_freed_host_memory", lambda: order.append("malloc") or True)
     parser = cli.build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    assert cli.HOST_MEMORY_COMMANDS <= set(commands)
 
-    def fake_parser():
-        args = parser.parse_args(["info", "nano"])
-        args.func = lambda a: order.append("command") or 0
-        return type("P", (), {"parse_args": lambda self, argv: args})()
+    def parser_for(argv):
+        args = parser.parse_args(argv)
+        args.func = lambda a: order.append(a.command) or 0
+        return lambda: type("P", (), {"parse_args": lambda self, _: args})()
 
-    monkeypatch.setattr(cli, "build_parser", fake_parser)
+    monkeypatch.setattr(cli, "build_parser", parser_for(["chat", "--model", "m", "--image", "x.png"]))
     assert cli.main([]) == 0
-    assert order == ["malloc", "command"]
+    assert order == ["malloc", "chat"]
+    monkeypatch.setattr(cli, "build_parser", parser_for(["info", "nano"]))  # not an inference command
+    assert cli.main([]) == 0
+    assert order == ["malloc", "chat", "info"]
+    monkeypatch.setattr(cli, "build_parser", parser_for(["chat", "--model", "m", "--image", "x.png"]))
     monkeypatch.setenv(hostmem.ENV, "nope")
     assert cli.main([]) == 2
     assert "SPHINX_X_HOST_MALLOC='nope'" in capsys.readouterr().err
-    assert order == ["malloc", "command"]  # neither ran again
+    assert order == ["malloc", "chat", "info"]  # neither ran again
