@@ -178,10 +178,11 @@ def build_ours(size: str, dtype: torch.dtype, device: torch.device = CPU) -> Sph
     torch.manual_seed(0)
     with built_in(device, dtype if size == "tiny" else torch.float32):
         model = SphinxX(config)
-    with torch.no_grad():  # larger weights than init's std 0.02 so greedy answers vary with the input
-        for p in model.llm.parameters():
-            if p.dim() >= 2 and size != "tiny":
-                p.normal_(0, 0.08)
+    if size != "tiny":  # larger weights than init's std 0.02 so greedy answers vary with the input (at the
+        with torch.no_grad():  # tiny size the init's scale is kept: 22 layers of width 2048)
+            for p in model.llm.parameters():
+                if p.dim() >= 2:
+                    p.normal_(0, 0.08)
     model.tokenizer = bench_tokenizer(config.llm.vocab_size)
     return model.to(device, dtype).eval()
 
