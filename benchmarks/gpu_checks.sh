@@ -3,7 +3,7 @@
 #   1. benchmarks/bench_train.py --gpu: the `tiny` shape in bf16 with FSDP2 on one GPU, tokens/s and MFU
 #      against the measured bf16 peak, skip tokens on and off (docs/training-performance.md);
 #   2. benchmarks/bench_vs_llava_next.py --gpu: inference side by side with transformers' LLaVA-NeXT at the
-#      `tiny` size (time to first token, decode, batch-8 throughput, end to end; docs/serving.md).
+#      `tiny` size (time to first token, decode, batch-8 throughput, end to end; docs/training-performance.md).
 # Each step has its own time limit and log; a failing step does not stop the other.
 #
 #   bash benchmarks/gpu_checks.sh [OUT_DIR]     # from the repository root; OUT_DIR defaults to $OUT, else runs/gpu-checks

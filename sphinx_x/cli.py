@@ -50,12 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.command in HOST_MEMORY_COMMANDS:
+    if args.command in HOST_MEMORY_COMMANDS:
+        try:
             configure_from_env()
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        except ValueError as e:  # a bad SPHINX_X_HOST_MALLOC
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     try:
         return int(args.func(args) or 0)
     except MissingExtraError as e:  # an optional part is not installed: name the extra, no traceback
