@@ -14,12 +14,12 @@ GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
 
 PROBE = """
-import sys, torch
+import resource, sys, torch
 from sphinx_x import hostmem
 if sys.argv[1] == "retain":
     assert hostmem.retain_freed_host_memory() is True
 def rss_mib():
-    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+    return int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() / 2**20
 t = torch.ones(6 << 20)  # 24 MiB: above glibc's starting mmap threshold (128 KiB), below the one set (32 MiB)
 held = rss_mib()
 del t
@@ -58,6 +58,7 @@ def test_the_environment_chooses(monkeypatch):
 
 def test_inference_commands_set_it_before_they_run_and_reject_a_bad_value(monkeypatch, capsys):
     order = []
+    monkeypatch.delenv(hostmem.ENV, raising=False)  # a caller's own choice would change what runs
     monkeypatch.setattr(hostmem, "retain_freed_host_memory", lambda: order.append("malloc") or True)
     parser = cli.build_parser()
     commands = next(a for a in parser._actions if a.dest == "command").choices
